@@ -1,0 +1,1 @@
+"""Rule-based stages: normalisation, heuristic filters (datatrove's) and deduplication."""

@@ -1,0 +1,62 @@
+"""Exact deduplication, global across shards: one survivor per identical (normalised) text.
+
+The key is the text case-folded with whitespace runs collapsed (`key: text` hashes it as is).
+Keys are 128-bit xxh3 hashes, found duplicate by the hash-partitioned shuffle in
+`winnow.pipeline.dupfind`; the survivor is the first copy in input order, so the result does not
+depend on the number of workers. Rejected rows carry `dup_of` (the survivor's id) and
+`dup_cluster_size`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
+from winnow.pipeline.stage import Context, ShardRef, Stage
+
+
+class ExactDedupParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    key: Literal["normalized", "text"] = Field(
+        "normalized", description="normalized: case-folded, whitespace collapsed; text: byte-exact")
+
+
+class ExactDedupStage(Stage):
+    name = "exact_dedup"
+    Params = ExactDedupParams
+    reject_columns = {"dup_of": pa.string(), "dup_cluster_size": pa.int64()}
+
+    def keys(self, text: pa.ChunkedArray) -> list[str]:
+        if self.params.key == "normalized":
+            text = pc.utf8_trim_whitespace(pc.replace_substring_regex(pc.utf8_lower(text), r"\s+", " "))
+        return text.to_pylist()
+
+    def _keys_of_shard(self, ref: ShardRef) -> tuple[pa.Table, None]:
+        table = pq.read_table(ref.path, columns=["id", "text"])
+        hi, lo = hash128(self.keys(table.column("text")))
+        keys = pa.table({"hi": hi, "lo": lo, "row": np.arange(table.num_rows, dtype=np.int64),
+                         "label": table.column("id")}, schema=KEY_SCHEMA)
+        return keys, None
+
+    def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Duplicates]:
+        duplicates, _ = find_duplicates(ctx, shards, self._keys_of_shard)
+        return duplicates
+
+    def shard_state(self, state: dict[str, Duplicates], ref: ShardRef) -> Duplicates | None:
+        return state.get(ref.name)
+
+    def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
+        mask = np.ones(table.num_rows, bool)
+        if state is None:
+            return table, self.reject(table.slice(0, 0), [])
+        mask[state.rows] = False
+        order = np.argsort(state.rows)  # rejected rows follow table order
+        rejected = self.reject(table.take(pa.array(state.rows[order])), ["exact_duplicate"] * len(order),
+                               dup_of=[state.dup_of[i] for i in order], dup_cluster_size=state.cluster_size[order])
+        return table.filter(pa.array(mask)), rejected

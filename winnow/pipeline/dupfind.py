@@ -1,0 +1,118 @@
+"""Global duplicate finding by key, out of core: a hash-partitioned shuffle through files.
+
+Map: each shard's keys (128-bit hashes as two uint64 columns) are split by `hi % P` into P small
+Parquet files under a work folder. Reduce: each of P tasks reads one partition, sorts it and
+returns only the duplicate rows with their survivor. No process ever holds every key; memory
+grows with the duplicates found, not the corpus. The survivor of each group is deterministic:
+the first occurrence in (shard order, row) order, whatever the worker count.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+
+from winnow.pipeline.stage import Context, ShardRef
+
+KEY_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.int64()), ("label", pa.string())])
+
+
+def hash128(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """xxh3-128 of each string as (hi, lo) uint64 arrays; 128 bits keep collisions out of reach."""
+    hi = np.empty(len(values), np.uint64)
+    lo = np.empty(len(values), np.uint64)
+    mask = (1 << 64) - 1
+    for i, v in enumerate(values):
+        d = xxhash.xxh3_128_intdigest(v.encode("utf-8", "surrogatepass"))
+        hi[i], lo[i] = d >> 64, d & mask
+    return hi, lo
+
+
+@dataclass
+class Duplicates:
+    """Rows of one shard that duplicate an earlier row: row ids, the survivor's label, group size."""
+
+    rows: np.ndarray
+    dup_of: list[str]
+    cluster_size: np.ndarray
+
+    def lookup(self) -> dict[int, tuple[str, int]]:
+        return {int(r): (d, int(c)) for r, d, c in zip(self.rows, self.dup_of, self.cluster_size, strict=True)}
+
+
+def _map(args: tuple) -> Any:
+    keys_fn, ref, shard_idx, workdir, n_parts = args
+    keys, extra = keys_fn(ref)
+    part = (np.asarray(keys.column("hi"), np.uint64) % np.uint64(n_parts)).astype(np.int64)
+    keys = keys.append_column("shard", pa.array(np.full(keys.num_rows, shard_idx, np.int64)))
+    order = np.argsort(part, kind="stable")
+    keys, part = keys.take(pa.array(order)), part[order]
+    bounds = np.searchsorted(part, np.arange(n_parts + 1))
+    for p in range(n_parts):
+        if bounds[p + 1] > bounds[p]:
+            path = Path(workdir) / f"p{p:04d}" / f"{ref.name}.parquet"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            pq.write_table(keys.slice(bounds[p], bounds[p + 1] - bounds[p]), path)
+    return extra
+
+
+def _reduce(folder: str) -> pa.Table:
+    files = sorted(Path(folder).glob("*.parquet"))
+    empty = pa.table({"shard": pa.array([], pa.int64()), "row": pa.array([], pa.int64()),
+                      "dup_of": pa.array([], pa.string()), "size": pa.array([], pa.int64())})
+    if not files:
+        return empty
+    t = pa.concat_tables(pq.read_table(f) for f in files)
+    hi, lo = np.asarray(t.column("hi")), np.asarray(t.column("lo"))
+    shard, row = np.asarray(t.column("shard")), np.asarray(t.column("row"))
+    order = np.lexsort((row, shard, lo, hi))
+    hi, lo, shard, row = hi[order], lo[order], shard[order], row[order]
+    new_group = np.ones(len(hi), bool)
+    new_group[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
+    group_id = np.cumsum(new_group) - 1
+    sizes = np.bincount(group_id)
+    first = np.flatnonzero(new_group)
+    losers = np.flatnonzero(~new_group)
+    if len(losers) == 0:
+        return empty
+    labels = t.column("label").take(pa.array(order[first[group_id[losers]]]))
+    return pa.table({"shard": shard[losers], "row": row[losers], "dup_of": labels,
+                     "size": sizes[group_id[losers]].astype(np.int64)})
+
+
+def find_duplicates(ctx: Context, shards: list[ShardRef],
+                    keys_fn: Callable[[ShardRef], tuple[pa.Table, Any]],
+                    n_partitions: int | None = None) -> tuple[dict[str, Duplicates], list[Any]]:
+    """Duplicates of `keys_fn`'s keys across all shards, plus each shard's extra map output.
+
+    `keys_fn(ref)` runs on a worker and returns (table with KEY_SCHEMA, extra); `row` identifies
+    the record inside its shard and `label` is what `dup_of` reports for a survivor.
+    """
+    workdir = Path(ctx.workdir) / "keys"
+    shutil.rmtree(workdir, ignore_errors=True)
+    n_parts = n_partitions or max(1, min(64, len(shards)))
+    extras = ctx.map(_map, [(keys_fn, ref, i, str(workdir), n_parts) for i, ref in enumerate(shards)])
+    folders = [str(workdir / f"p{p:04d}") for p in range(n_parts)]
+    found = ctx.map(_reduce, folders)
+    shutil.rmtree(workdir, ignore_errors=True)
+    table = pa.concat_tables(found) if found else None
+    result: dict[str, Duplicates] = {}
+    if table is not None and table.num_rows:
+        table = table.sort_by([("shard", "ascending"), ("row", "ascending")])
+        shard_col = np.asarray(table.column("shard"))
+        bounds = np.searchsorted(shard_col, np.arange(len(shards) + 1))
+        for i, ref in enumerate(shards):
+            a, b = bounds[i], bounds[i + 1]
+            if b > a:
+                part = table.slice(a, b - a)
+                result[ref.name] = Duplicates(np.asarray(part.column("row")), part.column("dup_of").to_pylist(),
+                                              np.asarray(part.column("size")))
+    return result, extras

@@ -1,0 +1,253 @@
+"""The Dask engine: runs a chain of stages shard by shard, resumably, on a Dask cluster.
+
+The engine knows the stage protocol (`inputs`, `fit`, `shard_state`, `load`, `apply`) and the
+data contract (kept shards, `rejected/`, `_shards/` markers, `_manifest.json`), and nothing of
+any particular stage. For each stage:
+
+1. `fit` runs once over all input shards; its state is cached under `_fit/` keyed by the
+   stage's config hash and every input fingerprint, so a rerun does not fit again.
+2. Each shard whose marker matches (config hash + input fingerprint, outputs present) is
+   skipped; every other shard becomes one Dask task that loads, applies, checks conservation,
+   writes both outputs atomically and writes its marker last.
+3. The markers merge into `_manifest.json`; the kept shards are the next stage's input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pickle
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+from winnow.pipeline.config import EngineConfig, stable_hash
+from winnow.pipeline.errors import ShardError, WinnowError
+from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
+from winnow.pipeline.shards import file_hash, text_bytes, write_bytes_atomic, write_parquet_atomic
+from winnow.pipeline.stage import Context, ShardRef, Stage
+
+REJECTED = "rejected"
+
+
+@contextlib.contextmanager
+def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
+    """A Dask client: on an existing scheduler when `cfg.scheduler` is set, else an embedded LocalCluster."""
+    from distributed import Client, LocalCluster
+
+    if cfg.scheduler:
+        with Client(cfg.scheduler) as client:
+            yield client
+        return
+    n_workers = cfg.n_workers or os.cpu_count() or 1
+    try:
+        import bokeh  # noqa: F401
+
+        dashboard = ":0"
+    except ImportError:  # without bokeh distributed warns and serves nothing
+        dashboard = None
+    with LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                      memory_limit=cfg.memory_limit, dashboard_address=dashboard,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        yield client
+
+
+@dataclass
+class StageResult:
+    dirname: str
+    records: list[ShardRecord]
+    skipped: int
+    fit_seconds: float
+    seconds: float
+    outputs: list[ShardRef]
+
+
+def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_hash: str,
+              input_fingerprint: str) -> ShardRecord:
+    """One Dask task: load → apply → check conservation → write kept, rejected, marker (in that order)."""
+    t0 = time.perf_counter()
+    try:
+        data = stage.load(ref)
+        kept, rejected = stage.apply(data, state)
+    except WinnowError:
+        raise
+    except Exception as e:
+        raise ShardError(f"{type(e).__name__}: {e}", stage=stage.name, shard=ref.path) from e
+    if isinstance(data, pa.Table):
+        rows_in, added, bytes_in = data.num_rows, _added(kept), text_bytes(data)
+    else:  # a source stage (ingest) reads raw records: each one ends up kept or rejected
+        rows_in, added, bytes_in = kept.num_rows + rejected.num_rows, 0, text_bytes(kept) + text_bytes(rejected)
+    record = ShardRecord(
+        shard=ref.name, rows_in=rows_in, kept=kept.num_rows, rejected=rejected.num_rows, added=added,
+        bytes_in=bytes_in, bytes_kept=text_bytes(kept), bytes_rejected=text_bytes(rejected),
+        reasons=dict(Counter(rejected.column("reason").to_pylist())) if rejected.num_rows else {},
+        config_hash=config_hash, input_fingerprint=input_fingerprint, flops=float(stage.flops(data)),
+    )
+    if not record.conserved():
+        raise ShardError(f"conservation broken: {rows_in} in (+{added} added) != "
+                         f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
+    record.output_fingerprint = write_parquet_atomic(kept, Path(stage_dir) / f"{ref.name}.parquet")
+    write_parquet_atomic(rejected, Path(stage_dir) / REJECTED / f"{ref.name}.parquet")
+    record.seconds = round(time.perf_counter() - t0, 4)
+    record.save(stage_dir)
+    return record
+
+
+def _added(kept: pa.Table) -> int:
+    """Rows a stage created itself carry `synthetic = true`; they are not inputs."""
+    if "synthetic" not in kept.column_names or kept.num_rows == 0:
+        return 0
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.cast(pc.fill_null(kept.column("synthetic"), False), pa.int64())).as_py() or 0)
+
+
+class Engine:
+    """Runs stages over shards on a Dask client. Verbs: `run_stage`, `run`."""
+
+    def __init__(self, client: Any, out_dir: str | Path, seed: int = 0, force: bool = False,
+                 retries: int = 2, progress: bool = True, console: Any = None):
+        self.client, self.out_dir, self.seed = client, Path(out_dir), seed
+        self.force, self.retries, self.progress, self.console = force, retries, progress, console
+
+    def run(self, stages: list[tuple[str, Stage, dict]]) -> list[StageResult]:
+        """Run (dirname, stage, params-as-dict) in order; each stage reads the previous one's kept shards."""
+        upstream: list[ShardRef] = []
+        results = []
+        for dirname, stage, params in stages:
+            result = self.run_stage(dirname, stage, params, upstream)
+            results.append(result)
+            upstream = result.outputs
+        return results
+
+    def run_stage(self, dirname: str, stage: Stage, params: dict, upstream: list[ShardRef]) -> StageResult:
+        t_stage = time.perf_counter()
+        stage_dir = self.out_dir / dirname
+        stage_dir.mkdir(parents=True, exist_ok=True)
+        config_hash = stable_hash({"stage": stage.name, "version": stage.version, "params": params,
+                                   "seed": self.seed})
+        ctx = Context(client=self.client, seed=self.seed, workdir=str(stage_dir / "_fit"))
+        shards = stage.inputs(upstream, ctx)
+
+        t_fit = time.perf_counter()
+        state, state_key = self._fit(stage, shards, ctx, config_hash, stage_dir)
+        fit_seconds = time.perf_counter() - t_fit
+
+        records: dict[str, ShardRecord] = {}
+        todo = []
+        for ref in shards:
+            input_fp = stable_hash([ref.fingerprint, state_key])
+            done = None if self.force else ShardRecord.load(stage_dir, ref.name)
+            if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
+                    and (stage_dir / f"{ref.name}.parquet").exists()
+                    and (stage_dir / REJECTED / f"{ref.name}.parquet").exists()):
+                records[ref.name] = done
+            else:
+                todo.append((ref, input_fp))
+        skipped = len(records)
+        self._remove_stale(stage_dir, {ref.name for ref in shards})
+
+        records.update(self._execute(dirname, stage, state, todo, stage_dir, config_hash, len(shards), skipped))
+        ordered = [records[ref.name] for ref in shards]
+        broken = [r.shard for r in ordered if not r.conserved()]
+        if broken:
+            raise ShardError("conservation broken", stage=stage.name, shard=",".join(broken))
+        seconds = time.perf_counter() - t_stage
+        write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
+                       extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3)})
+        outputs = [ShardRef(name=r.shard, path=str(stage_dir / f"{r.shard}.parquet"),
+                            fingerprint=r.output_fingerprint) for r in ordered]
+        return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
+
+    def _fit(self, stage: Stage, shards: list[ShardRef], ctx: Context, config_hash: str,
+             stage_dir: Path) -> tuple[Any, str]:
+        state_key = stable_hash([config_hash, [s.fingerprint for s in shards]])
+        if type(stage).fit is Stage.fit:
+            return None, state_key
+        cache = stage_dir / "_fit" / f"state-{state_key}.pkl"
+        if cache.exists() and not self.force:
+            with open(cache, "rb") as f:
+                return pickle.load(f), state_key
+        if self.console is not None and self.progress:
+            self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
+        state = stage.fit(shards, ctx)
+        write_bytes_atomic(pickle.dumps(state, protocol=5), cache)
+        return state, state_key
+
+    def _execute(self, dirname: str, stage: Stage, state: Any, todo: list, stage_dir: Path,
+                 config_hash: str, total: int, skipped: int) -> dict[str, ShardRecord]:
+        from distributed import as_completed
+
+        if not todo:
+            if self.console is not None and self.progress:
+                self.console.print(f"[bold]{dirname}[/]: all {total} shards up to date, skipped")
+            return {}
+        futures = {}
+        shared_state = self.client.scatter(state, broadcast=True) if state is not None and \
+            type(stage).shard_state is Stage.shard_state else None
+        for ref, input_fp in todo:
+            shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
+            fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
+                                     key=f"{dirname}-{ref.name}-{input_fp}", retries=self.retries,
+                                     resources=stage.resources or None, pure=False)
+            futures[fut] = ref
+        records: dict[str, ShardRecord] = {}
+        errors: list[str] = []
+        with self._progress(dirname, total, skipped) as advance:
+            for fut in as_completed(futures):
+                ref = futures[fut]
+                try:
+                    record = fut.result()
+                except Exception as e:  # other shards still finish and keep their markers
+                    errors.append(f"{ref.name} ({ref.path}): {e}")
+                    advance(0)
+                    continue
+                records[ref.name] = record
+                advance(record.rows_in)
+        if errors:
+            shown = "\n  ".join(errors[:5]) + (f"\n  … and {len(errors) - 5} more" if len(errors) > 5 else "")
+            raise ShardError(f"{len(errors)} shard(s) failed; finished shards are kept for resume:\n  {shown}",
+                             stage=stage.name, shard=errors[0].split(" ", 1)[0])
+        return records
+
+    @contextlib.contextmanager
+    def _progress(self, dirname: str, total: int, skipped: int):
+        if not self.progress:
+            yield lambda rows: None
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        t0 = time.perf_counter()
+        rows = [0]
+        with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("shards  {task.fields[rate]}"), TimeElapsedColumn(),
+                      console=self.console, transient=False) as bar:
+            task = bar.add_task(dirname, total=total, completed=skipped, rate="")
+
+            def advance(n_rows: int) -> None:
+                rows[0] += n_rows
+                rate = rows[0] / max(time.perf_counter() - t0, 1e-9)
+                bar.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
+
+            yield advance
+
+    @staticmethod
+    def _remove_stale(stage_dir: Path, names: set[str]) -> None:
+        """Shards of an earlier run that the current input no longer has."""
+        for folder, pattern in ((stage_dir, "part-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
+                                (stage_dir / SHARDS_DIR, "part-*.json")):
+            for path in folder.glob(pattern):
+                if path.name.split(".")[0] not in names:
+                    path.unlink()
+
+
+def kept_files(stage_dir: str | Path) -> list[str]:
+    return sorted(str(p) for p in Path(stage_dir).glob("part-*.parquet"))
+
+
+__all__ = ["Engine", "cluster_client", "run_shard", "kept_files", "file_hash"]

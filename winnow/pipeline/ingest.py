@@ -1,0 +1,246 @@
+"""Stage 00: read raw input into Parquet shards with `id` and `text`, quarantining what cannot be read.
+
+Every raw record ends in exactly one place: a kept row, or a `rejected/` row naming the file,
+the line, the reason and the raw bytes. Reasons: blank_line, invalid_utf8, invalid_json,
+not_an_object, missing_text, text_not_string, empty_text, text_too_long, duplicate_id.
+With `strict: true` the first bad record stops the run with an `InputError` naming file and line.
+
+`fit` reads every shard once to learn the union schema of the extra columns (files may differ)
+and to find duplicate ids globally; `apply` reads again, conforms to that schema and drops
+later copies of a duplicate id. Parsing JSON twice costs little next to any filter downstream.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+import pyarrow as pa
+
+from winnow.pipeline.config import InputConfig, stable_hash
+from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
+from winnow.pipeline.errors import InputError
+from winnow.pipeline.readers import READERS, Part, plan
+from winnow.pipeline.shards import conform, shard_name
+from winnow.pipeline.stage import Context, ShardRef, Stage
+
+REJECTED_SCHEMA = pa.schema([
+    ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("source_file", pa.string()), ("source_line", pa.int64()), ("raw", pa.large_binary()),
+])
+
+
+@dataclass
+class Parsed:
+    """One shard read: good records (with their line numbers) and quarantined ones."""
+
+    records: list[dict] = field(default_factory=list)
+    lines: list[int] = field(default_factory=list)
+    rejected: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class IngestState:
+    schema: pa.Schema
+    json_columns: frozenset[str]
+    duplicates: dict[str, Duplicates]
+
+
+class IngestStage(Stage):
+    """Reads JSONL (.gz/.zst), Parquet, `datasets` folders, .txt folders or the installed packages' docs."""
+
+    name = "ingest"
+    Params = InputConfig
+
+    # ---------------------------------------------------------------- planning
+    def inputs(self, upstream: list[ShardRef], ctx: Context) -> list[ShardRef]:
+        p: InputConfig = self.params
+        parts = plan(p.paths, p.format, int(p.shard_size_mb * 2**20))
+        refs = []
+        for i, part in enumerate(parts):
+            stat = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in (part.files or (part.path,))
+                    if os.path.exists(f)] if part.fmt != "installed_packages" else list(part.files)
+            refs.append(ShardRef(shard_name(i), part.path, stable_hash([asdict(part), stat]),
+                                 meta={"part": part}))
+        return refs
+
+    def load(self, ref: ShardRef) -> Part:
+        return ref.meta["part"]  # ingest is the reader: apply() parses the part itself
+
+    # ---------------------------------------------------------------- parsing
+    def parse(self, part: Part) -> Parsed:
+        p: InputConfig = self.params
+        out = Parsed()
+        source = part.path
+        for loc, item in READERS[part.fmt](part):
+            if part.fmt == "txt" and isinstance(item, dict):
+                source = item.get("id", source)
+            raw = item if isinstance(item, bytes) else None
+            record, reason, detail = self._record(raw, item, p)
+            if reason is not None:
+                if p.strict:
+                    raise InputError(f"{reason}: {detail}", file=source, line=loc, reason=reason)
+                if raw is None:
+                    raw = orjson.dumps(item, default=_jsonable) if not isinstance(item, dict) or \
+                        "__undecodable__" not in item else item["__undecodable__"]
+                out.rejected.append({"id": f"{source}:{loc}", "stage": self.name, "reason": reason,
+                                     "detail": detail, "source_file": source, "source_line": loc, "raw": raw})
+                continue
+            if record.get("id") is None:
+                record["id"] = f"{source}:{loc}"
+            elif not isinstance(record["id"], str):
+                record["id"] = str(record["id"])
+            out.records.append(record)
+            out.lines.append(loc)
+        return out
+
+    @staticmethod
+    def _record(raw: bytes | None, item: Any, p: InputConfig) -> tuple[dict | None, str | None, str | None]:
+        if raw is not None:
+            if not raw.strip():
+                return None, "blank_line", "empty line in a JSONL file"
+            try:
+                item = orjson.loads(raw)
+            except orjson.JSONDecodeError as e:
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as ue:
+                    if p.utf8_errors == "reject":
+                        return None, "invalid_utf8", f"byte {ue.start}: {ue.reason}"
+                    try:
+                        item = orjson.loads(raw.decode("utf-8", "replace"))
+                    except orjson.JSONDecodeError as e2:
+                        return None, "invalid_json", str(e2)
+                else:
+                    return None, "invalid_json", str(e)
+        if not isinstance(item, dict):
+            return None, "not_an_object", f"a JSON {type(item).__name__}, not an object"
+        if "__undecodable__" in item:
+            return None, "invalid_utf8", "file is not valid UTF-8"
+        if p.text_field not in item or item[p.text_field] is None:
+            return None, "missing_text", f"no {p.text_field!r} field"
+        text = item.pop(p.text_field)
+        if not isinstance(text, str):
+            return None, "text_not_string", f"{p.text_field!r} is a {type(text).__name__}"
+        if not text.strip():
+            return None, "empty_text", f"{p.text_field!r} is empty or whitespace"
+        if len(text) > p.max_text_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > p.max_text_bytes:
+            return None, "text_too_long", f"{len(text.encode('utf-8', 'surrogatepass'))} bytes > max_text_bytes"
+        ident = item.pop(p.id_field, None)
+        for reserved in ("id", "text"):
+            if reserved in item:  # keep a colliding input column under another name, never overwrite
+                item[f"input_{reserved}"] = item.pop(reserved)
+        return {"id": ident, "text": text, **item}, None, None
+
+    def to_table(self, parsed: Parsed, json_columns: frozenset[str] = frozenset()) -> tuple[pa.Table, set[str]]:
+        """Kept records as a table; columns whose values do not share one Arrow type are stored as JSON."""
+        names: dict[str, None] = {"id": None, "text": None}
+        for r in parsed.records:
+            names.update(dict.fromkeys(r))
+        arrays, fields, as_json = [], [], set()
+        for name in names:
+            values = [r.get(name) for r in parsed.records]
+            arr = None
+            if name not in json_columns:
+                try:
+                    arr = pa.array(values)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    arr = None
+            if arr is None:
+                as_json.add(name)
+                arr = pa.array([None if v is None else orjson.dumps(v, default=_jsonable).decode()
+                                for v in values], pa.string())
+            if name in ("id", "text"):
+                arr = arr.cast(pa.string())
+            arrays.append(arr)
+            fields.append(name)
+        return pa.Table.from_arrays(arrays, names=fields), as_json
+
+    def rejected_table(self, rows: list[dict]) -> pa.Table:
+        return pa.Table.from_pylist(rows, schema=REJECTED_SCHEMA)
+
+    # ---------------------------------------------------------------- fit and apply
+    def fit(self, shards: list[ShardRef], ctx: Context) -> IngestState:
+        duplicates, extras = find_duplicates(ctx, shards, self._scan)
+        schemas = [s for s, _ in extras]
+        json_columns = frozenset().union(*(j for _, j in extras)) if extras else frozenset()
+        schema, incompatible = _unify(schemas, json_columns)
+        json_columns |= incompatible
+        if self.params.strict and duplicates:
+            name, dups = next(iter(duplicates.items()))
+            ref = next(r for r in shards if r.name == name)
+            raise InputError(f"duplicate id (first seen at {dups.dup_of[0]})", file=ref.path,
+                             line=int(dups.rows[0]), reason="duplicate_id")
+        return IngestState(schema, json_columns, duplicates)
+
+    def _scan(self, ref: ShardRef) -> tuple[pa.Table, tuple[pa.Schema, set[str]]]:
+        parsed = self.parse(ref.meta["part"])
+        table, as_json = self.to_table(parsed)
+        hi, lo = hash128(table.column("id").to_pylist())
+        source = ref.path
+        keys = pa.table({"hi": hi, "lo": lo, "row": pa.array(parsed.lines, pa.int64()),
+                         "label": [f"{source}:{line}" for line in parsed.lines]}, schema=KEY_SCHEMA)
+        return keys, (table.schema, as_json)
+
+    def shard_state(self, state: IngestState, ref: ShardRef) -> IngestState:
+        dups = state.duplicates.get(ref.name)
+        return IngestState(state.schema, state.json_columns, {ref.name: dups} if dups else {})
+
+    def apply(self, part: Part, state: IngestState) -> tuple[pa.Table, pa.Table]:
+        parsed = self.parse(part)
+        dups = next(iter(state.duplicates.values())).lookup() if state.duplicates else {}
+        if dups:
+            keep_records, keep_lines = [], []
+            for record, line in zip(parsed.records, parsed.lines, strict=True):
+                if line in dups:
+                    first, size = dups[line]
+                    parsed.rejected.append({
+                        "id": record["id"], "stage": self.name, "reason": "duplicate_id",
+                        "detail": f"id also at {first} (kept there; {size} copies)", "source_file": part.path,
+                        "source_line": line, "raw": orjson.dumps(record, default=_jsonable)})
+                else:
+                    keep_records.append(record)
+                    keep_lines.append(line)
+            parsed.records, parsed.lines = keep_records, keep_lines
+        table, _ = self.to_table(parsed, state.json_columns)
+        parsed.rejected.sort(key=lambda r: r["source_line"])
+        return conform(table, state.schema), self.rejected_table(parsed.rejected)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
+
+
+def _unify(schemas: list[pa.Schema], json_columns: frozenset[str]) -> tuple[pa.Schema, frozenset[str]]:
+    """One schema for every shard: id and text first, other columns in order of first appearance.
+
+    A column whose types cannot be promoted to one (a list in one file, a string in another) is
+    stored as JSON text everywhere; those names are returned.
+    """
+    incompatible = set()
+    order: dict[str, None] = {"id": None, "text": None}
+    types: dict[str, list[pa.DataType]] = {}
+    for schema in schemas:
+        for fld in schema:
+            order.setdefault(fld.name, None)
+            types.setdefault(fld.name, []).append(fld.type)
+    fields = []
+    for name in order:
+        if name in ("id", "text") or name in json_columns:
+            fields.append(pa.field(name, pa.string()))
+            continue
+        candidates = [t for t in types.get(name, []) if t != pa.null()] or [pa.null()]
+        try:
+            unified = pa.unify_schemas([pa.schema([(name, t)]) for t in candidates],
+                                       promote_options="permissive").field(name).type
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            unified = pa.string()
+            incompatible.add(name)
+        if unified == pa.null():
+            unified = pa.string()
+        fields.append(pa.field(name, unified))
+    return pa.schema(fields), frozenset(incompatible)

@@ -1,0 +1,81 @@
+"""Per-shard completion records and the per-stage `_manifest.json` they merge into.
+
+A shard's record (`<stage>/_shards/part-NNNNN.json`) is written last, after its Parquet files are
+renamed into place: it is the completion marker that resume trusts (datatrove's `completions/`).
+When a stage ends, the records merge into `<stage>/_manifest.json`; `winnow stats` reads those.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from winnow.pipeline.shards import write_bytes_atomic
+
+MANIFEST = "_manifest.json"
+SHARDS_DIR = "_shards"
+
+
+@dataclass
+class ShardRecord:
+    shard: str
+    rows_in: int
+    kept: int
+    rejected: int
+    added: int = 0               # rows a stage creates (synthetic rephrases); conservation counts them
+    bytes_in: int = 0            # UTF-8 bytes of `text`
+    bytes_kept: int = 0
+    bytes_rejected: int = 0
+    seconds: float = 0.0
+    reasons: dict[str, int] = field(default_factory=dict)
+    config_hash: str = ""
+    input_fingerprint: str = ""
+    output_fingerprint: str = ""  # content hash of the kept shard: the next stage's input fingerprint
+    flops: float = 0.0           # model FLOPs this shard cost (scoring stages)
+
+    def conserved(self) -> bool:
+        return self.rows_in + self.added == self.kept + self.rejected
+
+    def save(self, stage_dir: str | Path) -> None:
+        path = Path(stage_dir) / SHARDS_DIR / f"{self.shard}.json"
+        write_bytes_atomic(json.dumps(asdict(self), sort_keys=True).encode(), path)
+
+    @classmethod
+    def load(cls, stage_dir: str | Path, shard: str) -> ShardRecord | None:
+        path = Path(stage_dir) / SHARDS_DIR / f"{shard}.json"
+        try:
+            return cls(**json.loads(path.read_text()))
+        except (FileNotFoundError, json.JSONDecodeError, TypeError):
+            return None
+
+
+def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: dict,
+                   records: list[ShardRecord], fit_seconds: float, extra: dict | None = None) -> dict:
+    reasons: Counter = Counter()
+    for r in records:
+        reasons.update(r.reasons)
+    totals = {k: sum(getattr(r, k) for r in records)
+              for k in ("rows_in", "kept", "rejected", "added", "bytes_in", "bytes_kept", "bytes_rejected",
+                        "seconds", "flops")}
+    manifest = {
+        "stage": stage,
+        "config_hash": config_hash,
+        "params": params,
+        "fit_seconds": round(fit_seconds, 3),
+        "totals": totals,
+        "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "shards": [asdict(r) for r in records],
+        **(extra or {}),
+    }
+    write_bytes_atomic(json.dumps(manifest, indent=1, sort_keys=False).encode(), Path(stage_dir) / MANIFEST)
+    return manifest
+
+
+def read_manifests(out_dir: str | Path) -> list[tuple[str, dict]]:
+    """Every stage manifest under an output folder, in stage order."""
+    found = []
+    for path in sorted(Path(out_dir).glob(f"[0-9][0-9]-*/{MANIFEST}")):
+        found.append((path.parent.name, json.loads(path.read_text())))
+    return found

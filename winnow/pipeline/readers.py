@@ -1,0 +1,299 @@
+"""Raw input formats: find the files, cut them into shards, and yield their records.
+
+Each format yields `(location, record)` pairs where `location` is the 1-based line (JSONL) or
+row (tabular) number, and `record` is a dict, or `RawLine` bytes for JSONL (parsed by ingest so
+that a broken line can be quarantined with its bytes). Large files are cut into byte ranges on
+line boundaries so one huge file still feeds every worker; compressed files are cut in their
+decompressed stream (each shard re-decompresses up to its start: simple, and cheap next to parsing).
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import io
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from winnow.pipeline.errors import InputError
+
+JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl.zstd")
+FORMAT_BY_SUFFIX = {".parquet": "parquet", ".txt": "txt", ".md": "txt"} | {s: "jsonl" for s in JSONL_SUFFIXES}
+
+
+@dataclass(frozen=True)
+class Part:
+    """A slice of one input: bytes [start, end) of a (decompressed) JSONL stream, rows of a table, files."""
+
+    path: str
+    fmt: str
+    start: int = 0
+    end: int | None = None
+    first_line: int = 1
+    files: tuple[str, ...] = ()
+
+
+def _format_of(path: str) -> str | None:
+    name = path.lower()
+    for suffix, fmt in sorted(FORMAT_BY_SUFFIX.items(), key=lambda kv: -len(kv[0])):
+        if name.endswith(suffix):
+            return fmt
+    return None
+
+
+def discover(paths: list[str], fmt: str) -> list[tuple[str, str]]:
+    """Expand files, folders and globs into a sorted list of (file, format)."""
+    found: list[tuple[str, str]] = []
+    for pattern in paths:
+        if fmt == "hf" or (os.path.isdir(pattern) and os.path.exists(os.path.join(pattern, "state.json"))):
+            found.append((pattern, "hf"))
+            continue
+        matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
+        if not matches:
+            raise InputError("no input matches this pattern", file=pattern)
+        for m in matches:
+            if os.path.isdir(m):
+                candidates = sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
+                found.extend((c, f) for c in candidates
+                             if (f := fmt if fmt != "auto" else _format_of(c)) and _format_of(c))
+            elif not os.path.exists(m):
+                raise InputError("input file does not exist", file=m)
+            else:
+                f = fmt if fmt != "auto" else _format_of(m)
+                if f is None:
+                    raise InputError("cannot tell the format from the name; set input.format", file=m)
+                found.append((m, f))
+    seen, unique = set(), []
+    for path, f in found:
+        if path not in seen:
+            seen.add(path)
+            unique.append((path, f))
+    return unique
+
+
+def open_stream(path: str) -> io.BufferedIOBase:
+    """A binary stream of the file's decompressed content."""
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if lower.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
+    return open(path, "rb")
+
+
+def plan_jsonl(path: str, shard_bytes: int) -> list[Part]:
+    """Cut a JSONL file into parts of about `shard_bytes`, on line boundaries, with their first line number."""
+    compressed = path.lower().endswith((".gz", ".zst", ".zstd"))
+    if not compressed and os.path.getsize(path) <= shard_bytes:
+        return [Part(path, "jsonl")]
+    parts: list[Part] = []
+    start, start_line = 0, 1
+    pos, newlines = 0, 0  # bytes and newlines before the current block
+    with open_stream(path) as f:
+        while block := f.read(1 << 22):
+            search_from = 0
+            while True:
+                target = max(start + shard_bytes - pos, search_from, 0)
+                if target >= len(block):
+                    break
+                nl = block.find(b"\n", target)
+                if nl < 0:
+                    break
+                parts.append(Part(path, "jsonl", start, pos + nl + 1, start_line))
+                start, start_line = pos + nl + 1, newlines + block.count(b"\n", 0, nl + 1) + 1
+                search_from = nl + 1
+            newlines += block.count(b"\n")
+            pos += len(block)
+    if start < pos or not parts:
+        parts.append(Part(path, "jsonl", start, None, start_line))
+    return parts
+
+
+def read_jsonl(part: Part) -> Iterator[tuple[int, bytes]]:
+    with open_stream(part.path) as f:
+        if part.start:
+            if isinstance(f, io.BufferedReader) and f.seekable() and not part.path.lower().endswith(
+                    (".gz", ".zst", ".zstd")):
+                f.seek(part.start)
+            else:
+                remaining = part.start
+                while remaining:
+                    skipped = f.read(min(remaining, 1 << 22))
+                    if not skipped:
+                        break
+                    remaining -= len(skipped)
+        data = f.read() if part.end is None else f.read(part.end - part.start)
+    lines = data.split(b"\n")
+    if lines and lines[-1] == b"":
+        lines.pop()
+    for i, raw in enumerate(lines):
+        yield part.first_line + i, raw.rstrip(b"\r")
+
+
+def plan_parquet(path: str, shard_bytes: int) -> list[Part]:
+    import pyarrow.parquet as pq
+
+    meta = pq.ParquetFile(path).metadata
+    parts, first, size = [], 0, 0
+    for rg in range(meta.num_row_groups):
+        size += meta.row_group(rg).total_byte_size
+        if size >= shard_bytes:
+            parts.append(Part(path, "parquet", first, rg + 1))
+            first, size = rg + 1, 0
+    if first < meta.num_row_groups or not parts:
+        parts.append(Part(path, "parquet", first, meta.num_row_groups))
+    return parts
+
+
+def read_parquet(part: Part) -> Iterator[tuple[int, dict]]:
+    import pyarrow.parquet as pq
+
+    pf = pq.ParquetFile(part.path)
+    row = sum(pf.metadata.row_group(rg).num_rows for rg in range(part.start)) + 1
+    for rg in range(part.start, part.end or pf.metadata.num_row_groups):
+        for record in pf.read_row_group(rg).to_pylist():
+            yield row, record
+            row += 1
+
+
+def plan_hf(path: str) -> list[Part]:
+    import json
+
+    state = json.loads(Path(path, "state.json").read_text())
+    return [Part(str(Path(path) / f["filename"]), "hf") for f in state["_data_files"]]
+
+
+def read_hf(part: Part) -> Iterator[tuple[int, dict]]:
+    import pyarrow as pa
+
+    with pa.memory_map(part.path) as source:
+        table = pa.ipc.open_stream(source).read_all()
+    for i, record in enumerate(table.to_pylist()):
+        yield i + 1, record
+
+
+def plan_txt(files: list[str], shard_bytes: int) -> list[Part]:
+    parts, group, size = [], [], 0
+    for path in files:
+        group.append(path)
+        size += os.path.getsize(path)
+        if size >= shard_bytes:
+            parts.append(Part(group[0], "txt", files=tuple(group)))
+            group, size = [], 0
+    if group:
+        parts.append(Part(group[0], "txt", files=tuple(group)))
+    return parts
+
+
+def read_txt(part: Part) -> Iterator[tuple[int, dict | bytes]]:
+    for i, path in enumerate(part.files):
+        data = Path(path).read_bytes()
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            yield i + 1, {"__undecodable__": data, "id": path}
+            continue
+        yield i + 1, {"id": path, "text": text}
+
+
+# ------------------------------------------------------------------ the embedded default corpus
+
+_DOCSTRING = re.compile(rb'\A(?:\s*#[^\n]*\n|\s*\n)*\s*[rRuU]?("""|\'\'\')(.*?)\1', re.S)
+
+
+def plan_installed(per_part: int = 40) -> list[Part]:
+    """Shards of the installed distributions (sorted by name), plus the standard library."""
+    from importlib import metadata
+
+    names = sorted({d.metadata["Name"] for d in metadata.distributions() if d.metadata["Name"]},
+                   key=str.lower)
+    names.append("<stdlib>")
+    return [Part("<installed>", "installed_packages", i, min(i + per_part, len(names)),
+                 files=tuple(names[i:i + per_part])) for i in range(0, len(names), per_part)]
+
+
+def read_installed(part: Part) -> Iterator[tuple[int, dict]]:
+    """Package descriptions, licence files and module docstrings: real, messy, duplicated text."""
+    import sysconfig
+    from importlib import metadata
+
+    n = 0
+    for name in part.files:
+        if name == "<stdlib>":
+            root = Path(sysconfig.get_paths()["stdlib"])
+            files = sorted(p for p in root.glob("*.py"))
+            for path in files:
+                doc = _module_docstring(path)
+                if doc:
+                    n += 1
+                    yield n, {"id": f"stdlib/{path.name}", "text": doc, "package": "python", "kind": "docstring"}
+            continue
+        try:
+            dist = metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        version = dist.metadata["Version"] or ""
+        description = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
+        if isinstance(description, str) and description.strip():
+            n += 1
+            yield n, {"id": f"{name}/{version}/DESCRIPTION", "text": description, "package": name,
+                      "kind": "description"}
+        for f in sorted(dist.files or [], key=str):
+            fname = str(f)
+            lower = fname.lower()
+            is_license = ".dist-info/" in lower and ("licen" in lower or "copying" in lower or "notice" in lower)
+            is_module = lower.endswith(".py") and fname.count("/") <= 2 and ".dist-info/" not in lower
+            if not (is_license or is_module):
+                continue
+            path = Path(dist.locate_file(f))
+            if not path.is_file() or path.stat().st_size > 1_000_000:
+                continue
+            if is_license:
+                text = path.read_bytes().decode("utf-8", "replace")
+                kind = "license"
+            else:
+                text = _module_docstring(path)
+                kind = "docstring"
+            if text and text.strip():
+                n += 1
+                yield n, {"id": f"{name}/{version}/{fname}", "text": text, "package": name, "kind": kind}
+
+
+def _module_docstring(path: Path) -> str | None:
+    # a regex over the file's head instead of ast.parse: parsing every module of every package
+    # would dominate the quickstart's run time
+    with open(path, "rb") as f:
+        head = f.read(65536)
+    m = _DOCSTRING.match(head)
+    if not m:
+        return None
+    return m.group(2).decode("utf-8", "replace").strip() or None
+
+
+def plan(paths: list[str], fmt: str, shard_bytes: int) -> list[Part]:
+    """All parts of an input spec, in a deterministic order."""
+    if fmt == "installed_packages":
+        return plan_installed()
+    if not paths:
+        raise InputError("input.paths is empty", file="<config>")
+    files = discover(paths, fmt)
+    parts: list[Part] = []
+    txt_files = [p for p, f in files if f == "txt"]
+    for path, f in files:
+        if f == "jsonl":
+            parts.extend(plan_jsonl(path, shard_bytes))
+        elif f == "parquet":
+            parts.extend(plan_parquet(path, shard_bytes))
+        elif f == "hf":
+            parts.extend(plan_hf(path))
+    parts.extend(plan_txt(txt_files, shard_bytes))
+    return parts
+
+
+READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "hf": read_hf, "txt": read_txt,
+           "installed_packages": read_installed}

@@ -1,0 +1,31 @@
+"""Stage names in YAML resolve to classes through this registry, imported only when used.
+
+So `winnow --help` never imports datatrove, torch or faiss, and a misspelt name gets a suggestion.
+Third-party stages register with `register("name", "package.module:Class")`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+
+STAGES: dict[str, str] = {
+    "normalize": "winnow.filters.normalize:NormalizeStage",
+    "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
+    "heuristics": "winnow.filters.heuristics:HeuristicsStage",
+}
+
+
+def register(name: str, target: str) -> None:
+    """Make `name` usable in a config's `stages:` list; `target` is 'module:Class'."""
+    STAGES[name] = target
+
+
+def get_stage_class(name: str) -> type:
+    """Import and return the stage class registered as `name`."""
+    if name not in STAGES:
+        close = difflib.get_close_matches(name, STAGES, n=1)
+        hint = f" Did you mean {close[0]!r}?" if close else ""
+        raise KeyError(f"unknown stage {name!r}.{hint} Available: {', '.join(sorted(STAGES))}")
+    module, _, attr = STAGES[name].partition(":")
+    return getattr(importlib.import_module(module), attr)

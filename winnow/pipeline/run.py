@@ -1,0 +1,93 @@
+"""`winnow run`: a resolved config → the chain of stages on the engine → final outputs.
+
+Final outputs, beside the stage folders:
+- `config.resolved.yaml`: the config after defaults and `--set`, as it ran;
+- `dataset/`: the last stage's documents as a `datasets` save_to_disk folder;
+- `_run.json`: which stage folder is final, its fingerprints, and the wall time.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from winnow.pipeline.config import ResolvedConfig, stable_hash
+from winnow.pipeline.engine import Engine, StageResult, cluster_client, kept_files
+from winnow.pipeline.ingest import IngestStage
+from winnow.pipeline.registry import get_stage_class
+from winnow.pipeline.shards import write_bytes_atomic
+
+
+@dataclass
+class RunResult:
+    out_dir: Path
+    stages: list[StageResult]
+    final_dir: Path
+    seconds: float
+
+
+def build_stages(config: ResolvedConfig) -> list[tuple[str, Any, dict]]:
+    """(folder name, stage instance, params as plain data) for ingest and every configured stage."""
+    chain = [("00-ingest", IngestStage(config.pipeline.input), config.pipeline.input.model_dump(mode="json"))]
+    for spec in config.stages:
+        chain.append((spec.dirname, get_stage_class(spec.name)(spec.params), spec.params.model_dump(mode="json")))
+    return chain
+
+
+def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None,
+                 console: Any = None) -> RunResult:
+    """Run a whole config; reuses `client` when given, else starts the configured cluster."""
+    t0 = time.perf_counter()
+    out = Path(config.pipeline.output)
+    out.mkdir(parents=True, exist_ok=True)
+    write_bytes_atomic(config.to_yaml().encode(), out / "config.resolved.yaml")
+    eng_cfg = config.pipeline.engine
+    if client is None:
+        with cluster_client(eng_cfg) as own:
+            if console is not None and eng_cfg.progress and _has_dashboard():
+                console.print(f"Dask dashboard: {own.dashboard_link}")
+            return run_pipeline(config, force=force, client=own, console=console)
+    engine = Engine(client, out, seed=config.pipeline.seed, force=force, retries=eng_cfg.retries,
+                    progress=eng_cfg.progress and console is not None, console=console)
+    results = engine.run(build_stages(config))
+    final_dir = out / results[-1].dirname
+    if config.pipeline.outputs.dataset:
+        write_dataset(final_dir, out / "dataset", [r.output_fingerprint for r in results[-1].records], force)
+    seconds = time.perf_counter() - t0
+    summary = {"final_stage": results[-1].dirname, "stages": [r.dirname for r in results],
+               "final_fingerprints": [r.output_fingerprint for r in results[-1].records],
+               "wall_seconds": round(seconds, 3)}
+    write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
+    return RunResult(out, results, final_dir, seconds)
+
+
+def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:
+    """The final shards as a `datasets.load_from_disk` folder; skipped when its inputs are unchanged."""
+    marker = target / "_winnow_source.json"
+    key = stable_hash(fingerprints)
+    if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key:
+        return
+    import datasets
+
+    files = kept_files(stage_dir)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".dataset-") as tmp:
+        datasets.disable_progress_bars()
+        ds = datasets.Dataset.from_parquet(files, cache_dir=str(Path(tmp) / "cache"))
+        staging = Path(tmp) / "dataset"
+        ds.save_to_disk(str(staging))
+        (staging / "_winnow_source.json").write_text(json.dumps({"key": key, "stage": stage_dir.name}))
+        del ds
+        if target.exists():
+            shutil.rmtree(target)
+        staging.rename(target)
+
+
+def _has_dashboard() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("bokeh") is not None

@@ -1,0 +1,129 @@
+"""The stage protocol: a small class with `fit` (optional global pass) and `apply` (one shard).
+
+`apply(table, state) -> (kept, rejected)` is pure over one Arrow table: no file I/O, no module
+globals, randomness only from a seed in the state. The engine owns reading, writing, retries and
+the conservation check (rows in = kept + rejected), so a stage only decides.
+Models load lazily, once per worker process, never in `__init__`: Dask pickles stages to workers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from distributed import Client
+
+
+class NoParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+@dataclass(frozen=True)
+class ShardRef:
+    """One unit of work: an input shard's name (`part-00003`), where it is, and what it holds.
+
+    `fingerprint` changes whenever the shard's content could have changed; resume compares it.
+    """
+
+    name: str
+    path: str
+    fingerprint: str
+    meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class Context:
+    """What `fit` may use: the cluster, the run's seed and a folder for side files."""
+
+    client: Client
+    seed: int
+    workdir: str
+    config: Any = None
+
+    def map(self, fn, items: list, **kwargs) -> list:
+        """Run `fn` on every item on the cluster, in order; results come back to the caller."""
+        if not items:
+            return []
+        futures = self.client.map(fn, items, pure=False, **kwargs)
+        return self.client.gather(futures)
+
+
+class Stage:
+    """Base class. Subclasses set `name`, `Params` and implement `apply` (and maybe `fit`).
+
+    Class attributes:
+        name: registry name and output folder suffix.
+        Params: pydantic model of the stage's YAML block (unknown keys fail); paper defaults.
+        version: bump when the same params would now give different output (invalidates resume).
+        resources: Dask resources each shard task needs, e.g. {"GPU": 1}.
+        reject_columns: extra Arrow fields every rejected row carries (null where not relevant).
+    """
+
+    name: ClassVar[str] = "stage"
+    Params: ClassVar[type[BaseModel]] = NoParams
+    version: ClassVar[int] = 1
+    resources: ClassVar[dict[str, float]] = {}
+    reject_columns: ClassVar[dict[str, pa.DataType]] = {}
+
+    def __init__(self, params: BaseModel | None = None):
+        self.params = params if params is not None else self.Params()
+
+    def inputs(self, upstream: list[ShardRef], ctx: Context) -> list[ShardRef]:
+        """The shards this stage runs over; by default the previous stage's kept shards."""
+        return upstream
+
+    def load(self, ref: ShardRef) -> Any:
+        """Read one input shard for `apply` (runs on a worker)."""
+        import pyarrow.parquet as pq
+
+        return pq.read_table(ref.path)
+
+    def fit(self, shards: list[ShardRef], ctx: Context) -> Any:
+        """Optional global pass over all input shards; its result is `apply`'s `state`."""
+        return None
+
+    def shard_state(self, state: Any, ref: ShardRef) -> Any:
+        """The part of `state` one shard needs; override so large states are not broadcast."""
+        return state
+
+    def apply(self, table: pa.Table, state: Any) -> tuple[pa.Table, pa.Table]:
+        raise NotImplementedError
+
+    def flops(self, table: Any) -> float:
+        """Model FLOPs spent on one shard (scoring stages); recorded in the manifest."""
+        return 0.0
+
+    # helpers for subclasses
+    def reject(self, table: pa.Table, reasons: list | np.ndarray, **extra: Any) -> pa.Table:
+        """Rows of `table` tagged with this stage's name, a reason each, and `reject_columns`."""
+        n = table.num_rows
+        out = table.append_column("stage", pa.array([self.name] * n, pa.string()))
+        out = out.append_column("reason", pa.array(list(reasons), pa.string()))
+        for col, typ in self.reject_columns.items():
+            values = extra.get(col)
+            out = out.append_column(col, pa.nulls(n, typ) if values is None else pa.array(values, typ))
+        return out
+
+
+class FilterStage(Stage):
+    """A stage that only drops rows: implement `keep(table, state) -> (mask, reasons)`.
+
+    `mask[i]` is True to keep row i; `reasons[i]` is a snake_case reason for each dropped row
+    (None where kept). The split into kept and rejected and the bookkeeping are done here once.
+    """
+
+    def keep(self, table: pa.Table, state: Any) -> tuple[np.ndarray, list[str | None]]:
+        raise NotImplementedError
+
+    def apply(self, table: pa.Table, state: Any) -> tuple[pa.Table, pa.Table]:
+        mask, reasons = self.keep(table, state)
+        mask = np.asarray(mask, dtype=bool)
+        dropped = np.flatnonzero(~mask)
+        kept = table.filter(pa.array(mask))
+        rejected = self.reject(table.take(pa.array(dropped, pa.int64())), [reasons[i] for i in dropped])
+        return kept, rejected
