@@ -29,7 +29,14 @@ import pyarrow as pa
 from winnow.pipeline.config import EngineConfig, stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
-from winnow.pipeline.shards import file_hash, text_bytes, write_bytes_atomic, write_parquet_atomic
+from winnow.pipeline.shards import (
+    file_hash,
+    kept_path,
+    rejected_path,
+    text_bytes,
+    write_bytes_atomic,
+    write_parquet_atomic,
+)
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
 REJECTED = "rejected"
@@ -91,8 +98,8 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     if not record.conserved():
         raise ShardError(f"conservation broken: {rows_in} in (+{added} added) != "
                          f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
-    record.output_fingerprint = write_parquet_atomic(kept, Path(stage_dir) / f"{ref.name}.parquet")
-    write_parquet_atomic(rejected, Path(stage_dir) / REJECTED / f"{ref.name}.parquet")
+    record.output_fingerprint = write_parquet_atomic(kept, kept_path(stage_dir, ref.name))
+    write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
     record.seconds = round(time.perf_counter() - t0, 4)
     record.save(stage_dir)
     return record
@@ -144,8 +151,7 @@ class Engine:
             input_fp = stable_hash([ref.fingerprint, state_key])
             done = None if self.force else ShardRecord.load(stage_dir, ref.name)
             if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
-                    and (stage_dir / f"{ref.name}.parquet").exists()
-                    and (stage_dir / REJECTED / f"{ref.name}.parquet").exists()):
+                    and kept_path(stage_dir, ref.name).exists() and rejected_path(stage_dir, ref.name).exists()):
                 records[ref.name] = done
             else:
                 todo.append((ref, input_fp))
@@ -160,7 +166,7 @@ class Engine:
         seconds = time.perf_counter() - t_stage
         write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
                        extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3)})
-        outputs = [ShardRef(name=r.shard, path=str(stage_dir / f"{r.shard}.parquet"),
+        outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
                             fingerprint=r.output_fingerprint) for r in ordered]
         return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
 
@@ -239,15 +245,15 @@ class Engine:
     @staticmethod
     def _remove_stale(stage_dir: Path, names: set[str]) -> None:
         """Shards of an earlier run that the current input no longer has."""
-        for folder, pattern in ((stage_dir, "part-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
+        for folder, pattern in ((stage_dir, "train-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
                                 (stage_dir / SHARDS_DIR, "part-*.json")):
             for path in folder.glob(pattern):
-                if path.name.split(".")[0] not in names:
+                if "part-" + path.name.split(".")[0].split("-", 1)[1] not in names:
                     path.unlink()
 
 
 def kept_files(stage_dir: str | Path) -> list[str]:
-    return sorted(str(p) for p in Path(stage_dir).glob("part-*.parquet"))
+    return sorted(str(p) for p in Path(stage_dir).glob("train-*.parquet"))
 
 
 __all__ = ["Engine", "cluster_client", "run_shard", "kept_files", "file_hash"]

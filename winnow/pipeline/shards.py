@@ -22,6 +22,19 @@ def shard_name(index: int) -> str:
     return f"part-{index:05d}"
 
 
+def kept_path(stage_dir: str | Path, shard: str) -> Path:
+    """Where a stage's kept rows for `shard` live: `train-NNNNN.parquet`.
+
+    The `train-` prefix is what lets `datasets.load_dataset("parquet", data_dir=stage_dir)` pick the
+    kept shards (and only them) out of a folder that also holds `rejected/` and `_manifest.json`.
+    """
+    return Path(stage_dir) / f"train-{shard.removeprefix('part-')}.parquet"
+
+
+def rejected_path(stage_dir: str | Path, shard: str) -> Path:
+    return Path(stage_dir) / "rejected" / f"{shard}.parquet"
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
     """Write `table` to `path` via a temporary file and a rename; returns the file's content hash."""
     path = Path(path)
