@@ -98,7 +98,12 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     if not record.conserved():
         raise ShardError(f"conservation broken: {rows_in} in (+{added} added) != "
                          f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
-    record.output_fingerprint = write_parquet_atomic(kept, kept_path(stage_dir, ref.name))
+    target = kept_path(stage_dir, ref.name)
+    if kept.num_rows:
+        record.output_fingerprint = write_parquet_atomic(kept, target)
+    else:  # no file for an empty shard: `datasets` cannot read a Parquet file without rows
+        target.unlink(missing_ok=True)
+        record.output_fingerprint = "empty"
     write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
     record.seconds = round(time.perf_counter() - t0, 4)
     record.save(stage_dir)
@@ -151,7 +156,8 @@ class Engine:
             input_fp = stable_hash([ref.fingerprint, state_key])
             done = None if self.force else ShardRecord.load(stage_dir, ref.name)
             if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
-                    and kept_path(stage_dir, ref.name).exists() and rejected_path(stage_dir, ref.name).exists()):
+                    and (done.kept == 0 or kept_path(stage_dir, ref.name).exists())
+                    and rejected_path(stage_dir, ref.name).exists()):
                 records[ref.name] = done
             else:
                 todo.append((ref, input_fp))
@@ -167,7 +173,7 @@ class Engine:
         write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
                        extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3)})
         outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
-                            fingerprint=r.output_fingerprint) for r in ordered]
+                            fingerprint=r.output_fingerprint) for r in ordered if r.kept]
         return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
 
     def _fit(self, stage: Stage, shards: list[ShardRef], ctx: Context, config_hash: str,

@@ -1,0 +1,3 @@
+from winnow.pipeline.cli import main
+
+main()
