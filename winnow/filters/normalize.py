@@ -47,7 +47,7 @@ class NormalizeStage(Stage):
             text = pc.replace_substring_regex(text, r"([^\n ]) {2,}", r"\1 ")
         if p.strip_lines:
             text = pc.replace_substring_regex(text, r"[ \t]+\n", "\n")
-        text = pc.replace_substring_regex(text, r"\n{%d,}" % (p.max_blank_lines + 2),
+        text = pc.replace_substring_regex(text, rf"\n{{{p.max_blank_lines + 2},}}",
                                           "\n" * (p.max_blank_lines + 1))
         return pc.utf8_trim_whitespace(text)
 

@@ -31,7 +31,8 @@ class InputConfig(Strict):
         "installed_packages: documentation shipped inside the installed Python packages")
     text_field: str = Field("text", description="input field holding the document text")
     id_field: str = Field("id", description="input field holding a unique id; missing ids become `path:line`")
-    shard_size_mb: float = Field(32.0, gt=0, description="large files are split into shards of about this size")
+    shard_size_mb: float | None = Field(
+        None, gt=0, description="split files into shards of about this size; null: about 12 shards per worker")
     max_text_bytes: int = Field(16_000_000, gt=0, description="longer documents go to rejected/ as text_too_long")
     utf8_errors: Literal["reject", "replace"] = Field(
         "reject", description="invalid UTF-8: reject the line, or replace bad bytes with U+FFFD and keep it")

@@ -110,6 +110,14 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     return record
 
 
+def _size_kb(ref: ShardRef) -> int:
+    """Largest shards first (Dask runs higher priority first): the last task to finish is a small one."""
+    try:
+        return os.path.getsize(ref.path) // 1024
+    except OSError:
+        return 0
+
+
 def _added(kept: pa.Table) -> int:
     """Rows a stage created itself carry `synthetic = true`; they are not inputs."""
     if "synthetic" not in kept.column_names or kept.num_rows == 0:
@@ -206,7 +214,7 @@ class Engine:
             shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
             fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
                                      key=f"{dirname}-{ref.name}-{input_fp}", retries=self.retries,
-                                     resources=stage.resources or None, pure=False)
+                                     resources=stage.resources or None, pure=False, priority=_size_kb(ref))
             futures[fut] = ref
         records: dict[str, ShardRecord] = {}
         errors: list[str] = []
@@ -250,7 +258,10 @@ class Engine:
 
     @staticmethod
     def _remove_stale(stage_dir: Path, names: set[str]) -> None:
-        """Shards of an earlier run that the current input no longer has."""
+        """Shards of an earlier run that the current input no longer has, and temporary files
+        a killed run left half-written."""
+        for tmp in stage_dir.rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
         for folder, pattern in ((stage_dir, "train-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
                                 (stage_dir / SHARDS_DIR, "part-*.json")):
             for path in folder.glob(pattern):

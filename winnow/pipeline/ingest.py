@@ -57,7 +57,8 @@ class IngestStage(Stage):
     # ---------------------------------------------------------------- planning
     def inputs(self, upstream: list[ShardRef], ctx: Context) -> list[ShardRef]:
         p: InputConfig = self.params
-        parts = plan(p.paths, p.format, int(p.shard_size_mb * 2**20))
+        shard_bytes = int(p.shard_size_mb * 2**20) if p.shard_size_mb else None
+        parts = plan(p.paths, p.format, shard_bytes, ctx.n_workers())
         refs = []
         for i, part in enumerate(parts):
             stat = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in (part.files or (part.path,))

@@ -275,13 +275,20 @@ def _module_docstring(path: Path) -> str | None:
     return m.group(2).decode("utf-8", "replace").strip() or None
 
 
-def plan(paths: list[str], fmt: str, shard_bytes: int) -> list[Part]:
-    """All parts of an input spec, in a deterministic order."""
+def auto_shard_bytes(total_bytes: int, n_workers: int) -> int:
+    """About 12 shards per worker, so uneven documents still balance; between 256 KiB and 64 MiB."""
+    return int(min(max(total_bytes / (12 * max(n_workers, 1)), 256 * 2**10), 64 * 2**20))
+
+
+def plan(paths: list[str], fmt: str, shard_bytes: int | None, n_workers: int = 1) -> list[Part]:
+    """All parts of an input spec, in a deterministic order; `shard_bytes=None` sizes them for `n_workers`."""
     if fmt == "installed_packages":
         return plan_installed()
     if not paths:
         raise InputError("input.paths is empty", file="<config>")
     files = discover(paths, fmt)
+    if shard_bytes is None:
+        shard_bytes = auto_shard_bytes(sum(os.path.getsize(p) for p, f in files if f != "hf"), n_workers)
     parts: list[Part] = []
     txt_files = [p for p, f in files if f == "txt"]
     for path, f in files:

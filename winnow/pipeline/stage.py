@@ -45,6 +45,9 @@ class Context:
     workdir: str
     config: Any = None
 
+    def n_workers(self) -> int:
+        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+
     def map(self, fn, items: list, **kwargs) -> list:
         """Run `fn` on every item on the cluster, in order; results come back to the caller."""
         if not items:

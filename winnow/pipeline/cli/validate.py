@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import click
 
 
@@ -18,7 +20,8 @@ def validate(config: str, overrides: tuple[str, ...], show: bool) -> None:
 
     resolved = load_config(config, overrides)
     inp = resolved.pipeline.input
-    parts = plan(inp.paths, inp.format, int(inp.shard_size_mb * 2**20))
+    workers = resolved.pipeline.engine.n_workers or os.cpu_count() or 1
+    parts = plan(inp.paths, inp.format, int(inp.shard_size_mb * 2**20) if inp.shard_size_mb else None, workers)
     if show:
         click.echo(resolved.to_yaml())
     names = " → ".join(["ingest"] + [s.name for s in resolved.stages])

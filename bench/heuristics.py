@@ -1,0 +1,126 @@
+"""Heuristic filtering throughput: winnow vs datatrove's own executor, same filters, files, processes.
+
+Both run GopherQuality → GopherRepetition → C4Quality → FineWebQuality (datatrove's classes,
+default arguments) over the same JSONL files and write the kept documents:
+  - datatrove: JsonlReader → 4 filters → JsonlWriter (gzip) on LocalPipelineExecutor(workers=N);
+    its ParquetWriter stops on these files (a column typed null in one document, a string in the next)
+  - winnow:    `winnow run` with ingest + heuristics on a LocalCluster of N worker processes
+Each run is a separate process; its peak RSS is the peak of the summed RSS of its whole process
+tree (driver, scheduler, workers), sampled every 50 ms. Wall time includes start-up.
+
+    python bench/heuristics.py                     # all of ../shared/data/web, 2 processes
+    python bench/heuristics.py --files 4 --workers 2
+Last line: `ratio winnow/datatrove: X.XX`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+WEB = REPO.parent / "shared" / "data" / "web"
+
+
+def run_datatrove(files: list[str], workers: int, out: Path) -> None:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.filters import (
+        C4QualityFilter,
+        FineWebQualityFilter,
+        GopherQualityFilter,
+        GopherRepetitionFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    # datatrove distributes whole files over tasks; give it the same files as winnow's shards
+    links = out / "in"
+    links.mkdir(parents=True)
+    for i, f in enumerate(files):
+        os.symlink(f, links / f"{i:05d}.jsonl")
+    LocalPipelineExecutor(
+        pipeline=[JsonlReader(str(links)), GopherQualityFilter(), GopherRepetitionFilter(), C4QualityFilter(),
+                  FineWebQualityFilter(), JsonlWriter(str(out / "kept"))],
+        tasks=len(files), workers=workers, logging_dir=str(out / "logs")).run()
+
+
+def run_winnow(files: list[str], workers: int, out: Path) -> None:
+    from winnow.pipeline.config import resolve
+    from winnow.pipeline.run import run_pipeline
+
+    cfg = resolve({"input": {"paths": files}, "output": str(out / "w"), "outputs": {"dataset": False},
+                   "engine": {"n_workers": workers, "progress": False}, "stages": [{"heuristics": {}}]})
+    run_pipeline(cfg)
+
+
+def measure(which: str, files: list[str], workers: int) -> dict:
+    """Run one side in a child process; wall seconds and peak RSS of its process tree."""
+    import psutil
+
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, __file__, "--child", which, "--workers", str(workers), "--out", tmp,
+               "--file-list", json.dumps(files)]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peak = [0]
+        done = threading.Event()
+
+        def sample() -> None:
+            root = psutil.Process(proc.pid)
+            while not done.is_set():
+                try:
+                    procs = [root, *root.children(recursive=True)]
+                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
+                except psutil.Error:
+                    pass
+                time.sleep(0.05)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        _, err = proc.communicate()
+        seconds = time.perf_counter() - t0
+        done.set()
+        sampler.join()
+        if proc.returncode:
+            raise SystemExit(f"{which} failed:\n{err.decode()[-3000:]}")
+    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--files", type=int, default=0, help="use the first N web files (0 = all)")
+    ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--child", choices=["datatrove", "winnow"], help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--file-list", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        fn = run_datatrove if args.child == "datatrove" else run_winnow
+        fn(json.loads(args.file_list), args.workers, Path(args.out))
+        return
+
+    files = sorted(str(p) for p in WEB.rglob("*.jsonl"))
+    files = files[: args.files] if args.files else files
+    n_docs = sum(Path(f).read_bytes().count(b"\n") for f in files)
+    print(f"{len(files)} files, {n_docs:,} documents, {args.workers} processes; "
+          f"filters: gopher_quality, gopher_repetition, c4_quality, fineweb_quality")
+    results = {}
+    for name, workers in (("datatrove", args.workers), ("winnow", args.workers), ("winnow-1", 1)):
+        r = measure(name.split("-")[0], files, workers)
+        results[name] = r
+        print(f"{name:10s} workers={workers}  {n_docs / r['seconds']:8.1f} docs/s  "
+              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
+    scaling = results["winnow-1"]["seconds"] / results["winnow"]["seconds"]
+    print(f"winnow scaling {args.workers} workers vs 1: {scaling:.2f}x")
+    print(f"ratio winnow/datatrove: {results['datatrove']['seconds'] / results['winnow']['seconds']:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,122 @@
+"""End to end on real web text: conservation, resume that does no work, a SIGKILL mid-stage, outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from click.testing import CliRunner
+from conftest import REPO, check_conservation, run, web_files
+
+from winnow.pipeline.manifest import read_manifests
+
+STAGES = [{"normalize": {}}, {"exact_dedup": {}}, {"heuristics": {}}]
+
+
+def config(out: Path, files: list[str], shard_mb: float = 32.0) -> dict:
+    return {"input": {"paths": files, "shard_size_mb": shard_mb}, "output": str(out), "stages": STAGES}
+
+
+def final_shards(out: Path) -> dict[str, bytes]:
+    stage = json.loads((out / "_run.json").read_text())["final_stage"]
+    return {p.name: p.read_bytes() for p in sorted((out / stage).glob("train-*.parquet"))}
+
+
+def test_web_subset_end_to_end_and_rerun_does_no_work(tmp_path, client):
+    import datasets
+
+    out = tmp_path / "web"
+    files = web_files(3)
+    result = run(config(out, files), client)
+    manifests = check_conservation(out)
+    assert [m["stage"] for m in manifests] == ["ingest", "normalize", "exact_dedup", "heuristics"]
+    heur = manifests[-1]
+    assert 0 < heur["totals"]["kept"] < heur["totals"]["rows_in"]
+    assert any(r.startswith("gopher_quality:") for r in heur["reasons"])
+    first = final_shards(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+
+    again = run(config(out, files), client)
+    assert all(s.skipped == len(s.records) for s in again.stages)       # every shard skipped
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
+    assert final_shards(out) == first
+
+    ds = datasets.load_dataset("parquet", data_dir=str(result.final_dir), split="train")
+    assert ds.num_rows == heur["totals"]["kept"] and {"id", "text"} <= set(ds.column_names)
+    assert datasets.load_from_disk(str(out / "dataset")).num_rows == ds.num_rows
+    assert yaml.safe_load((out / "config.resolved.yaml").read_text())["stages"][2]["heuristics"]["order"]
+
+    from winnow.pipeline.cli import cli
+
+    shown = CliRunner().invoke(cli, ["stats", str(out)])
+    assert shown.exit_code == 0 and "03-heuristics" in shown.output and "gopher_quality:" in shown.output
+
+
+def test_changed_params_redo_only_that_stage(tmp_path, client):
+    out = tmp_path / "web"
+    files = web_files(1)
+    run(config(out, files), client)
+    cfg = config(out, files)
+    cfg["stages"] = STAGES[:2] + [{"heuristics": {"c4_quality": None}}]
+    again = run(cfg, client)
+    assert [s.skipped == len(s.records) for s in again.stages] == [True, True, True, False]
+    check_conservation(out)
+    assert "c4_quality" not in " ".join(read_manifests(out)[-1][1]["reasons"])
+
+
+def test_sigkill_during_heuristics_then_resume_is_byte_identical(tmp_path, client):
+    files = web_files(2)[-1:] + web_files(4)[-1:]
+    reference = tmp_path / "reference"
+    run(config(reference, files, shard_mb=0.25), client)
+
+    killed = tmp_path / "killed"
+    cfg_path = tmp_path / "killed.yaml"
+    cfg = config(killed, files, shard_mb=0.25)
+    cfg["engine"] = {"n_workers": 2, "progress": False}
+    cfg_path.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cmd = [sys.executable, "-m", "winnow", "run", str(cfg_path), "--quiet"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, env=env, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    markers = killed / "03-heuristics" / "_shards"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if markers.exists() and len(list(markers.glob("*.json"))) >= 2:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, f"run ended before it could be killed: {proc.stderr.read().decode()[-2000:]}"
+    os.killpg(proc.pid, signal.SIGKILL)                 # the driver, the scheduler and every worker
+    proc.wait()
+    total = len(list((killed / "02-exact_dedup").glob("train-*.parquet")))
+    done_at_kill = len(list(markers.glob("*.json")))
+    assert 0 < done_at_kill < total, (done_at_kill, total)
+    assert not (killed / "03-heuristics" / "_manifest.json").exists()
+
+    resumed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    heur = read_manifests(killed)[-1][1]
+    assert heur["skipped_shards"] >= done_at_kill       # finished shards were not redone
+    check_conservation(killed)
+    assert final_shards(killed) == final_shards(reference)
+    assert not list(killed.rglob(".*.tmp-*"))             # no temporary file left behind
+
+
+def test_shipped_configs_run_in_full(tmp_path, client, monkeypatch):
+    """configs/web.yaml on all of ../shared/data/web, and the embedded quickstart, as users run them."""
+    from winnow.pipeline.config import load_config
+    from winnow.pipeline.run import run_pipeline
+
+    monkeypatch.chdir(REPO)                                 # config paths are relative to the repo root
+    for name in ("web", "quickstart"):
+        cfg = load_config(REPO / "configs" / f"{name}.yaml", [f"output={tmp_path / name}", "engine.progress=false"])
+        result = run_pipeline(cfg, client=client)
+        manifests = check_conservation(tmp_path / name)
+        assert manifests[-1]["totals"]["kept"] > 0 and result.final_dir.name == "03-heuristics"
+        if name == "web":
+            assert manifests[0]["totals"]["rows_in"] == 13_255
