@@ -10,6 +10,7 @@ tree (driver, scheduler, workers), sampled every 50 ms. Wall time includes start
 
     python bench/heuristics.py                     # all of ../shared/data/web, 2 processes
     python bench/heuristics.py --files 4 --workers 2
+    python bench/heuristics.py --scaling           # adds datatrove with 1 worker, for its scaling
 Last line: `ratio winnow/datatrove: X.XX`.
 """
 
@@ -57,7 +58,9 @@ def run_winnow(files: list[str], workers: int, out: Path) -> None:
 
     cfg = resolve({"input": {"paths": files}, "output": str(out / "w"), "outputs": {"dataset": False},
                    "engine": {"n_workers": workers, "progress": False}, "stages": [{"heuristics": {}}]})
-    run_pipeline(cfg)
+    result = run_pipeline(cfg)
+    heur = result.stages[-1]
+    print(json.dumps({"task_seconds": sum(r.seconds for r in heur.records), "stage_seconds": heur.seconds}))
 
 
 def measure(which: str, files: list[str], workers: int) -> dict:
@@ -68,7 +71,7 @@ def measure(which: str, files: list[str], workers: int) -> dict:
         cmd = [sys.executable, __file__, "--child", which, "--workers", str(workers), "--out", tmp,
                "--file-list", json.dumps(files)]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         peak = [0]
         done = threading.Event()
 
@@ -84,19 +87,21 @@ def measure(which: str, files: list[str], workers: int) -> dict:
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        _, err = proc.communicate()
+        out, err = proc.communicate()
         seconds = time.perf_counter() - t0
         done.set()
         sampler.join()
         if proc.returncode:
             raise SystemExit(f"{which} failed:\n{err.decode()[-3000:]}")
-    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20}
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20, **(json.loads(lines[-1]) if lines else {})}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=0, help="use the first N web files (0 = all)")
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--scaling", action="store_true", help="also run datatrove with 1 worker")
     ap.add_argument("--child", choices=["datatrove", "winnow"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
@@ -112,13 +117,20 @@ def main() -> None:
     print(f"{len(files)} files, {n_docs:,} documents, {args.workers} processes; "
           f"filters: gopher_quality, gopher_repetition, c4_quality, fineweb_quality")
     results = {}
-    for name, workers in (("datatrove", args.workers), ("winnow", args.workers), ("winnow-1", 1)):
+    runs = [("datatrove", args.workers), ("winnow", args.workers), ("winnow-1", 1)]
+    if args.scaling:
+        runs.append(("datatrove-1", 1))
+    for name, workers in runs:
         r = measure(name.split("-")[0], files, workers)
         results[name] = r
-        print(f"{name:10s} workers={workers}  {n_docs / r['seconds']:8.1f} docs/s  "
-              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB")
-    scaling = results["winnow-1"]["seconds"] / results["winnow"]["seconds"]
-    print(f"winnow scaling {args.workers} workers vs 1: {scaling:.2f}x")
+        extra = (f"  (heuristics stage {r['stage_seconds']:.1f} s wall, {r['task_seconds']:.1f} s summed over tasks)"
+                 if "task_seconds" in r else "")
+        print(f"{name:11s} workers={workers}  {n_docs / r['seconds']:8.1f} docs/s  "
+              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB{extra}")
+    for peer in ("winnow", "datatrove"):
+        if f"{peer}-1" in results:
+            scaling = results[f"{peer}-1"]["seconds"] / results[peer]["seconds"]
+            print(f"{peer} scaling {args.workers} workers vs 1: {scaling:.2f}x")
     print(f"ratio winnow/datatrove: {results['datatrove']['seconds'] / results['winnow']['seconds']:.2f}")
 
 

@@ -46,6 +46,8 @@ class HeuristicsParams(BaseModel):
     fineweb_quality: dict[str, Any] | None = Field(default_factory=dict)
     order: list[str] = Field(default_factory=lambda: list(FILTERS),
                              description="the order filters run in; the first to drop names the reason")
+    warm_tokenizer: bool = Field(True, description="English filters share winnow's faster spaCy word "
+                                 "splitter (same tokens as datatrove's); false: datatrove's own")
 
     @model_validator(mode="after")
     def _check_arguments(self) -> HeuristicsParams:
@@ -77,8 +79,18 @@ class HeuristicsStage(Stage):
     @property
     def filters(self) -> list[tuple[str, Any]]:
         if self._filters is None:
-            self._filters = [(key, filter_class(key)(**getattr(self.params, key)))
-                             for key in self.params.order if getattr(self.params, key) is not None]
+            from winnow.filters.spacy_words import WarmSpacyTokenizer
+
+            shared = WarmSpacyTokenizer("en") if self.params.warm_tokenizer else None
+            self._filters = []
+            for key in self.params.order:
+                kwargs = getattr(self.params, key)
+                if kwargs is None:
+                    continue
+                if shared is not None and kwargs.get("language", "en") == "en":
+                    # datatrove accepts a WordTokenizer wherever it takes a language
+                    kwargs = {**kwargs, "language": shared}
+                self._filters.append((key, filter_class(key)(**kwargs)))
         return self._filters
 
     def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table]:
