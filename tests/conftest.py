@@ -52,7 +52,8 @@ def check_conservation(out_dir: Path) -> list[dict]:
         for shard in m["shards"]:
             assert shard["rows_in"] + shard["added"] == shard["kept"] + shard["rejected"], (dirname, shard)
             kept_file = kept_path(stage_dir, shard["shard"])
-            assert pq.read_metadata(kept_file).num_rows == shard["kept"] if shard["kept"] else not kept_file.exists()
+            rows_out = shard["rows_out"]
+            assert pq.read_metadata(kept_file).num_rows == rows_out if rows_out else not kept_file.exists()
             rejected = pq.read_table(rejected_path(stage_dir, shard["shard"]))
             assert rejected.num_rows == shard["rejected"]
             if rejected.num_rows:
@@ -61,5 +62,5 @@ def check_conservation(out_dir: Path) -> list[dict]:
         totals = m["totals"]
         if previous_kept is not None:
             assert totals["rows_in"] == previous_kept, dirname
-        previous_kept = totals["kept"]
+        previous_kept = totals["rows_out"]
     return [m for _, m in manifests]

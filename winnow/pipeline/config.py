@@ -51,7 +51,9 @@ class EngineConfig(Strict):
 
 
 class OutputsConfig(Strict):
-    dataset: bool = Field(True, description="also write the final documents as a `datasets` save_to_disk folder")
+    dataset: bool = Field(True, description="also write the final rows as a `datasets` save_to_disk folder")
+    token_files: bool = Field(True, description="when the last stage packs: tokens/ (flat memmap + index)")
+    megatron: bool = Field(True, description="when the last stage packs: megatron/text_document.{bin,idx}")
 
 
 class PipelineConfig(Strict):

@@ -85,12 +85,15 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
         raise
     except Exception as e:
         raise ShardError(f"{type(e).__name__}: {e}", stage=stage.name, shard=ref.path) from e
+    documents = stage.documents_in(kept)
     if isinstance(data, pa.Table):
-        rows_in, added, bytes_in = data.num_rows, _added(kept), text_bytes(data)
+        rows_in, bytes_in = data.num_rows, text_bytes(data)
     else:  # a source stage (ingest) reads raw records: each one ends up kept or rejected
-        rows_in, added, bytes_in = kept.num_rows + rejected.num_rows, 0, text_bytes(kept) + text_bytes(rejected)
+        rows_in, bytes_in = documents + rejected.num_rows, text_bytes(kept) + text_bytes(rejected)
+    added = kept.num_rows - documents if "synthetic" in kept.column_names else 0
     record = ShardRecord(
-        shard=ref.name, rows_in=rows_in, kept=kept.num_rows, rejected=rejected.num_rows, added=added,
+        shard=ref.name, rows_in=rows_in, kept=documents, rejected=rejected.num_rows, added=added,
+        rows_out=kept.num_rows,
         bytes_in=bytes_in, bytes_kept=text_bytes(kept), bytes_rejected=text_bytes(rejected),
         reasons=dict(Counter(rejected.column("reason").to_pylist())) if rejected.num_rows else {},
         config_hash=config_hash, input_fingerprint=input_fingerprint, flops=float(stage.flops(data)),
@@ -116,15 +119,6 @@ def _size_kb(ref: ShardRef) -> int:
         return os.path.getsize(ref.path) // 1024
     except OSError:
         return 0
-
-
-def _added(kept: pa.Table) -> int:
-    """Rows a stage created itself carry `synthetic = true`; they are not inputs."""
-    if "synthetic" not in kept.column_names or kept.num_rows == 0:
-        return 0
-    import pyarrow.compute as pc
-
-    return int(pc.sum(pc.cast(pc.fill_null(kept.column("synthetic"), False), pa.int64())).as_py() or 0)
 
 
 class Engine:
@@ -164,7 +158,7 @@ class Engine:
             input_fp = stable_hash([ref.fingerprint, state_key])
             done = None if self.force else ShardRecord.load(stage_dir, ref.name)
             if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
-                    and (done.kept == 0 or kept_path(stage_dir, ref.name).exists())
+                    and (done.rows_out == 0 or kept_path(stage_dir, ref.name).exists())
                     and rejected_path(stage_dir, ref.name).exists()):
                 records[ref.name] = done
             else:
@@ -179,9 +173,10 @@ class Engine:
             raise ShardError("conservation broken", stage=stage.name, shard=",".join(broken))
         seconds = time.perf_counter() - t_stage
         write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
-                       extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3)})
+                       extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3),
+                              **stage.manifest_extra(state)})
         outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
-                            fingerprint=r.output_fingerprint) for r in ordered if r.kept]
+                            fingerprint=r.output_fingerprint) for r in ordered if r.rows_out]
         return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
 
     def _fit(self, stage: Stage, shards: list[ShardRef], ctx: Context, config_hash: str,

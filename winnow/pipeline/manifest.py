@@ -25,6 +25,7 @@ class ShardRecord:
     kept: int
     rejected: int
     added: int = 0               # rows a stage creates (synthetic rephrases); conservation counts them
+    rows_out: int = 0            # rows in the kept file (differs from `kept` when rows are packed sequences)
     bytes_in: int = 0            # UTF-8 bytes of `text`
     bytes_kept: int = 0
     bytes_rejected: int = 0
@@ -57,7 +58,7 @@ def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: 
     for r in records:
         reasons.update(r.reasons)
     totals = {k: sum(getattr(r, k) for r in records)
-              for k in ("rows_in", "kept", "rejected", "added", "bytes_in", "bytes_kept", "bytes_rejected",
+              for k in ("rows_in", "kept", "rejected", "added", "rows_out", "bytes_in", "bytes_kept", "bytes_rejected",
                         "seconds", "flops")}
     manifest = {
         "stage": stage,

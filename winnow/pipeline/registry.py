@@ -13,6 +13,8 @@ STAGES: dict[str, str] = {
     "normalize": "winnow.filters.normalize:NormalizeStage",
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
+    "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
+    "pack": "winnow.tokenize.pack:PackStage",
 }
 
 

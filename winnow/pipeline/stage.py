@@ -97,6 +97,23 @@ class Stage:
     def apply(self, table: pa.Table, state: Any) -> tuple[pa.Table, pa.Table]:
         raise NotImplementedError
 
+    def documents_in(self, kept: pa.Table) -> int:
+        """How many input rows `kept` accounts for (conservation: rows in = this + rejected).
+
+        One per row, less the rows the stage created (`synthetic`); a stage whose output rows are
+        not documents (packing) counts the documents they hold instead.
+        """
+        if "synthetic" not in kept.column_names or kept.num_rows == 0:
+            return kept.num_rows
+        import pyarrow.compute as pc
+
+        return kept.num_rows - int(pc.sum(pc.cast(pc.fill_null(kept.column("synthetic"), False), pa.int64()))
+                                   .as_py() or 0)
+
+    def manifest_extra(self, state: Any) -> dict:
+        """Facts about the fitted state for `_manifest.json` (e.g. a tokenizer's hash)."""
+        return {}
+
     def flops(self, table: Any) -> float:
         """Model FLOPs spent on one shard (scoring stages); recorded in the manifest."""
         return 0.0

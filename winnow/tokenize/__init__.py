@@ -1,0 +1,1 @@
+"""Tokenizers (trained or local), the tokenize and pack stages, and the token files trainers read."""

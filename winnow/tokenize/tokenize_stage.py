@@ -1,0 +1,108 @@
+"""The `tokenize` stage: every document to token ids (EOS appended), batched in Rust.
+
+Adds `input_ids` (list<uint16> when the vocabulary fits in 16 bits, else list<uint32>) and
+`n_tokens` (int32). `fit` loads the configured tokenizer, or trains a byte-level BPE on the first
+`train_docs` documents in shard order; the tokenizer is saved as `<stage>/tokenizer.json` and its
+hash goes into the manifest. A `loss_mask` column an earlier stage left is carried through only
+when its lengths match the new tokens; otherwise the stage fails naming the shard.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from pydantic import BaseModel, ConfigDict, Field
+
+from winnow.pipeline.shards import write_bytes_atomic
+from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.tokenize.tokenizer import EOS, eos_id, load_tokenizer, tokenizer_hash, train_bpe
+
+
+class TokenizeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    tokenizer: str | None = Field(None, description="local tokenizer.json or folder; null: train a BPE here")
+    vocab_size: int = Field(8192, ge=260, le=2**32 - 1, description="when training")
+    train_docs: int = Field(20_000, gt=0, description="documents to train on (the first, in shard order)")
+    eos: str = Field(EOS, description="end-of-document token appended to every document")
+    batch_size: int = Field(1024, gt=0)
+
+
+class TokenizerState:
+    """The tokenizer as JSON text (small, pickles cheaply) plus its id of EOS and hash."""
+
+    def __init__(self, json_text: str, eos: str):
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_str(json_text)
+        self.json_text, self.eos_id, self.hash = json_text, eos_id(tok, eos), tokenizer_hash(tok)
+        self.vocab_size = tok.get_vocab_size()
+        self._tok = None
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_tok": None}
+
+    @property
+    def tokenizer(self):
+        if self._tok is None:
+            from tokenizers import Tokenizer
+
+            self._tok = Tokenizer.from_str(self.json_text)
+        return self._tok
+
+
+class TokenizeStage(Stage):
+    name = "tokenize"
+    Params = TokenizeParams
+
+    def fit(self, shards: list[ShardRef], ctx: Context) -> TokenizerState:
+        p: TokenizeParams = self.params
+        if p.tokenizer:
+            tok = load_tokenizer(p.tokenizer)
+        else:
+            tok = train_bpe(_first_texts(shards, p.train_docs), p.vocab_size, p.eos)
+        state = TokenizerState(tok.to_str(), p.eos)
+        write_bytes_atomic(state.json_text.encode(), Path(ctx.workdir).parent / "tokenizer.json")
+        return state
+
+    def manifest_extra(self, state: TokenizerState) -> dict:
+        return {"tokenizer_hash": state.hash, "vocab_size": state.vocab_size, "eos_id": state.eos_id}
+
+    def apply(self, table: pa.Table, state: TokenizerState) -> tuple[pa.Table, pa.Table]:
+        tok = state.tokenizer
+        texts = table.column("text").to_pylist()
+        dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
+        pieces, lengths = [], np.empty(len(texts), np.int64)
+        step = self.params.batch_size
+        for start in range(0, len(texts), step):
+            for i, enc in enumerate(tok.encode_batch_fast(texts[start:start + step], add_special_tokens=False)):
+                ids = np.asarray(enc.ids + [state.eos_id], dtype=dtype)
+                pieces.append(ids)
+                lengths[start + i] = len(ids)
+        values = np.concatenate(pieces) if pieces else np.empty(0, dtype)
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if values.size < 2**31 else np.int64)
+        arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
+            pa.array(offsets), pa.array(values))
+        if "loss_mask" in table.column_names:
+            mask_lengths = np.asarray(table.column("loss_mask").combine_chunks().value_lengths())
+            if not np.array_equal(mask_lengths, lengths):
+                raise ValueError("an earlier loss_mask does not match the new token counts")
+        for name in ("input_ids", "n_tokens"):
+            if name in table.column_names:
+                table = table.drop_columns([name])
+        table = table.append_column("input_ids", arr).append_column("n_tokens", pa.array(lengths, pa.int32()))
+        return table, self.reject(table.slice(0, 0), [])
+
+
+def _first_texts(shards: list[ShardRef], n: int):
+    """The first `n` texts in shard order, streamed (read on the driver: training is single-process)."""
+    seen = 0
+    for ref in shards:
+        for batch in pq.ParquetFile(ref.path).iter_batches(columns=["text"], batch_size=1024):
+            for text in batch.column(0).to_pylist():
+                yield text
+                seen += 1
+                if seen >= n:
+                    return
