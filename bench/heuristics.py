@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
-import time
 from pathlib import Path
+
+from common import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -65,36 +64,9 @@ def run_winnow(files: list[str], workers: int, out: Path) -> None:
 
 def measure(which: str, files: list[str], workers: int) -> dict:
     """Run one side in a child process; wall seconds and peak RSS of its process tree."""
-    import psutil
-
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, __file__, "--child", which, "--workers", str(workers), "--out", tmp,
-               "--file-list", json.dumps(files)]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        peak = [0]
-        done = threading.Event()
-
-        def sample() -> None:
-            root = psutil.Process(proc.pid)
-            while not done.is_set():
-                try:
-                    procs = [root, *root.children(recursive=True)]
-                    peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
-                except psutil.Error:
-                    pass
-                time.sleep(0.05)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        sampler.start()
-        out, err = proc.communicate()
-        seconds = time.perf_counter() - t0
-        done.set()
-        sampler.join()
-        if proc.returncode:
-            raise SystemExit(f"{which} failed:\n{err.decode()[-3000:]}")
-    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
-    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20, **(json.loads(lines[-1]) if lines else {})}
+        return run_measured([sys.executable, __file__, "--child", which, "--workers", str(workers), "--out", tmp,
+                             "--file-list", json.dumps(files)])
 
 
 def main() -> None:

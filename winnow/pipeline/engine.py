@@ -58,8 +58,12 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
         dashboard = ":0"
     except ImportError:  # without bokeh distributed warns and serves nothing
         dashboard = None
+    # Rust thread pools (tokenizers' Rayon) default to every core in every worker: with one worker
+    # process per core that oversubscribes, so each worker gets the threads it was given
+    threads = str(cfg.threads_per_worker)
+    env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
     with LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                      memory_limit=cfg.memory_limit, dashboard_address=dashboard,
+                      memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env,
                       silence_logs=40) as cluster, Client(cluster) as client:
         yield client
 

@@ -9,6 +9,7 @@ when its lengths match the new tokens; otherwise the stage fails naming the shar
 
 from __future__ import annotations
 
+from itertools import chain
 from pathlib import Path
 
 import numpy as np
@@ -74,14 +75,15 @@ class TokenizeStage(Stage):
         tok = state.tokenizer
         texts = table.column("text").to_pylist()
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
-        pieces, lengths = [], np.empty(len(texts), np.int64)
+        ids_per_doc: list[list[int]] = []
         step = self.params.batch_size
         for start in range(0, len(texts), step):
-            for i, enc in enumerate(tok.encode_batch_fast(texts[start:start + step], add_special_tokens=False)):
-                ids = np.asarray(enc.ids + [state.eos_id], dtype=dtype)
-                pieces.append(ids)
-                lengths[start + i] = len(ids)
-        values = np.concatenate(pieces) if pieces else np.empty(0, dtype)
+            ids_per_doc.extend(enc.ids for enc in tok.encode_batch_fast(texts[start:start + step],
+                                                                         add_special_tokens=False))
+        lengths = np.fromiter((len(ids) + 1 for ids in ids_per_doc), np.int64, len(ids_per_doc))
+        eos = (state.eos_id,)
+        # one pass over every id into one array: per-document numpy arrays cost more than the encoding
+        values = np.fromiter(chain.from_iterable(chain(ids, eos) for ids in ids_per_doc), dtype, int(lengths.sum()))
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if values.size < 2**31 else np.int64)
         arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
             pa.array(offsets), pa.array(values))

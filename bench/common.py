@@ -1,0 +1,40 @@
+"""Shared bench plumbing: run a child process, time it, and sample its process tree's peak RSS."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import threading
+import time
+
+
+def run_measured(cmd: list[str]) -> dict:
+    """Wall seconds, peak summed RSS of the process tree (sampled every 50 ms), and the child's last
+    JSON line on stdout merged in."""
+    import psutil
+
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    peak = [0]
+    done = threading.Event()
+
+    def sample() -> None:
+        root = psutil.Process(proc.pid)
+        while not done.is_set():
+            try:
+                procs = [root, *root.children(recursive=True)]
+                peak[0] = max(peak[0], sum(p.memory_info().rss for p in procs if p.is_running()))
+            except psutil.Error:
+                pass
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    out, err = proc.communicate()
+    seconds = time.perf_counter() - t0
+    done.set()
+    sampler.join()
+    if proc.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{err.decode()[-3000:]}")
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20, **(json.loads(lines[-1]) if lines else {})}
