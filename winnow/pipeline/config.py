@@ -165,9 +165,24 @@ def apply_override(data: dict, assignment: str) -> None:
         node[last] = _coerce_scalar(raw)
 
 
+def load_model(path: str | Path, model: type[BaseModel], overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:
+    """Read a YAML file into any strict pydantic model, with `--set` overrides and located errors."""
+    data, lines = _read_yaml(Path(path), overrides)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = tuple(err["loc"])
+        raise ConfigError(_describe(err), path=str(path), key=key_path(loc), line=_line_for(lines, loc)) from e
+
+
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ResolvedConfig:
     """Read, override and validate a config; every error names the file, line and key path."""
-    path = Path(path)
+    data, lines = _read_yaml(Path(path), overrides)
+    return resolve(data, source=str(path), lines=lines)
+
+
+def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict[tuple, int]]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path.resolve()}", path=str(path))
     text = path.read_text(encoding="utf-8")
@@ -183,7 +198,7 @@ def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -
     lines = _line_map(node) if node is not None else {}
     for assignment in overrides:
         apply_override(data, assignment)
-    return resolve(data, source=str(path), lines=lines)
+    return data, lines
 
 
 def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:

@@ -7,6 +7,7 @@ import sys
 import click
 
 from winnow import __version__
+from winnow.pipeline.cli.eval import eval_
 from winnow.pipeline.cli.run import run
 from winnow.pipeline.cli.stats import stats
 from winnow.pipeline.cli.validate import validate
@@ -23,6 +24,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(validate)
 cli.add_command(stats)
+cli.add_command(eval_)
 
 
 def main() -> None:

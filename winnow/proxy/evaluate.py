@@ -1,0 +1,233 @@
+"""`winnow eval`: train proxy LMs on a baseline and curated arms, report the compute multiplier.
+
+Protocol (ALGORITHMS.md section 7): one tokenizer for every arm (trained on the baseline's training
+documents unless given); the same model, optimiser and schedule; the baseline trained to several
+budgets (each run annealed at its own end), every other arm to the reference budget; k seeds each;
+all runs evaluated on the same held-out sets: a slice of the baseline pool that no arm trains on
+(chosen by a hash of the id) and any named reference sets. The multiplier of an arm, per seed, is
+multiplier.py's M against that seed's baseline curve; reported as mean ± std over seeds.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import xxhash
+from pydantic import Field
+
+from winnow.pipeline.config import Strict
+from winnow.pipeline.errors import ConfigError
+from winnow.proxy.multiplier import multiplier
+
+
+class HeldoutSet(Strict):
+    paths: list[str] = Field(description="a folder of Parquet shards or JSONL files/globs")
+    max_docs: int = Field(400, gt=0)
+
+
+class DownstreamConfig(Strict):
+    hellaswag: int = Field(0, ge=0, description="validation items to score (0 = skip)")
+    piqa: int = Field(0, ge=0)
+    data: str = Field("../shared/data/eval")
+
+
+class EvalConfig(Strict):
+    """The YAML of `winnow eval`. Arms name folders of documents (a stage folder of a winnow run)."""
+
+    arms: dict[str, str] = Field(description="name -> documents; the first is the baseline unless `baseline` is set")
+    baseline: str | None = None
+    output: str
+    pool_heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="slice of the baseline pool held out")
+    heldout: dict[str, HeldoutSet] = Field(default_factory=dict, description="extra held-out sets")
+    max_docs: int | None = Field(None, gt=0, description="cap on training documents per arm")
+    tokenizer: str | None = Field(None, description="local tokenizer.json; null: train a BPE on the baseline")
+    vocab_size: int = Field(4096, ge=260)
+    size: str = "tiny"
+    seq_len: int = Field(256, ge=16)
+    batch_size: int = Field(16, gt=0)
+    lr: float = Field(3e-3, gt=0)
+    flop_budget: float = Field(1e12, gt=0, description="training FLOPs of every curated run")
+    baseline_budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0],
+                                          description="baseline runs at these multiples of flop_budget")
+    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    n_evals: int = Field(6, gt=0)
+    max_eval_rows: int = Field(128, gt=0)
+    device: str = "auto"
+    intra_doc: bool = True
+    downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
+
+
+def read_documents(spec: str | list[str], max_docs: int | None = None) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a folder of Parquet shards (`train-*` first) or JSONL files/globs, in order."""
+    import orjson
+    import pyarrow.parquet as pq
+
+    specs = [spec] if isinstance(spec, str) else spec
+    ids, texts = [], []
+    for s in specs:
+        if os.path.isdir(s):
+            files = sorted(glob.glob(os.path.join(s, "train-*.parquet"))) or sorted(glob.glob(os.path.join(s, "*.parquet")))
+            for f in files:
+                t = pq.read_table(f, columns=["id", "text"])
+                ids.extend(t.column("id").to_pylist())
+                texts.extend(t.column("text").to_pylist())
+        else:
+            files = sorted(glob.glob(s, recursive=True))
+            if not files:
+                raise ConfigError(f"no documents at {s!r}", key="arms/heldout")
+            for f in files:
+                for n, line in enumerate(Path(f).read_bytes().splitlines()):
+                    rec = orjson.loads(line)
+                    ids.append(str(rec.get("id", f"{f}:{n + 1}")))
+                    texts.append(rec["text"])
+        if max_docs and len(ids) >= max_docs:
+            break
+    if max_docs:
+        ids, texts = ids[:max_docs], texts[:max_docs]
+    return ids, texts
+
+
+def in_pool_heldout(doc_id: str, fraction: float) -> bool:
+    return xxhash.xxh64_intdigest(doc_id.encode()) % 10_000 < fraction * 10_000
+
+
+def curation_flops(arm_path: str) -> float:
+    """Model FLOPs the winnow stages up to this stage folder recorded in their manifests."""
+    stage_dir = Path(arm_path)
+    if not (stage_dir / "_manifest.json").exists():
+        return 0.0
+    total = 0.0
+    for manifest in sorted(stage_dir.parent.glob("[0-9][0-9]-*/_manifest.json")):
+        if manifest.parent.name <= stage_dir.name:
+            total += json.loads(manifest.read_text())["totals"].get("flops", 0.0)
+    return total
+
+
+def run_eval(cfg: EvalConfig, log=print) -> dict:
+    from winnow.proxy.data import pack_documents
+    from winnow.proxy.train import TrainConfig, train
+    from winnow.tokenize.tokenize_stage import TokenizerState
+    from winnow.tokenize.tokenizer import EOS, load_tokenizer, train_bpe
+
+    out = Path(cfg.output)
+    out.mkdir(parents=True, exist_ok=True)
+    names = list(cfg.arms)
+    baseline = cfg.baseline or names[0]
+    if baseline not in cfg.arms:
+        raise ConfigError(f"baseline {baseline!r} is not one of the arms {names}", key="baseline")
+
+    docs = {name: read_documents(path) for name, path in cfg.arms.items()}
+    pool_ids, pool_texts = [], []
+    arms_train = {}
+    for name, (ids, texts) in docs.items():
+        keep = [i for i, d in enumerate(ids) if not in_pool_heldout(d, cfg.pool_heldout_fraction)]
+        if name == baseline:
+            held = [i for i, d in enumerate(ids) if in_pool_heldout(d, cfg.pool_heldout_fraction)]
+            pool_ids, pool_texts = [ids[i] for i in held], [texts[i] for i in held]
+        keep = keep[: cfg.max_docs] if cfg.max_docs else keep
+        arms_train[name] = ([ids[i] for i in keep], [texts[i] for i in keep])
+
+    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_bpe(arms_train[baseline][1][:5000], cfg.vocab_size)
+    tok.save(str(out / "tokenizer.json"))
+    state = TokenizerState(tok.to_str(), EOS)
+    eval_sets = {}
+    if pool_ids:
+        eval_sets["pool"] = pack_documents(pool_ids[:400], pool_texts[:400], state, cfg.seq_len)
+    for name, spec in cfg.heldout.items():
+        eval_sets[name] = pack_documents(*read_documents(spec.paths, spec.max_docs), state, cfg.seq_len)
+    if not eval_sets:
+        raise ConfigError("no held-out set: set pool_heldout_fraction > 0 or add `heldout`", key="heldout")
+    primary = next(iter(eval_sets))
+    rows = {name: pack_documents(ids, texts, state, cfg.seq_len) for name, (ids, texts) in arms_train.items()}
+    for name, r in rows.items():
+        log(f"arm {name}: {r.n_documents:,} documents, {len(r):,} rows, {r.target_tokens:,} unique target tokens")
+
+    runs: list[dict] = []
+    for seed in cfg.seeds:
+        for name in names:
+            budgets = cfg.baseline_budgets if name == baseline else [1.0]
+            for b in budgets:
+                tcfg = TrainConfig(size=cfg.size, seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
+                                   flop_budget=cfg.flop_budget * b, n_evals=cfg.n_evals, seed=seed,
+                                   max_eval_rows=cfg.max_eval_rows, device=cfg.device, intra_doc=cfg.intra_doc)
+                log(f"[{name} seed {seed} budget {b}x]")
+                result = train(tcfg, state.vocab_size, rows[name], eval_sets, log=log)
+                model = result.pop("model")
+                entry = {"arm": name, "seed": seed, "budget": b, **result,
+                         "final": result["points"][-1]["eval"] if result["points"] else {}}
+                if name == names[-1] and b == 1.0 and cfg.downstream and (cfg.downstream.hellaswag or cfg.downstream.piqa):
+                    from winnow.proxy.downstream import score_downstream
+
+                    entry["downstream"] = score_downstream(model, state.tokenizer, cfg.downstream, cfg.seq_len)
+                runs.append(entry)
+
+    report = summarize(cfg, runs, baseline, primary, rows)
+    report["tokenizer_vocab"] = state.vocab_size
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    report["plot"] = plot(report, out / "loss_vs_flops.png", primary)
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    return report
+
+
+def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, primary: str, rows: dict) -> dict:
+    arms = {}
+    for name in cfg.arms:
+        if name == baseline:
+            continue
+        per_seed = []
+        for seed in cfg.seeds:
+            curve = [(r["flops"], r["final"][primary]) for r in runs
+                     if r["arm"] == baseline and r["seed"] == seed]
+            mine = next(r for r in runs if r["arm"] == name and r["seed"] == seed)
+            m = multiplier(mine["final"][primary], mine["flops"], curve, curation_flops(cfg.arms[name]))
+            per_seed.append({"seed": seed, "final_loss": mine["final"][primary], **m})
+        values = np.asarray([p["multiplier"] for p in per_seed])
+        nets = np.asarray([p["net_multiplier"] for p in per_seed])
+        statuses = sorted({p["status"] for p in per_seed})
+        arms[name] = {"multiplier": float(values.mean()), "multiplier_std": float(values.std()),
+                      "net_multiplier": float(nets.mean()), "net_multiplier_std": float(nets.std()),
+                      "status": statuses, "per_seed": per_seed,
+                      "note": ("a lower bound: the baseline never reached this loss" if "not_reached" in statuses
+                               else "an upper bound: below the smallest baseline run" if "below_range" in statuses
+                               else "interpolated")}
+    return {
+        "config": cfg.model_dump(mode="json"), "baseline": baseline, "eval_set": primary, "arms": arms,
+        "unique_tokens": {n: r.target_tokens for n, r in rows.items()},
+        "epochs": {f"{r['arm']}/seed{r['seed']}/{r['budget']}x": round(r["epochs"], 3) for r in runs},
+        "runs": runs,
+    }
+
+
+def plot(report: dict, path: Path, primary: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    arms = list(report["config"]["arms"])
+    for i, arm in enumerate(arms):
+        mine = [r for r in report["runs"] if r["arm"] == arm]
+        for r in mine:  # each run's eval curve, faint
+            ax.plot([p["flops"] for p in r["points"]], [p["eval"][primary] for p in r["points"]],
+                    color=colors[i % len(colors)], alpha=0.25, lw=1)
+        budgets = sorted({r["budget"] for r in mine})
+        finals = [[r["final"][primary] for r in mine if r["budget"] == b] for b in budgets]
+        flops = [next(r["flops"] for r in mine if r["budget"] == b) for b in budgets]
+        ax.plot(flops, [np.mean(f) for f in finals], "o-", color=colors[i % len(colors)], label=arm)
+        ax.fill_between(flops, [min(f) for f in finals], [max(f) for f in finals],
+                        color=colors[i % len(colors)], alpha=0.2)
+    ax.set_xscale("log")
+    ax.set_xlabel("training FLOPs")
+    ax.set_ylabel(f"held-out loss ({primary}), nats/token")
+    ax.set_title("final loss per run (band: min-max over seeds)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
