@@ -23,7 +23,11 @@ import sys
 import tempfile
 from pathlib import Path
 
-from common import run_measured
+# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
+# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from winnow.pipeline.measure import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"

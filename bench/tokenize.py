@@ -15,7 +15,6 @@ Last line: `ratio winnow/datatrove: X.XX`.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -23,14 +22,11 @@ import tempfile
 import time
 from pathlib import Path
 
-# This file is named like the standard library's `tokenize` (the issue names it so): keep its
-# folder off the import path, or `import tokenize` anywhere (dill, linecache) would load this file.
-_HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
-_spec = importlib.util.spec_from_file_location("bench_common", os.path.join(_HERE, "common.py"))
-_common = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_common)
-run_measured = _common.run_measured
+# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
+# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+from winnow.pipeline.measure import run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"

@@ -129,3 +129,14 @@ def test_missing_input_names_the_pattern(tmp_path, client):
     assert e.value.file.endswith("nothing-*.jsonl")
     assert kept_path(tmp_path, "part-00001").name == "train-00001.parquet"
     assert rejected_path(tmp_path, "part-00001").parent.name == "rejected"
+
+
+def test_text_and_id_fields_are_mapped(tmp_path, client):
+    path = tmp_path / "custom.jsonl"
+    path.write_text('{"doc_key": "k1", "body": "first body", "text": "an input column named text"}\n'
+                    '{"doc_key": "k2", "body": "second body"}\n')
+    out, _ = ingest(tmp_path, client, paths=[str(path)], text_field="body", id_field="doc_key")
+    kept = all_rows(out / "00-ingest")
+    assert kept.column("id").to_pylist() == ["k1", "k2"]
+    assert kept.column("text").to_pylist() == ["first body", "second body"]
+    assert kept.column("input_text").to_pylist() == ["an input column named text", None]  # kept, renamed

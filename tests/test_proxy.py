@@ -92,3 +92,26 @@ def test_planted_signal_clean_beats_noisy(tmp_path):
     saved = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert saved["arms"]["clean"]["per_seed"][0]["status"] in {"interpolated", "not_reached"}
     assert all(r["points"] for r in saved["runs"])
+
+
+def test_downstream_scoring_and_checkpoint_path(tmp_path):
+    """HellaSwag and PIQA items are scored end to end (accuracy near chance for a random model)."""
+    from safetensors.torch import load_file
+
+    from winnow.proxy.downstream import score_downstream
+    from winnow.proxy.evaluate import DownstreamConfig
+    from winnow.proxy.train import save_checkpoint
+    from winnow.tokenize.tokenizer import train_bpe
+
+    texts = [json.loads(line)["ctx"] for line in
+             (SHARED_DATA / "eval/hellaswag/hellaswag_val-000.jsonl").read_text().splitlines()[:200]]
+    tok = train_bpe(texts, 400)
+    model = ProxyLM(config_for("tiny", tok.get_vocab_size(), 128))
+    result = score_downstream(model, tok, DownstreamConfig(hellaswag=12, piqa=10, data=str(SHARED_DATA / "eval")), 128)
+    assert result["hellaswag"]["items"] == 12 and result["piqa"]["items"] == 10
+    assert 0.0 <= result["hellaswag"]["accuracy"] <= 1.0 and result["piqa"]["chance"] == 0.5
+    save_checkpoint(model, str(tmp_path / "m.safetensors"), {"size": "tiny"})
+    restored = ProxyLM(config_for("tiny", tok.get_vocab_size(), 128))
+    restored.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
+    x = torch.randint(0, tok.get_vocab_size(), (1, 16))
+    assert torch.equal(model(x), restored(x))

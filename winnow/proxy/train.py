@@ -32,6 +32,8 @@ class TrainConfig:
     batch_size: int = 16
     lr: float = 3e-3
     warmup_frac: float = 0.05
+    schedule: str = "cosine"    # cosine: to zero at the budget; wsd: constant, then linear to zero over decay_frac
+    decay_frac: float = 0.2
     weight_decay: float = 0.1
     grad_clip: float = 1.0
     flop_budget: float = 1e12
@@ -79,6 +81,26 @@ def evaluate(model: ProxyLM, rows: PackedRows, cfg: TrainConfig, device: torch.d
     return total / max(count, 1)
 
 
+def lr_factor(cfg: TrainConfig, step: int, steps: int, warmup: int) -> float:
+    """Linear warmup, then cosine to zero at the last step, or warmup-stable-decay (linear decay)."""
+    if step <= warmup:
+        return step / warmup
+    if cfg.schedule == "wsd":
+        decay_start = steps - max(1, int(cfg.decay_frac * steps))
+        return 1.0 if step <= decay_start else (steps - step) / max(1, steps - decay_start)
+    return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup)))
+
+
+def save_checkpoint(model: ProxyLM, path: str, meta: dict) -> None:
+    """Weights as safetensors (tied embedding stored once) with the run's config as metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    tensors = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    save_file(tensors, path, metadata={"winnow": json.dumps(meta)})
+
+
 def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[str, PackedRows],
           log=print) -> dict:
     torch.manual_seed(cfg.seed)
@@ -103,8 +125,7 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
     order, cursor, epochs = rng.permutation(len(rows)), 0, 0
     points, seen_targets, t0 = [], 0, time.perf_counter()
     for step in range(1, steps + 1):
-        lr = cfg.lr * (step / warmup if step <= warmup else
-                       0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, steps - warmup))))
+        lr = cfg.lr * lr_factor(cfg, step, steps, warmup)
         for group in opt.param_groups:
             group["lr"] = lr
         if cursor + cfg.batch_size > len(order):  # next epoch: the pool is smaller than the budget

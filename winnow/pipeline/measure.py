@@ -1,4 +1,4 @@
-"""Shared bench plumbing: run a child process, time it, and sample its process tree's peak RSS."""
+"""Run a child process, time it, and sample its whole process tree's peak RSS (for bench/ scripts)."""
 
 from __future__ import annotations
 

@@ -1,0 +1,1 @@
+"""Reserved for the raters stages (not built yet)."""

@@ -1,0 +1,1 @@
+"""Reserved for the synth stages (not built yet)."""
