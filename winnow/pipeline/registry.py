@@ -13,6 +13,7 @@ STAGES: dict[str, str] = {
     "normalize": "winnow.filters.normalize:NormalizeStage",
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
+    "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

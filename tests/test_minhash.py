@@ -1,0 +1,95 @@
+"""MinHash-LSH dedup: planted near-duplicates at known Jaccard, determinism, short documents, conservation."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from conftest import check_conservation, run, web_files
+
+from winnow.filters.minhash_dedup import MinhashParams, bands_rows_for, candidate_probability
+
+
+def jaccard(a: str, b: str, n: int = 5) -> float:
+    wa, wb = a.lower().split(), b.lower().split()
+    sa = {tuple(wa[i:i + n]) for i in range(len(wa) - n + 1)}
+    sb = {tuple(wb[i:i + n]) for i in range(len(wb) - n + 1)}
+    return len(sa & sb) / len(sa | sb)
+
+
+def edit(words: list[str], fraction: float, rng: random.Random) -> list[str]:
+    out = list(words)
+    for i in rng.sample(range(len(out)), int(fraction * len(out))):
+        out[i] = f"edit{rng.randrange(10**9)}"
+    return out
+
+
+def planted_corpus(folder: Path) -> dict:
+    """Real web documents, each with a copy edited to a known Jaccard: high (~0.9) or low (~0.3)."""
+    rng = random.Random(0)
+    rows = [json.loads(line) for line in Path(web_files(1)[0]).read_text().splitlines()]
+    bases = [r for r in rows if 300 <= len(r["text"].split()) <= 2000][:24]
+    docs, expect = [], {}
+    for k, r in enumerate(bases):
+        words = [w for w in r["text"].split() if w.isalnum()][:300]
+        text = " ".join(words)
+        frac = 0.01 if k % 2 == 0 else 0.12           # ~0.95 vs ~0.45 5-gram Jaccard
+        copy = " ".join(edit(words, frac, rng))
+        docs += [(f"base{k}", text), (f"copy{k}", copy)]
+        expect[f"copy{k}"] = (f"base{k}", jaccard(text, copy))
+    # short and empty-ish documents: distinct ones must not collide, identical ones must
+    docs += [("short1", "hello world"), ("short2", "goodbye moon"), ("short3", "hello world"),
+             ("punct1", "!!!"), ("punct2", "???")]
+    folder.mkdir(parents=True, exist_ok=True)
+    half = len(docs) // 2
+    for i, part in enumerate((docs[:half], docs[half:])):
+        (folder / f"d{i}.jsonl").write_text("".join(json.dumps({"id": a, "text": b}) + "\n" for a, b in part))
+    return expect
+
+
+def rejected(out: Path, stage: str) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted((out / stage / "rejected").glob("*.parquet")))
+
+
+def test_planted_near_duplicates_found_above_threshold_only(tmp_path, client):
+    expect = planted_corpus(tmp_path / "in")
+    out = tmp_path / "out"
+    run({"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(out),
+         "stages": [{"minhash_dedup": {}}]}, client)
+    check_conservation(out)
+    rej = rejected(out, "01-minhash_dedup")
+    found = dict(zip(rej.column("id").to_pylist(), rej.column("dup_of").to_pylist(), strict=True))
+    high = {c: b for c, (b, j) in expect.items() if j >= 0.85}
+    low = {c: b for c, (b, j) in expect.items() if j <= 0.55}
+    assert len(high) >= 10 and len(low) >= 10
+    assert all(found.get(c) == b for c, b in high.items()), (found, high)
+    assert not any(c in found for c in low)
+    assert found.get("short3") == "short1"                                   # identical short docs do meet
+    assert not {"short2", "punct1", "punct2"} & set(found)                   # distinct short docs do not
+    assert set(rej.column("reason").to_pylist()) == {"near_duplicate"}
+    assert all(n >= 2 for n in rej.column("dup_cluster_size").to_pylist())
+
+
+def test_clusters_do_not_depend_on_worker_count_or_run(tmp_path, client):
+    from distributed import Client, LocalCluster
+
+    planted_corpus(tmp_path / "in")
+    cfg = lambda out: {"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(out),  # noqa: E731
+                       "stages": [{"minhash_dedup": {"keep": "longest"}}]}
+    run(cfg(tmp_path / "a"), client)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as one:
+        run(cfg(tmp_path / "b"), one)
+    a = {p.name: p.read_bytes() for p in (tmp_path / "a" / "01-minhash_dedup").rglob("*.parquet")}
+    b = {p.name: p.read_bytes() for p in (tmp_path / "b" / "01-minhash_dedup").rglob("*.parquet")}
+    assert a == b and a
+
+
+def test_parameters_from_a_threshold():
+    assert bands_rows_for(0.8, 112) == (10, 11)
+    p = MinhashParams(bands=None, rows=None, threshold=0.8)
+    assert (p.bands, p.rows) == (10, 11)
+    assert candidate_probability(0.8, 14, 8) > 0.9 > candidate_probability(0.7, 14, 8)

@@ -1,0 +1,324 @@
+"""Fuzzy deduplication with MinHash-LSH, out of core on Dask.
+
+Steps (the same four as datatrove's MinHash pipeline, as one stage):
+1. signatures (map, per shard): word n-gram shingles of lower-cased `\\w+` words; each word is hashed
+   once, a shingle's hash is a polynomial over its n word hashes (numpy, no per-shingle Python),
+   and its `b*r` MinHash values are min over shingles of a seeded 64-bit mix (`mix64`).
+   A document shorter than n words is one shingle (all its words), so short documents only meet
+   their exact copies; a document without words is keyed by its whole text.
+2. buckets (shuffle): each band's `r` values become one 64-bit key, written to files partitioned by
+   `key % P`, so no process holds every signature.
+3. cluster (reduce, then union-find on the driver): every band bucket with two or more documents
+   links them; the edges (only duplicates) are merged into components.
+4. filter (apply): per component one survivor by `keep` (first in input order, longest, or the
+   highest value of a column); the others are rejected with `dup_of` and `dup_cluster_size`.
+
+Optional `verify`: each candidate edge is kept only if the exact shingle Jaccard of its two
+documents reaches `threshold`, removing LSH false positives. Defaults are FineWeb's: 5-grams,
+14 bands x 8 rows (P(candidate) = 1 - (1 - s^8)^14: 0.56 at s=0.7, 0.92 at 0.8).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from winnow.pipeline.dupfind import Duplicates
+from winnow.pipeline.stage import Context, ShardRef, Stage
+
+WORD = re.compile(r"\w+")
+MAX_SHINGLES_PER_BATCH = 200_000  # bounds the (shingles x hashes) matrix to ~180 MB
+
+
+class MinhashParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    ngram: int = Field(5, ge=1, description="words per shingle")
+    bands: int | None = Field(14, ge=1, description="LSH bands (b)")
+    rows: int | None = Field(8, ge=1, description="hashes per band (r)")
+    threshold: float | None = Field(None, gt=0, lt=1, description="target Jaccard: derive b and r for "
+                                    "`num_hashes` (used when bands/rows are null) and the `verify` cut")
+    num_hashes: int = Field(112, ge=1, description="b*r when derived from `threshold`")
+    verify: bool = Field(False, description="drop candidate pairs whose exact shingle Jaccard < threshold")
+    keep: str = Field("first", description="survivor of a cluster: first | longest | column:<name> (highest)")
+    seed: int = 1
+    partitions: int | None = Field(None, gt=0, description="shuffle partitions (default: from shard count)")
+
+    @model_validator(mode="after")
+    def _derive(self) -> MinhashParams:
+        if self.bands is None or self.rows is None:
+            if self.threshold is None:
+                raise ValueError("give bands and rows, or a threshold")
+            self.bands, self.rows = bands_rows_for(self.threshold, self.num_hashes)
+        if self.verify and self.threshold is None:
+            self.threshold = (1 / self.bands) ** (1 / self.rows)  # the S-curve's midpoint
+        if not (self.keep in ("first", "longest") or self.keep.startswith("column:")):
+            raise ValueError("keep must be first, longest or column:<name>")
+        return self
+
+
+def bands_rows_for(threshold: float, num_hashes: int) -> tuple[int, int]:
+    """(b, r) with b*r <= num_hashes whose S-curve midpoint (1/b)^(1/r) is closest to `threshold`."""
+    best = None
+    for r in range(1, num_hashes + 1):
+        b = num_hashes // r
+        if b < 1:
+            break
+        err = abs((1 / b) ** (1 / r) - threshold)
+        if best is None or err < best[0]:
+            best = (err, b, r)
+    return best[1], best[2]
+
+
+def candidate_probability(s: float, bands: int, rows: int) -> float:
+    return 1 - (1 - s**rows) ** bands
+
+
+def _word_hashes(words: list[str]) -> np.ndarray:
+    # one xxh3 call per word is cheaper than de-duplicating the words first (sorting strings)
+    return np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in words), np.uint64, len(words))
+
+
+def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """64-bit shingle hashes of every document, concatenated, and each document's start offset."""
+    words_per_doc = [WORD.findall(t.lower()) for t in texts]
+    flat = [w for ws in words_per_doc for w in ws]
+    counts = np.fromiter((len(ws) for ws in words_per_doc), np.int64, len(words_per_doc))
+    wh = _word_hashes(flat) if flat else np.zeros(0, np.uint64)
+    powers = np.array([pow(0x100000001B3, ngram - 1 - i, 1 << 64) for i in range(ngram)], np.uint64)
+    pieces, starts = [], np.zeros(len(texts) + 1, np.int64)
+    pos = 0
+    with np.errstate(over="ignore"):
+        for i, n in enumerate(counts.tolist()):
+            w = wh[pos:pos + n]
+            pos += n
+            if n >= ngram:
+                windows = np.lib.stride_tricks.sliding_window_view(w, ngram)  # (n-ngram+1, ngram)
+                h = (windows * powers).sum(axis=1, dtype=np.uint64)
+            elif n > 0:  # shorter than one shingle: the whole word sequence is the shingle
+                h = np.array([(w * powers[-n:]).sum(dtype=np.uint64) ^ np.uint64(n)], np.uint64)
+            else:  # no words at all: the raw text is the key
+                h = np.array([xxhash.xxh3_64_intdigest(texts[i].encode("utf-8", "surrogatepass"))], np.uint64)
+            pieces.append(h)
+            starts[i + 1] = starts[i] + len(h)
+    hashes = np.concatenate(pieces) if pieces else np.zeros(0, np.uint64)
+    return hashes, starts
+
+
+def mix64(x: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finaliser: a full-avalanche mix in five vector operations.
+
+    One seeded mix per hash function stands in for the usual `(a*h + c) mod (2^61 - 1)`, whose uint64
+    modulo costs several times more in numpy. Checked at known 5-gram Jaccard 0.22-0.62 (30 pairs
+    each, 112 hashes): mean estimate error -0.007 to -0.012, within the sampling noise.
+    """
+    with np.errstate(over="ignore"):
+        x = x ^ (x >> np.uint64(33))
+        x = x * np.uint64(0xFF51AFD7ED558CCD)
+        x = x ^ (x >> np.uint64(33))
+        x = x * np.uint64(0xC4CEB9FE1A85EC53)
+        return x ^ (x >> np.uint64(33))
+
+
+def minhash_signatures(texts: list[str], ngram: int, num_hashes: int, seed: int) -> np.ndarray:
+    """(n_docs, num_hashes) uint64 MinHash signatures."""
+    gen = np.random.RandomState(seed)
+    seeds = gen.randint(0, 2**63, size=num_hashes, dtype=np.uint64)
+    out = np.empty((len(texts), num_hashes), np.uint64)
+    start = 0
+    while start < len(texts):  # batches bounded by shingle count
+        end, total = start, 0
+        lengths = [len(t) for t in texts[start:]]
+        while end < len(texts) and (total < MAX_SHINGLES_PER_BATCH or end == start):
+            total += lengths[end - start] // 5 + 1
+            end += 1
+        hashes, starts = shingle_hashes(texts[start:end], ngram)
+        phv = mix64(hashes[:, None] ^ seeds[None, :])  # (shingles, num_hashes)
+        out[start:end] = np.minimum.reduceat(phv, starts[:-1], axis=0)
+        start = end
+    return out
+
+
+def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
+    """(n_docs, bands) uint64 keys; the band index is mixed in so bands never share buckets."""
+    mult = np.array([pow(0x9E3779B97F4A7C15, i + 1, 1 << 64) for i in range(rows)], np.uint64)
+    sig = signatures[:, : bands * rows].reshape(len(signatures), bands, rows)
+    with np.errstate(over="ignore"):
+        keys = (sig * mult).sum(axis=2, dtype=np.uint64)
+        keys ^= np.arange(bands, dtype=np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+    return keys
+
+
+class UnionFind:
+    """Connected components over the documents that appear in an edge (memory grows with duplicates)."""
+
+    def __init__(self):
+        self.parent: dict[int, int] = {}
+
+    def find(self, x: int) -> int:
+        root = x
+        while self.parent.get(root, root) != root:
+            root = self.parent[root]
+        while self.parent.get(x, x) != root:  # path compression
+            self.parent[x], x = root, self.parent[x]
+        return root
+
+    def union(self, a: int, b: int) -> None:
+        ra, rb = self.find(a), self.find(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)  # the smaller id is the root: deterministic
+            self.parent.setdefault(min(ra, rb), min(ra, rb))
+
+
+def _bucket_map(args: tuple) -> tuple[int, np.ndarray]:
+    ref, shard_idx, params, workdir, n_parts = args
+    cols = ["text"] + ([params.keep.split(":", 1)[1]] if params.keep.startswith("column:") else [])
+    table = pq.read_table(ref.path, columns=cols)
+    texts = table.column("text").to_pylist()
+    sig = minhash_signatures(texts, params.ngram, params.bands * params.rows, params.seed)
+    keys = band_keys(sig, params.bands, params.rows).ravel()           # (n_docs * bands,)
+    rows = np.repeat(np.arange(len(texts), dtype=np.int64), params.bands)
+    part = (keys % np.uint64(n_parts)).astype(np.int64)
+    order = np.argsort(part, kind="stable")
+    keys, rows, part = keys[order], rows[order], part[order]
+    bounds = np.searchsorted(part, np.arange(n_parts + 1))
+    for p in range(n_parts):
+        if bounds[p + 1] > bounds[p]:
+            out = Path(workdir) / f"p{p:04d}" / f"{ref.name}.parquet"
+            out.parent.mkdir(parents=True, exist_ok=True)
+            sl = slice(bounds[p], bounds[p + 1])
+            pq.write_table(pa.table({"key": keys[sl], "shard": np.full(sl.stop - sl.start, shard_idx, np.int64),
+                                     "row": rows[sl]}), out)
+    if params.keep == "longest":
+        score = np.fromiter((len(t) for t in texts), np.float64, len(texts))
+    elif params.keep.startswith("column:"):
+        score = np.asarray(table.column(1).to_numpy(zero_copy_only=False), np.float64)
+    else:
+        score = np.zeros(len(texts))
+    return len(texts), score
+
+
+def _bucket_reduce(folder: str) -> np.ndarray:
+    """(n_edges, 4) int64: (shard_a, row_a, shard_b, row_b), linking each bucket member to its first."""
+    files = sorted(Path(folder).glob("*.parquet"))
+    if not files:
+        return np.zeros((0, 4), np.int64)
+    t = pa.concat_tables(pq.read_table(f) for f in files)
+    key, shard, row = (np.asarray(t.column(c)) for c in ("key", "shard", "row"))
+    order = np.lexsort((row, shard, key))
+    key, shard, row = key[order], shard[order], row[order]
+    first = np.ones(len(key), bool)
+    first[1:] = key[1:] != key[:-1]
+    head = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+    dup = ~first
+    edges = np.stack([shard[head[dup]], row[head[dup]], shard[dup], row[dup]], axis=1)
+    return np.unique(edges, axis=0) if len(edges) else np.zeros((0, 4), np.int64)
+
+
+class MinhashDedupStage(Stage):
+    name = "minhash_dedup"
+    Params = MinhashParams
+    reject_columns = {"dup_of": pa.string(), "dup_cluster_size": pa.int64()}
+
+    def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Duplicates]:
+        p: MinhashParams = self.params
+        workdir = Path(ctx.workdir) / "buckets"
+        shutil.rmtree(workdir, ignore_errors=True)
+        n_parts = p.partitions or max(1, min(256, 4 * len(shards)))
+        mapped = ctx.map(_bucket_map, [(ref, i, p, str(workdir), n_parts) for i, ref in enumerate(shards)])
+        edge_lists = ctx.map(_bucket_reduce, [str(workdir / f"p{q:04d}") for q in range(n_parts)])
+        shutil.rmtree(workdir, ignore_errors=True)
+        offsets = np.concatenate([[0], np.cumsum([n for n, _ in mapped])])
+        scores = [s for _, s in mapped]
+        edges = np.concatenate(edge_lists) if edge_lists else np.zeros((0, 4), np.int64)
+        if p.verify and len(edges):
+            edges = self._verify(edges, shards)
+        uf = UnionFind()
+        for sa, ra, sb, rb in edges.tolist():
+            uf.union(int(offsets[sa] + ra), int(offsets[sb] + rb))
+        return self._survivors(uf, offsets, scores, shards)
+
+    def _verify(self, edges: np.ndarray, shards: list[ShardRef]) -> np.ndarray:
+        """Keep the edges whose exact shingle Jaccard reaches the threshold (reads only their documents)."""
+        needed: dict[int, set[int]] = {}
+        for sa, ra, sb, rb in edges.tolist():
+            needed.setdefault(sa, set()).add(ra)
+            needed.setdefault(sb, set()).add(rb)
+        shingles: dict[tuple[int, int], set[int]] = {}
+        for s, rows in needed.items():
+            rows_sorted = sorted(rows)
+            texts = pq.read_table(shards[s].path, columns=["text"]).column("text").take(pa.array(rows_sorted))
+            hashes, starts = shingle_hashes(texts.to_pylist(), self.params.ngram)
+            for k, r in enumerate(rows_sorted):
+                shingles[(s, r)] = set(hashes[starts[k]:starts[k + 1]].tolist())
+        keep = []
+        for sa, ra, sb, rb in edges.tolist():
+            a, b = shingles[(sa, ra)], shingles[(sb, rb)]
+            keep.append(len(a & b) / max(len(a | b), 1) >= self.params.threshold)
+        return edges[np.asarray(keep, bool)]
+
+    def _survivors(self, uf: UnionFind, offsets: np.ndarray, scores: list[np.ndarray],
+                   shards: list[ShardRef]) -> dict[str, Duplicates]:
+        members: dict[int, list[int]] = {}
+        for node in list(uf.parent):
+            members.setdefault(uf.find(node), []).append(node)
+
+        def locate(node: int) -> tuple[int, int]:
+            s = int(np.searchsorted(offsets, node, side="right") - 1)
+            return s, node - int(offsets[s])
+
+        losers: dict[int, list[tuple[int, int, int]]] = {}  # shard -> (row, survivor node, size)
+        for nodes in members.values():
+            nodes.sort()
+            if self.params.keep == "first":
+                survivor = nodes[0]
+            else:  # highest score, ties to the earliest
+                survivor = max(nodes, key=lambda n: (scores[locate(n)[0]][locate(n)[1]], -n))
+            for n in nodes:
+                if n != survivor:
+                    s, r = locate(n)
+                    losers.setdefault(s, []).append((r, survivor, len(nodes)))
+        ids_needed: dict[int, set[int]] = {}
+        for items in losers.values():
+            for _, survivor, _ in items:
+                s, r = locate(survivor)
+                ids_needed.setdefault(s, set()).add(r)
+        survivor_id: dict[int, str] = {}
+        for s, rows in ids_needed.items():
+            rows_sorted = sorted(rows)
+            ids = pq.read_table(shards[s].path, columns=["id"]).column("id").take(pa.array(rows_sorted)).to_pylist()
+            for r, i in zip(rows_sorted, ids, strict=True):
+                survivor_id[int(offsets[s]) + r] = i
+        out = {}
+        for s, items in losers.items():
+            items.sort()
+            out[shards[s].name] = Duplicates(np.asarray([r for r, _, _ in items], np.int64),
+                                             [survivor_id[sv] for _, sv, _ in items],
+                                             np.asarray([n for _, _, n in items], np.int64))
+        return out
+
+    def shard_state(self, state: dict[str, Duplicates], ref: ShardRef) -> Duplicates | None:
+        return state.get(ref.name)
+
+    def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
+        if state is None:
+            return table, self.reject(table.slice(0, 0), [])
+        mask = np.ones(table.num_rows, bool)
+        mask[state.rows] = False
+        rejected = self.reject(table.take(pa.array(state.rows)), ["near_duplicate"] * len(state.rows),
+                               dup_of=state.dup_of, dup_cluster_size=state.cluster_size)
+        return table.filter(pa.array(mask)), rejected
+
+
+def describe(params: MinhashParams) -> str:
+    b, r = params.bands, params.rows
+    probs = ", ".join(f"P({s})={candidate_probability(s, b, r):.2f}" for s in (0.5, 0.7, 0.8, 0.9))
+    return f"minhash: {params.ngram}-grams, {b} bands x {r} rows = {b * r} hashes; {probs}; " \
+           f"midpoint {math.pow(1 / b, 1 / r):.2f}"
