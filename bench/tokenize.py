@@ -115,7 +115,7 @@ def main() -> None:
 
     files = sorted(str(p) for p in WEB.rglob("*.jsonl"))
     with tempfile.TemporaryDirectory() as tmp:
-        texts = (json.loads(line)["text"] for f in files for line in Path(f).read_text().splitlines())
+        texts = (json.loads(line)["text"] for f in files for line in Path(f).read_text().rstrip("\n").split("\n"))
         t0 = time.perf_counter()
         tok = train_bpe(texts, args.vocab, EOS)
         tok_path = str(Path(tmp) / "tokenizer.json")

@@ -30,7 +30,7 @@ def edit(words: list[str], fraction: float, rng: random.Random) -> list[str]:
 def planted_corpus(folder: Path) -> dict:
     """Real web documents, each with a copy edited to a known Jaccard: high (~0.9) or low (~0.3)."""
     rng = random.Random(0)
-    rows = [json.loads(line) for line in Path(web_files(1)[0]).read_text().splitlines()]
+    rows = [json.loads(line) for line in Path(web_files(1)[0]).read_text().rstrip("\n").split("\n")]
     bases = [r for r in rows if 300 <= len(r["text"].split()) <= 2000][:24]
     docs, expect = [], {}
     for k, r in enumerate(bases):

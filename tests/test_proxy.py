@@ -71,7 +71,7 @@ def test_planted_signal_clean_beats_noisy(tmp_path):
     from winnow.proxy.evaluate import EvalConfig, run_eval
 
     books = SHARED_DATA / "reference/gutenberg_books"
-    rows = [json.loads(line) for line in (books / "gitenberg_books-000.jsonl").read_text().splitlines()]
+    rows = [json.loads(line) for line in (books / "gitenberg_books-000.jsonl").read_text().rstrip("\n").split("\n")]
     ids, texts = [r["id"] for r in rows], [r["text"] for r in rows]
     rng = random.Random(0)
     noisy = list(texts)
@@ -104,7 +104,7 @@ def test_downstream_scoring_and_checkpoint_path(tmp_path):
     from winnow.tokenize.tokenizer import train_bpe
 
     texts = [json.loads(line)["ctx"] for line in
-             (SHARED_DATA / "eval/hellaswag/hellaswag_val-000.jsonl").read_text().splitlines()[:200]]
+             (SHARED_DATA / "eval/hellaswag/hellaswag_val-000.jsonl").read_text().rstrip("\n").split("\n")[:200]]
     tok = train_bpe(texts, 400)
     model = ProxyLM(config_for("tiny", tok.get_vocab_size(), 128))
     result = score_downstream(model, tok, DownstreamConfig(hellaswag=12, piqa=10, data=str(SHARED_DATA / "eval")), 128)

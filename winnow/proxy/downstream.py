@@ -18,7 +18,7 @@ import torch.nn.functional as F
 def load_hellaswag(folder: Path, n: int) -> list[tuple[str, list[str], int]]:
     items = []
     for f in sorted((folder / "hellaswag").glob("*.jsonl")):
-        for line in f.read_text().splitlines():
+        for line in f.read_text().rstrip("\n").split("\n"):
             rec = json.loads(line)
             items.append((rec["ctx"], [" " + e for e in rec["endings"]], int(rec["label"])))
             if len(items) >= n:
@@ -27,7 +27,7 @@ def load_hellaswag(folder: Path, n: int) -> list[tuple[str, list[str], int]]:
 
 
 def load_piqa(folder: Path, n: int) -> list[tuple[str, list[str], int]]:
-    goals = (folder / "piqa" / "valid.jsonl").read_text().splitlines()
+    goals = (folder / "piqa" / "valid.jsonl").read_text().rstrip("\n").split("\n")
     labels = (folder / "piqa" / "valid-labels.lst").read_text().split()
     items = []
     for line, label in zip(goals[:n], labels[:n], strict=False):

@@ -1,0 +1,155 @@
+"""MinHash dedup quality against ground truth, winnow and datatrove side by side, same parameters.
+
+Sets (../shared/data/neardup, see its PROVENANCE.md):
+- gutenberg_versions: 16 files, 6 books in several editions (headers, wrapping, encodings, typo
+  fixes differ). Every pair of editions of one book is a true duplicate pair.
+- clough_stevenson: 95 short answers + 5 Wikipedia originals; categories cut / light / heavy
+  (graded reuse of the original) and non (written independently). Recall per category = share of
+  answers put in the same cluster as their original; `non` false pairing = share of `non` answers
+  put in any cluster.
+Both tools run word 5-grams, 14 bands x 8 rows (112 hashes). A pair is "found" when both documents
+end in one duplicate cluster. (semantic_dedup is not built yet: no GSM8K / MSRP rows.)
+
+    python bench/dedup_quality.py
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
+# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+REPO = Path(__file__).resolve().parents[1]
+NEARDUP = REPO.parent / "shared" / "data" / "neardup"
+
+
+def winnow_clusters(files: list[str], out: Path) -> list[set[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.config import resolve
+    from winnow.pipeline.run import run_pipeline
+
+    cfg = resolve({"input": {"paths": files}, "output": str(out), "outputs": {"dataset": False},
+                   "engine": {"n_workers": 2, "progress": False},
+                   "stages": [{"minhash_dedup": {"ngram": 5, "bands": 14, "rows": 8}}]})
+    run_pipeline(cfg)
+    rej = [pq.read_table(p) for p in sorted((out / "01-minhash_dedup" / "rejected").glob("*.parquet"))]
+    groups: dict[str, set[str]] = {}
+    if rej:
+        t = pa.concat_tables(rej)
+        for doc, survivor in zip(t.column("id").to_pylist(), t.column("dup_of").to_pylist(), strict=True):
+            groups.setdefault(survivor, {survivor}).add(doc)
+    return list(groups.values())
+
+
+def datatrove_clusters(files: list[str], out: Path) -> list[set[str]]:
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import MinhashDedupSignature
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+    )
+    from datatrove.pipeline.readers import JsonlReader
+    from datatrove.pipeline.writers import JsonlWriter
+
+    links = out / "in"
+    links.mkdir(parents=True)
+    for i, f in enumerate(files):
+        os.symlink(f, links / f"{i:05d}.jsonl")
+    cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
+    run = lambda steps, tasks, name: LocalPipelineExecutor(  # noqa: E731
+        pipeline=steps, tasks=tasks, workers=2, logging_dir=str(out / "logs" / name)).run()
+    run([JsonlReader(str(links)), MinhashDedupSignature(output_folder=str(out / "sigs"), config=cfg)],
+        len(files), "sig")
+    run([MinhashDedupBuckets(input_folder=str(out / "sigs"), output_folder=str(out / "buckets"), config=cfg)],
+        cfg.num_buckets, "buckets")
+    run([MinhashDedupCluster(input_folder=str(out / "buckets"), output_folder=str(out / "remove"), config=cfg,
+                             save_cluster_id=True)], 1, "cluster")
+    run([JsonlReader(str(links)),
+         MinhashDedupFilter(input_folder=str(out / "remove"), load_cluster_ids=True,
+                            exclusion_writer=JsonlWriter(str(out / "removed"), compression=None)),
+         JsonlWriter(str(out / "kept"), compression=None)], len(files), "filter")
+    groups: dict[int, set[str]] = {}
+    for path in list((out / "kept").glob("*.jsonl")) + list((out / "removed").glob("*.jsonl")):
+        for line in path.read_text().rstrip('\n').split('\n'):
+            doc = json.loads(line)
+            cid = doc.get("metadata", {}).get("minhash_cluster_id")
+            if cid is not None and cid != -1:
+                groups.setdefault(cid, set()).add(doc["id"])
+    return [g for g in groups.values() if len(g) > 1]
+
+
+def same_cluster(clusters: list[set[str]]) -> set[frozenset[str]]:
+    return {frozenset(p) for c in clusters for p in itertools.combinations(sorted(c), 2)}
+
+
+def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    import re
+
+    words = re.findall(r"\w+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
+
+
+def main() -> None:
+    gut_files = sorted(str(p) for p in (NEARDUP / "gutenberg_versions").glob("*.jsonl"))
+    books = [json.loads(line) for f in gut_files for line in Path(f).read_text().rstrip('\n').split('\n')]
+    truth = {frozenset(p) for p in itertools.combinations(sorted(b["id"] for b in books), 2)
+             if len({next(x["cluster"] for x in books if x["id"] == i) for i in p}) == 1}
+    clough_file = str(NEARDUP / "clough_stevenson" / "docs.jsonl")
+    labels = [json.loads(line) for line in (NEARDUP / "clough_stevenson" / "labels.jsonl").read_text().rstrip('\n').split('\n')]
+    texts = {json.loads(line)["id"]: json.loads(line)["text"] for line in Path(clough_file).read_text().rstrip('\n').split('\n')}
+
+    print(f"gutenberg_versions: {len(books)} files, {len(truth)} true edition pairs; "
+          f"clough_stevenson: {len(labels)} answers. 5-grams, 14 bands x 8 rows.")
+    results = {}
+    for tool, fn in (("winnow", winnow_clusters), ("datatrove", datatrove_clusters)):
+        with tempfile.TemporaryDirectory() as tmp:
+            gut_pairs = same_cluster(fn(gut_files, Path(tmp) / "g"))
+            clough = fn([clough_file], Path(tmp) / "c")
+        tp = len(gut_pairs & truth)
+        precision = tp / len(gut_pairs) if gut_pairs else 1.0
+        recall = tp / len(truth)
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        in_cluster_with = {}
+        for c in clough:
+            for doc in c:
+                in_cluster_with[doc] = c
+        per_cat: dict[str, list[int]] = {}
+        for lab in labels:
+            if lab["category"] == "orig":
+                continue
+            found = lab["source_file"] in in_cluster_with.get(lab["file"], set())
+            if lab["category"] == "non":
+                found = lab["file"] in in_cluster_with
+            per_cat.setdefault(lab["category"], []).append(int(found))
+        results[tool] = (precision, recall, f1, per_cat)
+
+    jac: dict[str, list[float]] = {}
+    for lab in labels:
+        if lab["category"] != "orig":
+            a, b = shingles(texts[lab["file"]]), shingles(texts[lab["source_file"]])
+            jac.setdefault(lab["category"], []).append(len(a & b) / len(a | b))
+    print(f"\n{'':12s}{'gutenberg P':>12s}{'R':>7s}{'F1':>7s}   clough recall by category "
+          f"(median 5-gram Jaccard to the original)")
+    for tool, (p, r, f, per_cat) in results.items():
+        cats = "  ".join(f"{c} {sum(v) / len(v):.2f} ({statistics.median(jac[c]):.2f})"
+                         for c, v in sorted(per_cat.items()) if c != "non")
+        non = per_cat.get("non", [])
+        print(f"{tool:12s}{p:12.3f}{r:7.3f}{f:7.3f}   {cats}   non false pairing {sum(non) / max(len(non), 1):.3f}")
+    w = results["winnow"]
+    print(f"winnow gutenberg recall: {w[1]:.3f} (target >= 0.95); non answers paired: {sum(w[3]['non'])}")
+
+
+if __name__ == "__main__":
+    main()
