@@ -276,8 +276,9 @@ def _module_docstring(path: Path) -> str | None:
 
 
 def auto_shard_bytes(total_bytes: int, n_workers: int) -> int:
-    """About 12 shards per worker, so uneven documents still balance; between 256 KiB and 64 MiB."""
-    return int(min(max(total_bytes / (12 * max(n_workers, 1)), 256 * 2**10), 64 * 2**20))
+    """About 12 shards per worker, so uneven documents still balance; between 256 KiB and 4 MiB
+    (a parsed shard lives in a worker's memory as Python objects, several times its size on disk)."""
+    return int(min(max(total_bytes / (12 * max(n_workers, 1)), 256 * 2**10), 4 * 2**20))
 
 
 def plan(paths: list[str], fmt: str, shard_bytes: int | None, n_workers: int = 1) -> list[Part]:
