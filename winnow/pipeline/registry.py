@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
     "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
+    "semantic_dedup": "winnow.filters.semantic_dedup:SemanticDedupStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

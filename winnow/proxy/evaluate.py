@@ -130,7 +130,8 @@ def curation_flops(arm_path: str) -> float:
     total = 0.0
     for manifest in sorted(stage_dir.parent.glob("[0-9][0-9]-*/_manifest.json")):
         if manifest.parent.name <= stage_dir.name:
-            total += json.loads(manifest.read_text())["totals"].get("flops", 0.0)
+            m = json.loads(manifest.read_text())
+            total += m["totals"].get("flops", 0.0) + m.get("embedding_flops", 0.0)
     return total
 
 

@@ -1,1 +1,1 @@
-"""Reserved for the raters stages (not built yet)."""
+"""Model-based scorers: sentence embeddings now; quality classifiers and the DataRater next."""
