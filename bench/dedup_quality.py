@@ -8,7 +8,9 @@ Sets (../shared/data/neardup, see its PROVENANCE.md):
   answers put in the same cluster as their original; `non` false pairing = share of `non` answers
   put in any cluster.
 Both tools run word 5-grams, 14 bands x 8 rows (112 hashes). A pair is "found" when both documents
-end in one duplicate cluster. (semantic_dedup is not built yet: no GSM8K / MSRP rows.)
+end in one duplicate cluster. Then semantic_dedup: the share of GSM8K standard/socratic pairs it
+collapses, the share of the unrelated problems (each pair's standard text alone) it removes, and
+the ROC AUC of MiniLM cosine on MSRP paraphrase labels.
 
     python bench/dedup_quality.py
 """
@@ -147,8 +149,56 @@ def main() -> None:
                          for c, v in sorted(per_cat.items()) if c != "non")
         non = per_cat.get("non", [])
         print(f"{tool:12s}{p:12.3f}{r:7.3f}{f:7.3f}   {cats}   non false pairing {sum(non) / max(len(non), 1):.3f}")
+    semantic_report()
     w = results["winnow"]
     print(f"winnow gutenberg recall: {w[1]:.3f} (target >= 0.95); non answers paired: {sum(w[3]['non'])}")
+
+
+def semantic_report(eps: float = 0.15) -> None:
+    """SemDeDup on GSM8K standard/socratic pairs (+ the unrelated problems alone), and MSRP ROC AUC."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.config import resolve
+    from winnow.pipeline.run import run_pipeline
+    from winnow.raters.embed import embed
+
+    lines = (NEARDUP / "gsm8k_socratic_pairs" / "pairs.jsonl").read_text().rstrip("\n").split("\n")
+    pairs = [json.loads(line) for line in lines]
+
+    def removed_ids(docs: list[dict], tmp: Path) -> tuple[set[str], dict]:
+        (tmp / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+        cfg = resolve({"input": {"paths": [str(tmp / "in.jsonl")]}, "output": str(tmp / "out"),
+                       "outputs": {"dataset": False}, "engine": {"n_workers": 2, "progress": False},
+                       "stages": [{"semantic_dedup": {"eps": eps, "store_embeddings": False}}]})
+        run_pipeline(cfg)
+        stage = tmp / "out" / "01-semantic_dedup"
+        rej = [pq.read_table(p) for p in sorted((stage / "rejected").glob("*.parquet"))]
+        ids = set(pa.concat_tables(rej).column("id").to_pylist()) if rej else set()
+        return ids, json.loads((stage / "_manifest.json").read_text())
+
+    with tempfile.TemporaryDirectory() as tmp:
+        both = [{"id": f"{side}{p['pair_id']}", "text": p[f"text_{side}"]} for p in pairs for side in "ab"]
+        (Path(tmp) / "pairs").mkdir()
+        gone, manifest = removed_ids(both, Path(tmp) / "pairs")
+        found = sum(1 for p in pairs if len({f"a{p['pair_id']}", f"b{p['pair_id']}"} & gone) == 1)
+        (Path(tmp) / "alone").mkdir()
+        gone_alone, _ = removed_ids([{"id": f"a{p['pair_id']}", "text": p["text_a"]} for p in pairs],
+                                    Path(tmp) / "alone")
+    print(f"\nsemantic_dedup (all-MiniLM-L6-v2, eps {eps}, k {manifest['clusters']}): GSM8K pairs found "
+          f"{found / len(pairs):.3f} ({found}/{len(pairs)}); unrelated problems removed "
+          f"{len(gone_alone) / len(pairs):.3f} ({len(gone_alone)}/{len(pairs)})")
+
+    msrp = [json.loads(line) for line in (NEARDUP / "msrp" / "msrp_pairs.jsonl").read_text().rstrip("\n").split("\n")]
+    a, _ = embed([m["sentence_a"] for m in msrp])
+    b, _ = embed([m["sentence_b"] for m in msrp])
+    cos = (a * b).sum(axis=1)
+    labels = np.asarray([m["label"] for m in msrp])
+    ranks = cos.argsort().argsort() + 1  # ROC AUC by the rank-sum (Mann-Whitney) identity
+    n_pos, n_neg = labels.sum(), len(labels) - labels.sum()
+    auc = (ranks[labels == 1].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
+    print(f"MSRP: ROC AUC of embedding cosine for paraphrase vs not: {auc:.3f} ({len(msrp):,} pairs)")
 
 
 if __name__ == "__main__":

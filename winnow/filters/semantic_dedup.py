@@ -3,10 +3,12 @@
 1. Embed every document (raters/embed.py: all-MiniLM-L6-v2 by default), L2-normalised; the vectors
    are kept as an `embedding` column (list<float32>) so later stages reuse them.
 2. Spherical k-means with faiss (k from the corpus size unless set: about 300 documents a cluster).
-3. Within each cluster, order members from least to most similar to the centroid; a member is a
-   duplicate when its cosine to any earlier member exceeds 1 - eps, so of each duplicate group the
-   least prototypical member stays (SemDeDup's keep rule). Cosines are computed in row blocks, so
-   a large cluster never needs its whole similarity matrix at once.
+3. Documents are ordered from least to most similar to their own centroid; a document is a
+   duplicate when its cosine to any earlier document of the same cluster exceeds 1 - eps, so of
+   each duplicate group the least prototypical member stays (SemDeDup's keep rule). Each cluster
+   also takes in the documents for which it is the second-nearest, so that duplicates on either
+   side of a cluster boundary still meet. Cosines are computed in row blocks, so a large cluster
+   never needs its whole similarity matrix at once.
 4. `eps` directly, or `target_keep` (the kept fraction), from which eps is derived.
 Rejected rows carry `dup_of` (the earlier member) and `semantic_cosine`.
 """
@@ -62,22 +64,26 @@ def _embed_shard(args: tuple) -> tuple[np.ndarray, list[str], float]:
     return vectors, table.column("id").to_pylist(), flops
 
 
-def kmeans_labels(x: np.ndarray, k: int, niter: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Spherical k-means with faiss (CPU here; torch on CUDA is the GPU path, see GPU.md)."""
+def kmeans_labels(x: np.ndarray, k: int, niter: int, seed: int, nearest: int = 1
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Spherical k-means with faiss (CPU here; torch on CUDA is the GPU path, see GPU.md).
+
+    Returns each point's `nearest` centroids (n, nearest), their cosines, and the centroids."""
     import faiss
 
     k = max(1, min(k, len(x)))
     km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=True, seed=seed, verbose=False,
                       min_points_per_centroid=1, max_points_per_centroid=100_000)
     km.train(x)
-    _, labels = km.index.search(x, 1)
-    return labels.ravel(), km.centroids
+    sims = x @ km.centroids.T  # (n, k): cheap next to the embedding pass
+    top = np.argsort(-sims, axis=1, kind="stable")[:, : min(nearest, k)]
+    return top, np.take_along_axis(sims, top, axis=1), km.centroids
 
 
-def earlier_max_cosine(x: np.ndarray, centroid: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """For one cluster: order (least prototypical first), and per ordered member the max cosine to
-    any earlier member and which member that is (-1 for the first)."""
-    order = np.argsort(x @ centroid, kind="stable")
+def earlier_max_cosine(x: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Members ordered by `key` ascending (cosine to their centroid: least prototypical first), and
+    per ordered member the max cosine to any earlier member and which one (-1 for the first)."""
+    order = np.argsort(key, kind="stable")
     xs = x[order]
     best = np.full(len(xs), -np.inf, np.float32)
     arg = np.full(len(xs), -1, np.int64)
@@ -104,17 +110,22 @@ class SemanticDedupStage(Stage):
         ids = [i for r in results for i in r[1]]
         offsets = np.concatenate([[0], np.cumsum([len(r[1]) for r in results])])
         k = p.k or max(1, round(len(x) / 300))
-        labels, centroids = kmeans_labels(x, k, p.niter, p.seed)
+        top, top_sims, centroids = kmeans_labels(x, k, p.niter, p.seed, nearest=2)
+        key = top_sims[:, 0]  # cosine to the own centroid orders every comparison, in every cluster
         score = np.full(len(x), -np.inf, np.float32)   # max cosine to an earlier member
         partner = np.full(len(x), -1, np.int64)
         for c in range(len(centroids)):
-            members = np.flatnonzero(labels == c)
+            # a cluster's own members plus the points for which it is the second-nearest: near
+            # duplicates on either side of a boundary still meet (measured on GSM8K pairs: with
+            # own members alone, only 46% of pairs shared a cluster at k = 9)
+            members = np.flatnonzero((top == c).any(axis=1))
             if len(members) < 2:
                 continue
-            order, best, arg = earlier_max_cosine(x[members], centroids[c] / np.linalg.norm(centroids[c]))
-            score[members[order]] = best
-            has = arg >= 0
-            partner[members[order][has]] = members[order][arg[has]]
+            order, best, arg = earlier_max_cosine(x[members], key[members])
+            ordered = members[order]
+            better = best > score[ordered]
+            score[ordered[better]] = best[better]
+            partner[ordered[better]] = ordered[arg[better]]
         if p.eps is not None:
             threshold = 1 - p.eps
         else:  # the (1 - target_keep) share of documents with the highest scores goes
