@@ -29,6 +29,8 @@ from pathlib import Path
 # the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
+from winnow.pipeline.measure import link_inputs  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 NEARDUP = REPO.parent / "shared" / "data" / "neardup"
 
@@ -65,20 +67,17 @@ def datatrove_clusters(files: list[str], out: Path) -> list[set[str]]:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    links = out / "in"
-    links.mkdir(parents=True)
-    for i, f in enumerate(files):
-        os.symlink(f, links / f"{i:05d}.jsonl")
+    links = link_inputs(files, out / "in")
     cfg = MinhashConfig(n_grams=5, num_buckets=14, hashes_per_bucket=8)
     run = lambda steps, tasks, name: LocalPipelineExecutor(  # noqa: E731
         pipeline=steps, tasks=tasks, workers=2, logging_dir=str(out / "logs" / name)).run()
-    run([JsonlReader(str(links)), MinhashDedupSignature(output_folder=str(out / "sigs"), config=cfg)],
+    run([JsonlReader(links), MinhashDedupSignature(output_folder=str(out / "sigs"), config=cfg)],
         len(files), "sig")
     run([MinhashDedupBuckets(input_folder=str(out / "sigs"), output_folder=str(out / "buckets"), config=cfg)],
         cfg.num_buckets, "buckets")
     run([MinhashDedupCluster(input_folder=str(out / "buckets"), output_folder=str(out / "remove"), config=cfg,
                              save_cluster_id=True)], 1, "cluster")
-    run([JsonlReader(str(links)),
+    run([JsonlReader(links),
          MinhashDedupFilter(input_folder=str(out / "remove"), load_cluster_ids=True,
                             exclusion_writer=JsonlWriter(str(out / "removed"), compression=None)),
          JsonlWriter(str(out / "kept"), compression=None)], len(files), "filter")

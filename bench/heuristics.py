@@ -27,7 +27,7 @@ from pathlib import Path
 # the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from winnow.pipeline.measure import run_measured  # noqa: E402
+from winnow.pipeline.measure import link_inputs, run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -44,13 +44,9 @@ def run_datatrove(files: list[str], workers: int, out: Path) -> None:
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
 
-    # datatrove distributes whole files over tasks; give it the same files as winnow's shards
-    links = out / "in"
-    links.mkdir(parents=True)
-    for i, f in enumerate(files):
-        os.symlink(f, links / f"{i:05d}.jsonl")
+    links = link_inputs(files, out / "in")
     LocalPipelineExecutor(
-        pipeline=[JsonlReader(str(links)), GopherQualityFilter(), GopherRepetitionFilter(), C4QualityFilter(),
+        pipeline=[JsonlReader(links), GopherQualityFilter(), GopherRepetitionFilter(), C4QualityFilter(),
                   FineWebQualityFilter(), JsonlWriter(str(out / "kept"))],
         tasks=len(files), workers=workers, logging_dir=str(out / "logs")).run()
 

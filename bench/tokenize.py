@@ -26,7 +26,7 @@ from pathlib import Path
 # the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
 sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
-from winnow.pipeline.measure import run_measured  # noqa: E402
+from winnow.pipeline.measure import link_inputs, run_measured  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -38,11 +38,8 @@ def child_datatrove(files: list[str], workers: int, tokenizer: str, out: Path) -
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.tokens import DocumentTokenizer
 
-    links = out / "in"
-    links.mkdir(parents=True)
-    for i, f in enumerate(files):
-        os.symlink(f, links / f"{i:05d}.jsonl")
-    LocalPipelineExecutor(pipeline=[JsonlReader(str(links)), DocumentTokenizer(
+    links = link_inputs(files, out / "in")
+    LocalPipelineExecutor(pipeline=[JsonlReader(links), DocumentTokenizer(
         str(out / "tok"), tokenizer_name_or_path=tokenizer, eos_token=EOS, shuffle_documents=False)],
         tasks=len(files), workers=workers, logging_dir=str(out / "logs")).run()
     n_tokens = sum(p.stat().st_size for p in (out / "tok").glob("*.ds")) // 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 import time
@@ -38,3 +39,12 @@ def run_measured(cmd: list[str]) -> dict:
         raise SystemExit(f"{' '.join(cmd[:4])} … failed:\n{err.decode()[-3000:]}")
     lines = [line for line in out.decode().splitlines() if line.startswith("{")]
     return {"seconds": seconds, "peak_rss_mb": peak[0] / 2**20, **(json.loads(lines[-1]) if lines else {})}
+
+
+def link_inputs(files: list[str], folder) -> str:
+    """Symlink `files` into `folder` as 00000.jsonl, …: datatrove's readers take one folder and give
+    each task whole files, so it sees exactly the files (and shards) winnow does."""
+    os.makedirs(folder, exist_ok=True)
+    for i, f in enumerate(files):
+        os.symlink(f, os.path.join(folder, f"{i:05d}.jsonl"))
+    return str(folder)
