@@ -52,11 +52,6 @@ class ExactDedupStage(Stage):
         return state.get(ref.name)
 
     def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
-        mask = np.ones(table.num_rows, bool)
         if state is None:
             return table, self.reject(table.slice(0, 0), [])
-        mask[state.rows] = False
-        order = np.argsort(state.rows)  # rejected rows follow table order
-        rejected = self.reject(table.take(pa.array(state.rows[order])), ["exact_duplicate"] * len(order),
-                               dup_of=[state.dup_of[i] for i in order], dup_cluster_size=state.cluster_size[order])
-        return table.filter(pa.array(mask)), rejected
+        return state.split(self, table, "exact_duplicate")

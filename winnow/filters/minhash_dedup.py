@@ -291,11 +291,7 @@ class MinhashDedupStage(Stage):
     def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
         if state is None:
             return table, self.reject(table.slice(0, 0), [])
-        mask = np.ones(table.num_rows, bool)
-        mask[state.rows] = False
-        rejected = self.reject(table.take(pa.array(state.rows)), ["near_duplicate"] * len(state.rows),
-                               dup_of=state.dup_of, dup_cluster_size=state.cluster_size)
-        return table.filter(pa.array(mask)), rejected
+        return state.split(self, table, "near_duplicate")
 
 
 def describe(params: MinhashParams) -> str:

@@ -131,11 +131,6 @@ def key_path(loc: tuple) -> str:
     return text
 
 
-def _coerce_scalar(text: str) -> Any:
-    value = yaml.safe_load(text) if text.strip() else ""
-    return value
-
-
 def apply_override(data: dict, assignment: str) -> None:
     """Apply one `--set a.b.c=value` (value parsed as YAML; list items by index: stages.1.x=…)."""
     if "=" not in assignment:
@@ -152,17 +147,13 @@ def apply_override(data: dict, assignment: str) -> None:
         if isinstance(node, dict) and isinstance(node.get(part), list) and isinstance(parts[i + 1], int):
             node = node[part]
             continue
-        if isinstance(node, list) or not isinstance(node, dict):
+        if not isinstance(node, dict):
             raise ConfigError("cannot set a key inside a non-mapping", key=key_path(tuple(parts[: i + 1])))
         nxt = node.get(part)
         if nxt is None:
             nxt = node[part] = {}
         node = nxt
-    last = parts[-1]
-    if isinstance(node, list):
-        node[last] = _coerce_scalar(raw)
-    else:
-        node[last] = _coerce_scalar(raw)
+    node[parts[-1]] = yaml.safe_load(raw) if raw.strip() else ""
 
 
 def load_model(path: str | Path, model: type[BaseModel], overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:

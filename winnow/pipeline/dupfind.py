@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
 
-from winnow.pipeline.stage import Context, ShardRef
+from winnow.pipeline.stage import Context, ShardRef, Stage
 
 KEY_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.int64()), ("label", pa.string())])
 
@@ -38,7 +38,7 @@ def hash128(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class Duplicates:
-    """Rows of one shard that duplicate an earlier row: row ids, the survivor's label, group size."""
+    """Rows of one shard that duplicate an earlier row (ascending), the survivor's label, group size."""
 
     rows: np.ndarray
     dup_of: list[str]
@@ -46,6 +46,14 @@ class Duplicates:
 
     def lookup(self) -> dict[int, tuple[str, int]]:
         return {int(r): (d, int(c)) for r, d, c in zip(self.rows, self.dup_of, self.cluster_size, strict=True)}
+
+    def split(self, stage: Stage, table: pa.Table, reason: str) -> tuple[pa.Table, pa.Table]:
+        """(kept, rejected) of `table`: these rows (ascending) rejected with `dup_of` and `dup_cluster_size`."""
+        mask = np.ones(table.num_rows, bool)
+        mask[self.rows] = False
+        rejected = stage.reject(table.take(pa.array(self.rows)), [reason] * len(self.rows),
+                                dup_of=self.dup_of, dup_cluster_size=self.cluster_size)
+        return table.filter(pa.array(mask)), rejected
 
 
 def _map(args: tuple) -> Any:

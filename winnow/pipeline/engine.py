@@ -30,7 +30,6 @@ from winnow.pipeline.config import EngineConfig, stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
 from winnow.pipeline.shards import (
-    file_hash,
     kept_path,
     rejected_path,
     text_bytes,
@@ -272,4 +271,4 @@ def kept_files(stage_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(stage_dir).glob("train-*.parquet"))
 
 
-__all__ = ["Engine", "cluster_client", "run_shard", "kept_files", "file_hash"]
+__all__ = ["Engine", "cluster_client", "run_shard", "kept_files"]

@@ -153,9 +153,10 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     pool_ids, pool_texts = [], []
     arms_train = {}
     for name, (ids, texts) in docs.items():
-        keep = [i for i, d in enumerate(ids) if not in_pool_heldout(d, cfg.pool_heldout_fraction)]
+        held_out = [in_pool_heldout(d, cfg.pool_heldout_fraction) for d in ids]
+        keep = [i for i, h in enumerate(held_out) if not h]
         if name == baseline:
-            held = [i for i, d in enumerate(ids) if in_pool_heldout(d, cfg.pool_heldout_fraction)]
+            held = [i for i, h in enumerate(held_out) if h]
             pool_ids, pool_texts = [ids[i] for i in held], [texts[i] for i in held]
         keep = keep[: cfg.max_docs] if cfg.max_docs else keep
         arms_train[name] = ([ids[i] for i in keep], [texts[i] for i in keep])
