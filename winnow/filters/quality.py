@@ -1,0 +1,201 @@
+"""Model-based quality filtering: the part every classifier stage shares.
+
+A quality stage (fasttext_quality, embedding_quality, perplexity_quality) supplies a scorer and a
+way to train it; this base does the rest, as one `fit` and a cheap `apply`:
+
+1. model: `model:` reuses a saved one by path; otherwise positives are read from `positives.paths`
+   (less an id-hash slice kept for evaluation) and as many negatives are drawn from the input pool
+   (the documents with the lowest seeded id hashes: the same sample however the pool is sharded),
+   and the model is trained in one worker task and saved in the stage's folder.
+2. scores: one Dask task per shard scores its rows (on the GPU worker when the cluster has one),
+   writes them beside the fit state, and returns a percentile sketch (percentile.py).
+3. cut: the sketches merge into corpus-wide keys for the band to keep: `band: [lo, hi]` keeps the
+   rows between the score's lo and hi quantiles; `keep_top: 0.3` is [0.7, 1.0], or [0.0, 0.3] for
+   perplexity, where low is good. `apply` then only reads a shard's scores and compares.
+
+Kept and rejected rows carry the score as a column; rejected rows say which side of the band
+they fell on. The manifest records the model, the cut, and the FLOPs of training and scoring.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import xxhash
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from winnow.filters import percentile
+from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.raters.scorer import Scorer
+
+
+class Positives(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    paths: list[str] = Field(description="JSONL files/globs or a stage folder of high-quality documents")
+    max_docs: int | None = Field(20_000, gt=0, description="cap on positives read")
+    heldout_fraction: float = Field(0.2, ge=0, lt=1, description="id-hash slice of the positives never trained "
+                                    "on: `winnow eval` and bench/quality.py evaluate on it")
+
+
+class QualityParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = Field(None, description="a saved model to reuse (path); null: train one on `positives`")
+    positives: Positives | None = None
+    negatives: int | None = Field(None, gt=0, description="pool documents drawn as negatives (default: as many "
+                                  "as there are positives)")
+    keep_top: float | None = Field(None, gt=0, le=1, description="fraction of the corpus kept, best scores first")
+    band: tuple[float, float] | None = Field(None, description="[lo, hi]: keep the rows whose score lies between "
+                                             "the corpus's lo and hi quantiles (0-1, ascending score)")
+    device: str = Field("auto", description="auto: CUDA when present, else CPU")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check(self) -> QualityParams:
+        if (self.keep_top is None) == (self.band is None):
+            raise ValueError("set exactly one of keep_top and band")
+        if self.band is not None and not 0 <= self.band[0] < self.band[1] <= 1:
+            raise ValueError(f"band must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.band)}")
+        if self.model is None and self.positives is None:
+            raise ValueError("give `model` (a saved model) or `positives` (to train one)")
+        return self
+
+def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
+    """The rows of one shard whose seeded id hash is under `cutoff`: (hashes, texts)."""
+    ref, cutoff, seed = args
+    t = pq.read_table(ref.path, columns=["id", "text"])
+    h = np.fromiter((xxhash.xxh3_64_intdigest(i.encode(), seed=seed) for i in t.column("id").to_pylist()),
+                    np.uint64, t.num_rows)
+    rows = np.flatnonzero(h < np.uint64(cutoff))
+    return h[rows], t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
+
+
+def _train(args: tuple) -> float:
+    stage, positives, negatives, path = args
+    return stage.train(positives, negatives, path)
+
+
+def _score_shard(args: tuple) -> dict[str, Any]:
+    stage, model, ref, out = args
+    return stage.score_shard(model, ref, out)
+
+
+class QualityStage(Stage):
+    """Base of the classifier stages. Subclasses set `name`, `Params`, `score_column`, `model_file`
+    and implement `scorer(model)` and `train(positives, negatives, path) -> training FLOPs`."""
+
+    Params = QualityParams
+    score_column: str = "quality_score"
+    model_file: str = "model"
+    higher_is_better: bool = True
+    needs_negatives: bool = True
+
+    def scorer(self, model: str) -> Scorer:
+        raise NotImplementedError
+
+    def train(self, positives: list[str], negatives: list[str], path: str) -> float:
+        raise NotImplementedError
+
+    # fit: model, scores, cut
+    def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
+        p = self.params
+        gpu = ctx.gpu_resources()
+        facts: dict[str, Any] = {"training_flops": 0.0}
+        if p.model is not None:
+            model = p.model
+            if not os.path.exists(model):
+                raise FileNotFoundError(f"{self.name}: model {model!r} does not exist")
+        else:
+            from winnow.pipeline.documents import read_documents
+
+            _, pos = read_documents(p.positives.paths, p.positives.max_docs, f"{self.name}/positives/paths",
+                                    p.positives.heldout_fraction, "train")
+            if not pos:
+                raise ValueError(f"{self.name}: no positives left in {p.positives.paths}")
+            neg = self._negatives(shards, p.negatives or len(pos), ctx) if self.needs_negatives else []
+            model = str(Path(ctx.workdir).parent / self.model_file)
+            texts = ctx.client.scatter([pos, neg])  # tens of MB: sent once as data, not inside the task graph
+            facts["training_flops"] = ctx.map(_train, [(self, *texts, model)], resources=gpu)[0]
+            facts.update(positives=len(pos), negatives=len(neg))
+        score_dir = Path(ctx.workdir) / "scores"
+        score_dir.mkdir(parents=True, exist_ok=True)
+        paths = {ref.name: str(score_dir / f"{ref.name}.{ref.fingerprint[:16]}.npy") for ref in shards}
+        results = ctx.map(_score_shard, [(self, model, ref, paths[ref.name]) for ref in shards], resources=gpu)
+        merged = percentile.merge([r["sketch"] for r in results])
+        lo, hi = self.kept_band()
+        cut = {"lo": percentile.key_at(merged, lo), "hi": percentile.key_at(merged, hi)}
+        finite = [r["range"] for r in results if r["range"]]
+        return {"model": model, "cut": cut, "scores": paths, "documents": merged.rows,
+                "scoring_flops": float(sum(r["flops"] for r in results)), **facts,
+                "score_range": [min(a for a, _ in finite), max(b for _, b in finite)] if finite else None}
+
+    def kept_band(self) -> tuple[float, float]:
+        """The quantiles of the score to keep between; `keep_top` counts from the good end."""
+        p = self.params
+        if p.keep_top is None:
+            return tuple(p.band)
+        return (1 - p.keep_top, 1.0) if self.higher_is_better else (0.0, p.keep_top)
+
+    def _negatives(self, shards: list[ShardRef], n: int, ctx: Context) -> list[str]:
+        rows = sum(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards)
+        if rows == 0:
+            raise ValueError(f"{self.name}: the input pool is empty; no negatives to draw")
+        fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
+        cutoff = min(2**64 - 1, int(fraction * 2**64))
+        parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed) for ref in shards])
+        hashes = np.concatenate([h for h, _ in parts])
+        texts = [t for _, ts in parts for t in ts]
+        return [texts[i] for i in np.argsort(hashes, kind="stable")[:n]]
+
+    def score_shard(self, model: str, ref: ShardRef, out: str) -> dict[str, Any]:
+        """Score one shard and save the scores at `out`; its sketch, FLOPs and finite score range."""
+        scorer = self.scorer(model)
+        table = pq.read_table(ref.path, columns=["id", "text"])
+        scores = np.asarray(self.score_table(scorer, ref, table), np.float64)
+        tmp = f"{out}.tmp.npy"
+        np.save(tmp, scores)
+        os.replace(tmp, out)
+        finite = scores[np.isfinite(scores)]
+        return {"sketch": percentile.sketch(scores, percentile.id_hashes(table.column("id").to_pylist())),
+                "flops": scorer.flops,
+                "range": (float(finite.min()), float(finite.max())) if len(finite) else None}
+
+    def score_table(self, scorer: Scorer, ref: ShardRef, table: pa.Table) -> np.ndarray:
+        return scorer.score(table.column("text").to_pylist())
+
+    # apply: compare with the cut
+    def manifest_extra(self, state: dict) -> dict:
+        lo, hi = self.kept_band()
+        return {k: state[k] for k in ("model", "documents", "training_flops", "scoring_flops", "score_range",
+                                      "positives", "negatives") if k in state} | {
+            "band": [lo, hi], "score_column": self.score_column,
+            "cut": {k: None if v is None else {"score": v[0] if np.isfinite(v[0]) else str(v[0]), "id_hash": v[1]}
+                    for k, v in state["cut"].items()}}
+
+    def shard_state(self, state: dict, ref: ShardRef) -> dict:
+        return {"cut": state["cut"], "scores": state["scores"][ref.name]}
+
+    def apply(self, table: pa.Table, state: dict) -> tuple[pa.Table, pa.Table]:
+        scores = np.load(state["scores"])
+        if len(scores) != table.num_rows:
+            raise ValueError(f"{state['scores']} holds {len(scores)} scores for {table.num_rows} rows: "
+                             "rerun with --force")
+        hashes = percentile.id_hashes(table.column("id").to_pylist())
+        above_lo = percentile.at_or_above(scores, hashes, state["cut"]["lo"])
+        hi = state["cut"]["hi"]
+        below_hi = np.ones(len(scores), bool) if hi is None else ~percentile.at_or_above(scores, hashes, hi)
+        column = pa.array(scores, pa.float64())
+        if self.score_column in table.column_names:  # an earlier stage of the same kind scored these rows
+            table = table.set_column(table.column_names.index(self.score_column), self.score_column, column)
+        else:
+            table = table.append_column(self.score_column, column)
+        keep = above_lo & below_hi
+        reasons = np.where(~above_lo, f"{self.score_column}_below_band",
+                           np.where(~below_hi, f"{self.score_column}_above_band", ""))
+        dropped = np.flatnonzero(~keep)
+        rejected = self.reject(table.take(pa.array(dropped, pa.int64())), reasons[dropped].tolist())
+        return table.filter(pa.array(keep)), rejected

@@ -1,0 +1,72 @@
+"""DCLM-style fastText quality classifier: train on positives vs. pool negatives, score P(hq).
+
+Recipe (Li et al. 2024, DCLM-Baseline; ALGORITHMS.md section 5): one example per line with its
+newlines replaced by spaces, labels `__label__hq` / `__label__cc`, `train_supervised` with word
+bigrams (`wordNgrams=2`) and fastText's other defaults (lr 0.1, dim 100, ws 5, epoch 5, minCount 1).
+The score is P(hq): the top label's probability, or one minus it when the top label is `cc`.
+fastText predicts on one line only, so texts are flattened before predicting too.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import numpy as np
+
+from winnow.raters.scorer import Scorer, cached
+
+HQ, CC = "__label__hq", "__label__cc"
+DCLM_PARAMS = {"wordNgrams": 2, "lr": 0.1, "dim": 100, "ws": 5, "epoch": 5, "minCount": 1}
+
+
+def flatten(text: str) -> str:
+    return " ".join(text.split())
+
+
+def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: int = 0, **params) -> str:
+    """Train and save the classifier at `path`; returns `path`. One thread, so a seed gives the same model."""
+    import fasttext
+
+    rng = np.random.default_rng(seed)
+    lines = [f"{HQ} {flatten(t)}" for t in positives] + [f"{CC} {flatten(t)}" for t in negatives]
+    order = rng.permutation(len(lines))  # fastText reads in order: mix the classes
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=os.path.dirname(os.path.abspath(path)),
+                                     delete=False, encoding="utf-8") as f:
+        f.write("\n".join(lines[i] for i in order) + "\n")
+        train_file = f.name
+    try:
+        model = fasttext.train_supervised(input=train_file, seed=seed, thread=1, verbose=0,
+                                          **{**DCLM_PARAMS, **params})
+    finally:
+        os.unlink(train_file)
+    tmp = f"{path}.tmp"
+    model.save_model(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+class FastTextScorer(Scorer):
+    """P(hq) of each text under a trained fastText model file."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def model(self):
+        import fasttext
+
+        return cached(("fasttext", os.path.abspath(self.path)), lambda: fasttext.load_model(self.path))
+
+    def score(self, texts: list[str]) -> np.ndarray:
+        model = self.model()
+        lines = [flatten(t) for t in texts]
+        labels, probs = model.predict(lines, k=1)
+        top = np.array([p[0] if len(p) else 0.0 for p in probs], np.float64)
+        is_hq = np.array([bool(lab) and lab[0] == HQ for lab in labels])
+        # a forward pass averages one dim-vector per word and word bigram, then one
+        # (dim x labels) product: ~2 * dim * (2 * words) + 2 * dim * labels
+        words = sum(len(line.split(" ")) for line in lines)
+        self.flops += 2.0 * model.get_dimension() * (2 * words + 2 * len(lines))
+        return np.clip(np.where(is_hq, top, 1.0 - top), 0.0, 1.0)  # fastText can say 1.00001
