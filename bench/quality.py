@@ -94,7 +94,9 @@ def main() -> None:
         aucs["fasttext"] = roc_auc_score(labels, scores)
         rows.append(("fasttext", train_s, sec, ft.flops))
         size_mb = os.path.getsize(f"{tmp}/ft.bin") / 2**20
-        _, small_s = timed(train_fasttext, pos, neg, f"{tmp}/ft-small.bin", 0, bucket=200_000)
+        train_fasttext(pos, neg, f"{tmp}/ft-small.bin", 0, bucket=200_000)
+        train_fasttext(pos, neg, f"{tmp}/ft-whole.bin", 0, passage_words=0)
+        aucs["fasttext, whole documents"] = roc_auc_score(labels, FastTextScorer(f"{tmp}/ft-whole.bin").score(test))
         aucs["fasttext, bucket 200k"] = roc_auc_score(labels, FastTextScorer(f"{tmp}/ft-small.bin").score(test))
         print(f"fastText model: {size_mb:,.0f} MB with DCLM's 2M hash buckets, "
               f"{os.path.getsize(f'{tmp}/ft-small.bin') / 2**20:,.0f} MB with 200k")

@@ -151,3 +151,22 @@ def test_perplexity_band_prefers_reference_like_text(tmp_path, client):
     assert ref_kept / len(held) > 0.8   # held-out reference text is what the reference LM finds likely
     manifest = json.loads((out / "01-perplexity_quality/_manifest.json").read_text())
     assert manifest["training_flops"] >= 3e11 and manifest["scoring_flops"] > 0
+
+
+def test_perplexity_scorer_reads_a_local_hugging_face_causal_lm(tmp_path):
+    """`model:` may be any local causal LM folder; here a small Llama saved from config (no download)."""
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+    from winnow.pipeline.documents import read_documents
+    from winnow.raters.perplexity_rater import PerplexityScorer
+    from winnow.tokenize.tokenizer import EOS, train_bpe
+
+    _, texts = read_documents([REFERENCE], 30)
+    PreTrainedTokenizerFast(tokenizer_object=train_bpe(texts, 512), eos_token=EOS).save_pretrained(tmp_path)
+    LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                 num_attention_heads=4, num_key_value_heads=2)).save_pretrained(tmp_path)
+    scorer = PerplexityScorer(str(tmp_path), "cpu", max_tokens=64)
+    scores = scorer.score(texts[:5] + ["", "a"])
+    assert np.all(np.isfinite(scores[:5])) and np.all(scores[:5] > 1)
+    assert np.isinf(scores[5])          # nothing to predict in an empty text
+    assert scorer.flops > 0

@@ -37,7 +37,7 @@ class EmbeddingQualityStage(QualityStage):
 
     def scorer(self, model: str) -> EmbeddingScorer:
         p = self.params
-        return EmbeddingScorer(model, p.embedder, p.device, p.batch_size, p.max_length)
+        return EmbeddingScorer(model, p.embedder, p.device, p.batch_size, p.max_length, p.threads)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         scorer = self.scorer(path)

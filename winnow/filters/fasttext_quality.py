@@ -21,6 +21,8 @@ from winnow.raters.fasttext_rater import DCLM_PARAMS, FastTextScorer, flatten, t
 
 
 class FastTextParams(QualityParams):
+    passage_words: int = Field(100, ge=0, description="train on passages of at most this many words (0: whole "
+                               "documents); few long documents as whole lines underfit")
     train_args: dict[str, Any] = Field(default_factory=dict, description="fastText train_supervised arguments "
                                        f"over DCLM's {DCLM_PARAMS} (e.g. bucket: 200000 for a smaller model)")
 
@@ -35,7 +37,8 @@ class FastTextQualityStage(QualityStage):
         return FastTextScorer(model)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
-        train_fasttext(positives, negatives, path, self.params.seed, **self.params.train_args)
+        train_fasttext(positives, negatives, path, self.params.seed, self.params.passage_words,
+                       **self.params.train_args)
         args = {**DCLM_PARAMS, **self.params.train_args}
         words = sum(len(flatten(t).split(" ")) for t in positives + negatives)
         # per word and epoch: one dim-vector for the word and one for its bigram, forward and back (x3)

@@ -37,7 +37,7 @@ class PerplexityQualityStage(QualityStage):
 
     def scorer(self, model: str) -> PerplexityScorer:
         p = self.params
-        return PerplexityScorer(model, p.device, p.max_tokens, p.batch_tokens)
+        return PerplexityScorer(model, p.device, p.max_tokens, p.batch_tokens, p.threads)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         p = self.params

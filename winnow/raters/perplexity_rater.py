@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from winnow.raters.scorer import Scorer, cached, inference, length_batches, resolve_device
+from winnow.raters.scorer import Scorer, cached, file_key, inference, length_batches, resolve_device
 
 PROXY_WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.json"
 
@@ -110,7 +110,14 @@ def _load_hf(path: str, device: str) -> LoadedLM:
 
 
 def is_proxy_folder(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, PROXY_WEIGHTS)) and os.path.isfile(os.path.join(path, TOKENIZER))
+    """A winnow reference LM: its safetensors carry winnow's metadata (a Hugging Face folder's do not)."""
+    weights = os.path.join(path, PROXY_WEIGHTS)
+    if not (os.path.isfile(weights) and os.path.isfile(os.path.join(path, TOKENIZER))):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        return "winnow" in (f.metadata() or {})
 
 
 class PerplexityScorer(Scorer):
@@ -118,8 +125,9 @@ class PerplexityScorer(Scorer):
 
     higher_is_better = False
 
-    def __init__(self, path: str, device: str = "auto", max_tokens: int = 256, batch_tokens: int = 16384) -> None:
-        super().__init__()
+    def __init__(self, path: str, device: str = "auto", max_tokens: int = 256, batch_tokens: int = 16384,
+                 threads: int | None = None) -> None:
+        super().__init__(threads)
         self.path, self.device, self.max_tokens, self.batch_tokens = path, device, max_tokens, batch_tokens
         self.lm: LoadedLM | None = None  # set by `from_model`; else loaded from `path` once per process
 
@@ -136,7 +144,7 @@ class PerplexityScorer(Scorer):
         if self.lm is not None:
             return self.lm, device
         load = _load_proxy if is_proxy_folder(self.path) else _load_hf
-        return cached(("perplexity", os.path.abspath(self.path), device), lambda: load(self.path, device)), device
+        return cached(("perplexity", *file_key(self.path), device), lambda: load(self.path, device)), device
 
     def score(self, texts: list[str]) -> np.ndarray:
         import torch
@@ -147,7 +155,7 @@ class PerplexityScorer(Scorer):
         ids = [x[:limit] for x in lm.encode(texts)]
         out = np.full(len(texts), math.inf)
         lengths = np.array([len(x) for x in ids])
-        with inference(device):
+        with inference(device, self.threads):
             for batch in length_batches(lengths, self.batch_tokens):
                 batch = batch[lengths[batch] >= 2]
                 if not len(batch):

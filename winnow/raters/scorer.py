@@ -14,6 +14,7 @@ settings to workers, never the model.
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -29,6 +30,15 @@ def cached(key: tuple, load: Callable[[], Any]) -> Any:
     return _CACHE[key]
 
 
+def file_key(path: str) -> tuple:
+    """A cache key for a model file or folder that changes when it is rewritten (a retrained model
+    at the same path must not be served from a long-lived worker's cache)."""
+    path = os.path.abspath(path)
+    stats = [os.stat(os.path.join(path, f)) for f in sorted(os.listdir(path))] if os.path.isdir(path) \
+        else [os.stat(path)]
+    return (path, *[(s.st_size, s.st_mtime_ns) for s in stats])
+
+
 def resolve_device(device: str) -> str:
     """`auto` is CUDA when torch sees a GPU, else CPU; anything else is returned as given."""
     if device != "auto":
@@ -39,10 +49,13 @@ def resolve_device(device: str) -> str:
 
 
 @contextlib.contextmanager
-def inference(device: str) -> Iterator[None]:
-    """No autograd; bf16 autocast on CUDA (scores do not need fp32 matmuls there)."""
+def inference(device: str, threads: int | None = None) -> Iterator[None]:
+    """No autograd; bf16 autocast on CUDA (scores do not need fp32 matmuls there); on the CPU,
+    `threads` torch threads when given (a Dask worker otherwise has OMP_NUM_THREADS=1)."""
     import torch
 
+    if threads and not device.startswith("cuda"):
+        torch.set_num_threads(threads)
     with torch.inference_mode():
         if device.startswith("cuda"):
             with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -73,8 +86,9 @@ class Scorer:
 
     higher_is_better: bool = True
 
-    def __init__(self) -> None:
+    def __init__(self, threads: int | None = None) -> None:
         self.flops = 0.0
+        self.threads = threads
 
     def score(self, texts: list[str]) -> np.ndarray:
         raise NotImplementedError
