@@ -52,3 +52,35 @@ def test_earlier_max_cosine_keeps_the_least_prototypical():
     later = 3 if list(order).index(3) > list(order).index(7) else 7    # the more prototypical of the two
     j = list(order).index(later)
     assert best[j] > 0.99 and order[arg[j]] == ({3, 7} - {later}).pop()
+
+
+def test_kmeans_backends_recover_planted_clusters():
+    """Both backends (torch is the CUDA path when faiss has no GPU; it runs on the CPU here)."""
+    from winnow.filters.kmeans import spherical_kmeans
+
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(6, 32))
+    centers /= np.linalg.norm(centers, axis=1, keepdims=True)
+    truth = rng.integers(0, 6, 3000)
+    x = (centers[truth] + 0.15 * rng.normal(size=(3000, 32))).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    # torch (k-means++ seeds) on three seeds; faiss (random seeds) on one where it finds all six
+    for backend, seed in (("torch", 1), ("torch", 2), ("torch", 3), ("faiss", 1)):
+        centroids, used = spherical_kmeans(x, 6, 30, seed=seed, backend=backend)
+        assert used == backend and np.allclose(np.linalg.norm(centroids, axis=1), 1, atol=1e-4)
+        label = (x @ centroids.T).argmax(axis=1)
+        purity = sum(np.bincount(truth[label == c]).max() for c in np.unique(label)) / len(x)
+        assert purity > 0.99, (backend, seed, purity)
+
+
+def test_semantic_dedup_with_torch_kmeans(tmp_path, client):
+    lines = (SHARED_DATA / "neardup/gsm8k_socratic_pairs/pairs.jsonl").read_text().rstrip("\n").split("\n")
+    pairs = [json.loads(line) for line in lines[:60]]
+    docs = [{"id": f"{s}{p['pair_id']}", "text": p[f"text_{s}"]} for p in pairs for s in "ab"]
+    (tmp_path / "in.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
+    out = tmp_path / "out"
+    run({"input": {"paths": [str(tmp_path / "in.jsonl")]}, "output": str(out),
+         "stages": [{"semantic_dedup": {"eps": 0.15, "k": 2, "kmeans": "torch"}}]}, client)
+    check_conservation(out)
+    manifest = json.loads((out / "01-semantic_dedup/_manifest.json").read_text())
+    assert manifest["clusters"] == 2 and manifest["removed"] >= 0.9 * len(pairs)

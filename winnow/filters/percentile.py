@@ -59,9 +59,7 @@ def merge(sketches: list[Sketch]) -> Sketch:
 def key_at(merged: Sketch, q: float) -> tuple[float, int] | None:
     """The key with about a fraction `q` of the corpus below it; None at the ends (no cut)."""
     total = merged.rows
-    if q <= 0 or total == 0:
-        return None
-    if q >= 1:
+    if not 0 < q < 1 or total == 0:
         return None
     below = np.cumsum(merged.weights) - merged.weights  # rows before each key
     i = int(np.searchsorted(below, q * total, side="left"))

@@ -2,7 +2,8 @@
 
 1. Embed every document (raters/embed.py: all-MiniLM-L6-v2 by default), L2-normalised; the vectors
    are kept as an `embedding` column (list<float32>) so later stages reuse them.
-2. Spherical k-means with faiss (k from the corpus size unless set: about 300 documents a cluster).
+2. Spherical k-means (k from the corpus size unless set: about 300 documents a cluster): faiss, or
+   torch on a CUDA machine whose faiss has no GPU (kmeans.py).
 3. Documents are ordered from least to most similar to their own centroid; a document is a
    duplicate when its cosine to any earlier document of the same cluster exceeds 1 - eps, so of
    each duplicate group the least prototypical member stays (SemDeDup's keep rule). Each cluster
@@ -35,6 +36,8 @@ class SemanticParams(BaseModel):
     device: str = "auto"
     k: int | None = Field(None, gt=0, description="k-means clusters (default: corpus size / 300)")
     niter: int = Field(50, gt=0)
+    kmeans: str = Field("auto", pattern="^(auto|faiss|faiss-gpu|torch)$", description="k-means backend: auto = "
+                        "faiss on a GPU it sees, else torch on CUDA, else faiss on the CPU")
     eps: float | None = Field(None, gt=0, lt=1, description="remove cosine > 1 - eps to an earlier member")
     target_keep: float | None = Field(None, gt=0, le=1, description="kept fraction, from which eps is derived")
     store_embeddings: bool = Field(True, description="add the `embedding` column to kept rows")
@@ -64,20 +67,18 @@ def _embed_shard(args: tuple) -> tuple[np.ndarray, list[str], float]:
     return vectors, table.column("id").to_pylist(), flops
 
 
-def kmeans_labels(x: np.ndarray, k: int, niter: int, seed: int, nearest: int = 1
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Spherical k-means with faiss (CPU here; torch on CUDA is the GPU path, see GPU.md).
+def _kmeans(args: tuple) -> np.ndarray:
+    from winnow.filters.kmeans import spherical_kmeans
 
-    Returns each point's `nearest` centroids (n, nearest), their cosines, and the centroids."""
-    import faiss
+    x, k, niter, seed, backend = args
+    return spherical_kmeans(x, k, niter, seed, backend)[0]
 
-    k = max(1, min(k, len(x)))
-    km = faiss.Kmeans(x.shape[1], k, niter=niter, spherical=True, seed=seed, verbose=False,
-                      min_points_per_centroid=1, max_points_per_centroid=100_000)
-    km.train(x)
-    sims = x @ km.centroids.T  # (n, k): cheap next to the embedding pass
-    top = np.argsort(-sims, axis=1, kind="stable")[:, : min(nearest, k)]
-    return top, np.take_along_axis(sims, top, axis=1), km.centroids
+
+def nearest_centroids(x: np.ndarray, centroids: np.ndarray, nearest: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """Each point's `nearest` centroids (n, nearest) and their cosines."""
+    sims = x @ centroids.T  # (n, k): cheap next to the embedding pass
+    top = np.argsort(-sims, axis=1, kind="stable")[:, : min(nearest, len(centroids))]
+    return top, np.take_along_axis(sims, top, axis=1)
 
 
 def earlier_max_cosine(x: np.ndarray, key: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -110,7 +111,11 @@ class SemanticDedupStage(Stage):
         ids = [i for r in results for i in r[1]]
         offsets = np.concatenate([[0], np.cumsum([len(r[1]) for r in results])])
         k = p.k or max(1, round(len(x) / 300))
-        top, top_sims, centroids = kmeans_labels(x, k, p.niter, p.seed, nearest=2)
+        # k-means runs as one task: on the GPU worker when the cluster has one (kmeans.py picks faiss
+        # or torch there), else on any worker, which has torch and faiss loaded already
+        centroids = ctx.map(_kmeans, [(ctx.client.scatter(x), k, p.niter, p.seed, p.kmeans)],
+                            resources=ctx.gpu_resources())[0]
+        top, top_sims = nearest_centroids(x, centroids, nearest=2)
         key = top_sims[:, 0]  # cosine to the own centroid orders every comparison, in every cluster
         score = np.full(len(x), -np.inf, np.float32)   # max cosine to an earlier member
         partner = np.full(len(x), -1, np.int64)

@@ -63,9 +63,11 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
     # process per core that oversubscribes, so each worker gets the threads it was given
     threads = str(cfg.threads_per_worker)
     env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
-    with _arrow_pool_environ(cfg.arrow_memory_pool), LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                      memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env, resources=cfg.resources,
-                      silence_logs=40) as cluster, Client(cluster) as client:
+    with _arrow_pool_environ(cfg.arrow_memory_pool), \
+            LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
+                         memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env,
+                         resources=cfg.resources, silence_logs=40) as cluster, \
+            Client(cluster) as client:
         set_arrow_pool(cfg.arrow_memory_pool)
         yield client
 
@@ -105,9 +107,9 @@ def set_arrow_pool(pool: str) -> None:
 
 
 def use_arrow_pool(client: Any, pool: str) -> None:
-    """Set Arrow's allocator in the driver and on every worker of an existing cluster. mimalloc (pyarrow's default) keeps
-    the pages of freed shards; the system allocator hands them back (Dask sets the workers'
-    MALLOC_TRIM_THRESHOLD_), which lowered MinHash dedup's summed peak RSS by ~20% (bench/LOG.md)."""
+    """Set Arrow's allocator in the driver and on every worker of an existing cluster. mimalloc
+    (pyarrow's default) keeps the pages of freed shards; the system allocator hands them back (Dask
+    sets the workers' MALLOC_TRIM_THRESHOLD_): MinHash dedup's summed peak RSS fell ~25% (bench/LOG.md)."""
     if pool == "default":
         return
     set_arrow_pool(pool)
