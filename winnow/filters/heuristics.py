@@ -79,8 +79,9 @@ class HeuristicsStage(Stage):
     @property
     def filters(self) -> list[tuple[str, Any]]:
         if self._filters is None:
-            from winnow.filters.spacy_words import WarmSpacyTokenizer
+            from winnow.filters.spacy_words import WarmSpacyTokenizer, import_spacy_without_torch
 
+            import_spacy_without_torch()
             shared = WarmSpacyTokenizer("en") if self.params.warm_tokenizer else None
             self._filters = []
             for key in self.params.order:
