@@ -93,3 +93,21 @@ def test_parameters_from_a_threshold():
     p = MinhashParams(bands=None, rows=None, threshold=0.8)
     assert (p.bands, p.rows) == (10, 11)
     assert candidate_probability(0.8, 14, 8) > 0.9 > candidate_probability(0.7, 14, 8)
+
+
+def test_verify_drops_lsh_false_positives(tmp_path, client):
+    """56 bands x 2 rows makes nearly every pair above ~0.3 Jaccard a candidate; exact verification at
+    0.8 must then keep only the truly near pairs."""
+    expect = planted_corpus(tmp_path / "in")
+    loose = {"bands": 56, "rows": 2, "threshold": 0.8}
+    for name, verify in (("raw", False), ("verified", True)):
+        run({"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(tmp_path / name),
+             "stages": [{"minhash_dedup": {**loose, "verify": verify}}]}, client)
+        check_conservation(tmp_path / name)
+    found = {name: set(rejected(tmp_path / name, "01-minhash_dedup").column("id").to_pylist())
+             for name in ("raw", "verified")}
+    high = {c for c, (_, j) in expect.items() if j >= 0.85}
+    low = {c for c, (_, j) in expect.items() if j <= 0.55}
+    assert low & found["raw"]                      # the loose LSH pairs some low-Jaccard copies …
+    assert not low & found["verified"]             # … and verification removes those pairs
+    assert high <= found["verified"]
