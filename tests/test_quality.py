@@ -170,3 +170,16 @@ def test_perplexity_scorer_reads_a_local_hugging_face_causal_lm(tmp_path):
     assert np.all(np.isfinite(scores[:5])) and np.all(scores[:5] > 1)
     assert np.isinf(scores[5])          # nothing to predict in an empty text
     assert scorer.flops > 0
+
+
+def test_quality_stage_after_everything_was_dropped(tmp_path, client):
+    """A filter before it kept nothing: the quality stage trains nothing and reports zero documents."""
+    out = tmp_path / "out"
+    run({"input": {"paths": web_files(1)}, "output": str(out),
+         "stages": [{"heuristics": {"gopher_quality": {"min_doc_words": 10**9}}},
+                    {"fasttext_quality": {"positives": {"paths": [REFERENCE]}, "keep_top": 0.3}}]}, client)
+    manifests = check_conservation(out)
+    assert manifests[-1]["totals"]["rows_in"] == 0 and manifests[-1]["documents"] == 0
+    import datasets
+
+    assert datasets.load_from_disk(str(out / "dataset")).num_rows == 0   # the run's dataset is empty, not absent

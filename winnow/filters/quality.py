@@ -105,7 +105,9 @@ class QualityStage(Stage):
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
         p = self.params
         gpu = ctx.gpu_resources()
-        facts: dict[str, Any] = {"training_flops": 0.0}
+        facts: dict[str, Any] = {"training_flops": 0.0, "scoring_flops": 0.0}
+        if not any(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards):  # earlier stages kept nothing
+            return {"model": p.model, "cut": {"lo": None, "hi": None}, "scores": {}, "documents": 0, **facts}
         if p.model is not None:
             model = p.model
             if not os.path.exists(model):
@@ -130,8 +132,8 @@ class QualityStage(Stage):
         lo, hi = self.kept_band()
         cut = {"lo": percentile.key_at(merged, lo), "hi": percentile.key_at(merged, hi)}
         finite = [r["range"] for r in results if r["range"]]
-        return {"model": model, "cut": cut, "scores": paths, "documents": merged.rows,
-                "scoring_flops": float(sum(r["flops"] for r in results)), **facts,
+        facts["scoring_flops"] = float(sum(r["flops"] for r in results))
+        return {"model": model, "cut": cut, "scores": paths, "documents": merged.rows, **facts,
                 "score_range": [min(a for a, _ in finite), max(b for _, b in finite)] if finite else None}
 
     def kept_band(self) -> tuple[float, float]:
@@ -143,8 +145,6 @@ class QualityStage(Stage):
 
     def _negatives(self, shards: list[ShardRef], n: int, ctx: Context) -> list[str]:
         rows = sum(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards)
-        if rows == 0:
-            raise ValueError(f"{self.name}: the input pool is empty; no negatives to draw")
         fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
         cutoff = min(2**64 - 1, int(fraction * 2**64))
         parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed) for ref in shards])

@@ -107,9 +107,14 @@ def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force:
     files = kept_files(stage_dir)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=".dataset-") as tmp:
         datasets.disable_progress_bars()
-        ds = datasets.Dataset.from_parquet(files, cache_dir=str(Path(tmp) / "cache"))
+        if files:
+            ds = datasets.Dataset.from_parquet(files, cache_dir=str(Path(tmp) / "cache"))
+        else:  # every row was rejected: an empty dataset, not a crash at the end of the run
+            ds = datasets.Dataset.from_dict({"id": [], "text": []},
+                                            features=datasets.Features({"id": datasets.Value("string"),
+                                                                        "text": datasets.Value("string")}))
         staging = Path(tmp) / "dataset"
-        ds.save_to_disk(str(staging))
+        ds.save_to_disk(str(staging), **({} if files else {"num_shards": 1}))  # an empty one still needs a shard
         (staging / "_winnow_source.json").write_text(json.dumps({"key": key, "stage": stage_dir.name}))
         del ds
         if target.exists():
