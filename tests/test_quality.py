@@ -183,3 +183,28 @@ def test_quality_stage_after_everything_was_dropped(tmp_path, client):
     import datasets
 
     assert datasets.load_from_disk(str(out / "dataset")).num_rows == 0   # the run's dataset is empty, not absent
+
+
+def test_gpu_worker_layout_takes_the_model_tasks(tmp_path):
+    """engine.gpu_workers adds one worker advertising {GPU: 1} beside the CPU workers; the quality
+    stage's training and scoring tasks ask for it (they run on the CPU here: device auto)."""
+    from distributed import get_task_stream
+
+    from winnow.pipeline.config import EngineConfig, resolve
+    from winnow.pipeline.engine import cluster_client
+    from winnow.pipeline.run import run_pipeline
+
+    with cluster_client(EngineConfig(n_workers=1, gpu_workers=1, progress=False)) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+        gpu = [addr for addr, w in workers.items() if w.get("resources")]
+        assert len(workers) == 2 and len(gpu) == 1 and workers[gpu[0]]["resources"] == {"GPU": 1}
+        cfg = resolve({"input": {"paths": web_files(2), "shard_size_mb": 0.1}, "output": str(tmp_path / "out"),
+                       "engine": {"progress": False},
+                       "stages": [{"fasttext_quality": {"positives": {"paths": [REFERENCE]}, "keep_top": 0.5,
+                                                        "train_args": {"bucket": 50_000}}}]})
+        with get_task_stream(client) as stream:
+            run_pipeline(cfg, client=client)
+        model_tasks = [t for t in stream.data if t["key"].startswith(("_train", "_score_shard"))]
+        assert model_tasks and {t["worker"] for t in model_tasks} == set(gpu)
+    manifests = check_conservation(tmp_path / "out")
+    assert abs(manifests[-1]["totals"]["rows_out"] / manifests[-1]["totals"]["rows_in"] - 0.5) <= 0.01

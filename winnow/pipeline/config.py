@@ -45,9 +45,11 @@ class EngineConfig(Strict):
     scheduler: str | None = Field(None, description="address of an existing cluster, e.g. tcp://host:8786")
     n_workers: int | None = Field(None, gt=0, description="LocalCluster worker processes (default: CPU count)")
     threads_per_worker: int = Field(1, gt=0)
-    resources: dict[str, float] | None = Field(None, description="Dask resources each LocalCluster worker "
-                                               "advertises; on a GPU machine `{GPU: 1}` sends model scoring "
-                                               "there (with n_workers: 1, one process owns the GPU)")
+    gpu_workers: int = Field(0, ge=0, description="extra LocalCluster workers (one thread each) that "
+                             "advertise {GPU: 1}: model training and scoring tasks go there, the rest to the "
+                             "CPU workers; one is all a single-GPU machine needs")
+    resources: dict[str, float] | None = Field(None, description="Dask resources every CPU worker of the "
+                                               "LocalCluster advertises")
     memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'; auto splits system memory")
     retries: int = Field(2, ge=0, description="times a shard task is retried after a failure")
     progress: bool = Field(True, description="show a progress bar per stage")

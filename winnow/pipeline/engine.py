@@ -69,7 +69,25 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
                          resources=cfg.resources, silence_logs=40) as cluster, \
             Client(cluster) as client:
         set_arrow_pool(cfg.arrow_memory_pool)
+        if cfg.gpu_workers:
+            add_gpu_workers(cluster, client, cfg.gpu_workers)
         yield client
+
+
+def add_gpu_workers(cluster: Any, client: Any, n: int) -> None:
+    """Start `n` more workers like the others but with one thread and the resource {GPU: 1}.
+
+    LocalCluster gives every worker the same resources; a single-GPU machine wants CPU workers for
+    the rule stages plus one worker that owns the GPU (tasks that ask for {"GPU": 1} run only
+    there, one at a time). SpecCluster's worker_spec takes the extra, different spec."""
+    import copy
+
+    for i in range(n):
+        spec = copy.deepcopy(cluster.new_spec)
+        spec["options"].update(nthreads=1, resources={"GPU": 1})
+        cluster.worker_spec[f"gpu-{i}"] = spec
+    cluster.scale(len(cluster.worker_spec))  # same count: starts the specs not yet running
+    client.wait_for_workers(len(cluster.worker_spec))
 
 
 @contextlib.contextmanager
