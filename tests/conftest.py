@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
@@ -36,6 +37,16 @@ def run(config: dict, client, force: bool = False):
 
     config = {"engine": {"progress": False}, **config}
     return run_pipeline(resolve(config), force=force, client=client)
+
+
+def kept_rows(stage_dir: Path) -> pa.Table:
+    """Every kept row of one stage folder, shards in order."""
+    return pa.concat_tables(pq.read_table(p) for p in sorted(Path(stage_dir).glob("train-*.parquet")))
+
+
+def rejected_rows(stage_dir: Path) -> pa.Table:
+    """Every rejected row of one stage folder, shards in order."""
+    return pa.concat_tables(pq.read_table(p) for p in sorted((Path(stage_dir) / "rejected").glob("*.parquet")))
 
 
 def check_conservation(out_dir: Path) -> list[dict]:

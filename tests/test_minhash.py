@@ -6,9 +6,7 @@ import json
 import random
 from pathlib import Path
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-from conftest import check_conservation, run, web_files
+from conftest import check_conservation, rejected_rows, run, web_files
 
 from winnow.filters.minhash_dedup import MinhashParams, bands_rows_for, candidate_probability
 
@@ -50,17 +48,13 @@ def planted_corpus(folder: Path) -> dict:
     return expect
 
 
-def rejected(out: Path, stage: str) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / stage / "rejected").glob("*.parquet")))
-
-
 def test_planted_near_duplicates_found_above_threshold_only(tmp_path, client):
     expect = planted_corpus(tmp_path / "in")
     out = tmp_path / "out"
     run({"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(out),
          "stages": [{"minhash_dedup": {}}]}, client)
     check_conservation(out)
-    rej = rejected(out, "01-minhash_dedup")
+    rej = rejected_rows(out / "01-minhash_dedup")
     found = dict(zip(rej.column("id").to_pylist(), rej.column("dup_of").to_pylist(), strict=True))
     high = {c: b for c, (b, j) in expect.items() if j >= 0.85}
     low = {c: b for c, (b, j) in expect.items() if j <= 0.55}
@@ -104,7 +98,7 @@ def test_verify_drops_lsh_false_positives(tmp_path, client):
         run({"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(tmp_path / name),
              "stages": [{"minhash_dedup": {**loose, "verify": verify}}]}, client)
         check_conservation(tmp_path / name)
-    found = {name: set(rejected(tmp_path / name, "01-minhash_dedup").column("id").to_pylist())
+    found = {name: set(rejected_rows(tmp_path / name / "01-minhash_dedup").column("id").to_pylist())
              for name in ("raw", "verified")}
     high = {c for c, (_, j) in expect.items() if j >= 0.85}
     low = {c for c, (_, j) in expect.items() if j <= 0.55}

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
-from conftest import SHARED_DATA, check_conservation, run, web_files
+from conftest import SHARED_DATA, check_conservation, kept_rows, rejected_rows, run, web_files
 
 from winnow.filters import percentile
 
@@ -41,14 +40,6 @@ def test_percentile_cut_is_exact_on_small_shards():
     assert kept_fraction_by_sketch(scores, hashes, 10, 0.3) == pytest.approx(0.3, abs=1 / 5000)
 
 
-def stage_rows(stage_dir) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted(stage_dir.glob("train-*.parquet")))
-
-
-def rejected_rows(stage_dir) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((stage_dir / "rejected").glob("*.parquet")))
-
-
 def test_fasttext_keeps_top_fraction_independent_of_shards_and_workers(tmp_path, client):
     from distributed import Client, LocalCluster
 
@@ -66,7 +57,7 @@ def test_fasttext_keeps_top_fraction_independent_of_shards_and_workers(tmp_path,
         run(cfg(tmp_path / "b", 4), one)
     manifests = {k: check_conservation(tmp_path / k) for k in "ab"}
     assert len(manifests["a"][0]["shards"]) > 3 * len(manifests["b"][0]["shards"])
-    kept = {k: stage_rows(tmp_path / k / "01-fasttext_quality") for k in "ab"}
+    kept = {k: kept_rows(tmp_path / k / "01-fasttext_quality") for k in "ab"}
     total = manifests["a"][0]["totals"]["rows_out"]
     assert abs(kept["a"].num_rows / total - 0.3) <= 0.01
     assert set(kept["a"].column("id").to_pylist()) == set(kept["b"].column("id").to_pylist())
@@ -82,7 +73,7 @@ def test_fasttext_keeps_top_fraction_independent_of_shards_and_workers(tmp_path,
     run({**cfg(tmp_path / "c", 1), "stages": [reuse]}, client)
     c = json.loads((tmp_path / "c" / "01-fasttext_quality" / "_manifest.json").read_text())
     assert c["training_flops"] == 0 and "positives" not in c
-    assert set(stage_rows(tmp_path / "c" / "01-fasttext_quality").column("id").to_pylist()) == \
+    assert set(kept_rows(tmp_path / "c" / "01-fasttext_quality").column("id").to_pylist()) == \
         set(kept["a"].column("id").to_pylist())
 
 
@@ -119,10 +110,10 @@ def test_embedding_quality_reuses_stored_embeddings(tmp_path, client):
     rows = reused["documents"]
     assert reused["scoring_flops"] == 2.0 * 384 * rows          # the head only: no embedding pass
     assert fresh["scoring_flops"] > 1e4 * reused["scoring_flops"] / 2
-    a = stage_rows(out / "02-embedding_quality")
+    a = kept_rows(out / "02-embedding_quality")
     assert abs(a.num_rows - rows / 2) <= 1
     from_stored = dict(zip(a.column("id").to_pylist(), a.column("embedding_score").to_pylist(), strict=True))
-    b = pa.concat_tables([stage_rows(out / "03-embedding_quality").select(["id", "embedding_score"]),
+    b = pa.concat_tables([kept_rows(out / "03-embedding_quality").select(["id", "embedding_score"]),
                           rejected_rows(out / "03-embedding_quality").select(["id", "embedding_score"])])
     from_text = dict(zip(b.column("id").to_pylist(), b.column("embedding_score").to_pylist(), strict=True))
     assert from_text.keys() == from_stored.keys()
@@ -142,7 +133,7 @@ def test_perplexity_band_prefers_reference_like_text(tmp_path, client):
          "stages": [{"perplexity_quality": {"positives": {"paths": [REFERENCE]}, "band": [0.0, 0.5],
                                             "flop_budget": 3e11}}]}, client)
     check_conservation(out)
-    kept = stage_rows(out / "01-perplexity_quality")
+    kept = kept_rows(out / "01-perplexity_quality")
     rej = rejected_rows(out / "01-perplexity_quality")
     assert abs(kept.num_rows - len(docs) / 2) <= 1
     assert max(kept.column("perplexity").to_pylist()) <= min(rej.column("perplexity").to_pylist())

@@ -6,9 +6,8 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
-from conftest import SHARED_DATA, check_conservation, run
+from conftest import SHARED_DATA, check_conservation, rejected_rows, run
 
 from winnow.filters.semantic_dedup import earlier_max_cosine
 
@@ -25,7 +24,7 @@ def test_gsm8k_pairs_found_unrelated_kept(tmp_path, client):
     run({"input": {"paths": [str(tmp_path / "in.jsonl")], "shard_size_mb": 0.1}, "output": str(out),
          "stages": [{"semantic_dedup": {"eps": 0.15, "k": 4}}]}, client)
     check_conservation(out)
-    rej = pa.concat_tables(pq.read_table(p) for p in sorted((out / "01-semantic_dedup/rejected").glob("*.parquet")))
+    rej = rejected_rows(out / "01-semantic_dedup")
     removed = set(rej.column("id").to_pylist())
     found = sum(1 for p in pairs[:120] if len({f"a{p['pair_id']}", f"b{p['pair_id']}"} & removed) == 1)
     unrelated = sum(1 for i in removed if i.startswith("u"))

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.parquet as pq
-from conftest import check_conservation, run, web_files
+from conftest import check_conservation, rejected_rows, run, web_files
 
 from winnow.filters.heuristics import HeuristicsStage
 from winnow.filters.normalize import NormalizeStage
@@ -34,7 +33,7 @@ def test_exact_dedup_is_global_and_keeps_the_first_copy(tmp_path, client):
     run({"input": {"paths": [str(tmp_path / "f*.jsonl")]}, "output": str(out), "stages": [{"exact_dedup": {}}]},
         client)
     check_conservation(out)
-    rejected = pa.concat_tables(pq.read_table(p) for p in sorted((out / "01-exact_dedup/rejected").glob("*.parquet")))
+    rejected = rejected_rows(out / "01-exact_dedup")
     got = sorted(zip(rejected.column("id").to_pylist(), rejected.column("dup_of").to_pylist(),
                      rejected.column("dup_cluster_size").to_pylist(), strict=True))
     assert got == [("b1", "a1", 3), ("b3", "a2", 2), ("c1", "a1", 3)]

@@ -9,7 +9,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import check_conservation, run, web_files
+from conftest import check_conservation, kept_rows, run, web_files
 
 from winnow.pipeline.errors import ConfigError
 from winnow.tokenize.pack import PackParams, PackStage, pack_best_fit, split_long, unpack
@@ -30,7 +30,7 @@ def packed_run(tmp_path_factory, client):
 
 
 def tokenized(out: Path) -> pa.Table:
-    return pa.concat_tables(pq.read_table(p) for p in sorted((out / "02-tokenize").glob("train-*.parquet")))
+    return kept_rows(out / "02-tokenize")
 
 
 def test_bpe_training_is_deterministic_and_hub_names_are_refused(tmp_path):
@@ -52,7 +52,7 @@ def test_pipeline_packs_exactly_and_writes_trainer_files(packed_run):
     eos = manifests[2]["eos_id"]
     assert all(ids[-1] == eos for ids in tok.column("input_ids").to_pylist())
 
-    packed = pa.concat_tables(pq.read_table(p) for p in sorted((out / "03-pack").glob("train-*.parquet")))
+    packed = kept_rows(out / "03-pack")
     docs = unpack(packed)
     original = dict(zip(tok.column("id").to_pylist(), tok.column("input_ids").to_pylist(), strict=True))
     assert docs.keys() == original.keys()

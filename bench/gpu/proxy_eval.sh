@@ -6,15 +6,7 @@
 # The GPU image lacks dask/datatrove: the web pipeline's output (out/web) must travel with the
 # tree (carry it), or the script runs configs/web.yaml first where winnow is installed.
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/bench-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/run.log") 2>&1
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=/tmp/hf
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
-DEVICE=${DEVICE:-cuda}
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+source "$(dirname "$0")/common.sh" run.log
 if [ "${QUICK:-0}" = 1 ] || [ "$DEVICE" = cpu ]; then
   ARGS=(--size tiny --seq-len 256 --budget 5e11 --seeds 1)
 else

@@ -7,15 +7,7 @@
 # The GPU image has torch, transformers, sentence-transformers and tokenizers: nothing to carry.
 # DEVICE=cpu bash bench/gpu/scoring.sh runs the same path on a small CPU slice (~1.5 minutes).
 set -uo pipefail
-cd "$(dirname "$0")/../.."
-OUT=${OUT:-$PWD/bench-out}
-mkdir -p "$OUT"
-exec > >(tee -a "$OUT/scoring.log") 2>&1
-export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1 HF_HOME=/tmp/hf
-export PYTHONPATH=${PYTHONPATH:-}:$PWD
-DEVICE=${DEVICE:-cuda}
-PY=${PY:-python3}
-[ -x .venv/bin/python ] && PY=.venv/bin/python
+source "$(dirname "$0")/common.sh" scoring.log
 if [ "$DEVICE" = cpu ]; then
   ARGS=(--docs 36 --batches 2 --threads "$(nproc)")
 else

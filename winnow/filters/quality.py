@@ -106,7 +106,8 @@ class QualityStage(Stage):
         p = self.params
         gpu = ctx.gpu_resources()
         facts: dict[str, Any] = {"training_flops": 0.0, "scoring_flops": 0.0}
-        if not any(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards):  # earlier stages kept nothing
+        rows = sum(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards)
+        if rows == 0:  # earlier stages kept nothing
             return {"model": p.model, "cut": {"lo": None, "hi": None}, "scores": {}, "documents": 0, **facts}
         if p.model is not None:
             model = p.model
@@ -119,7 +120,7 @@ class QualityStage(Stage):
                                     p.positives.heldout_fraction, "train")
             if not pos:
                 raise ValueError(f"{self.name}: no positives left in {p.positives.paths}")
-            neg = self._negatives(shards, p.negatives or len(pos), ctx) if self.needs_negatives else []
+            neg = self._negatives(shards, rows, p.negatives or len(pos), ctx) if self.needs_negatives else []
             model = str(Path(ctx.workdir).parent / self.model_file)
             texts = ctx.client.scatter([pos, neg])  # tens of MB: sent once as data, not inside the task graph
             facts["training_flops"] = ctx.map(_train, [(self, *texts, model)], resources=gpu)[0]
@@ -143,8 +144,8 @@ class QualityStage(Stage):
             return tuple(p.band)
         return (1 - p.keep_top, 1.0) if self.higher_is_better else (0.0, p.keep_top)
 
-    def _negatives(self, shards: list[ShardRef], n: int, ctx: Context) -> list[str]:
-        rows = sum(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards)
+    def _negatives(self, shards: list[ShardRef], rows: int, n: int, ctx: Context) -> list[str]:
+        """`n` texts of the pool's `rows`: the lowest seeded id hashes, whatever the sharding."""
         fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
         cutoff = min(2**64 - 1, int(fraction * 2**64))
         parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed) for ref in shards])

@@ -55,7 +55,7 @@ class EngineConfig(Strict):
     progress: bool = Field(True, description="show a progress bar per stage")
     arrow_memory_pool: Literal["system", "mimalloc", "jemalloc", "default"] = Field(
         "system", description="Arrow's allocator in every process; `system` (glibc, trimmed by Dask's "
-        "MALLOC_TRIM_THRESHOLD_) returns freed shard memory, mimalloc keeps it: ~20% lower peak RSS")
+        "MALLOC_TRIM_THRESHOLD_) returns freed shard memory, mimalloc keeps it (bench/LOG.md)")
 
 
 class OutputsConfig(Strict):
