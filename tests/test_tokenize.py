@@ -140,9 +140,9 @@ def test_eval_trains_directly_on_packed_output(packed_run, tmp_path):
     out, _, _ = packed_run
     cfg = EvalConfig(arms={"packed": str(out / "03-pack"), "documents": str(out / "01-normalize")},
                      output=str(tmp_path / "eval"), pool_heldout_fraction=0.0, seq_len=SEQ,
-                     heldout={"held": {"paths": [web_files(3)[-1]], "max_docs": 20}},
+                     heldout={"held": {"paths": [web_files(3)[-1]], "max_docs": 20, "tokens": 5_000}},
                      flop_budget=2e10, baseline_budgets=[1.0], seeds=[0], n_evals=1, batch_size=4)
     report = run_eval(cfg, log=lambda *a: None)
     assert report["tokenizer_vocab"] == 2048                     # the run's tokenizer, not a new one
     assert report["unique_tokens"]["packed"] == report["unique_tokens"]["documents"] > 0
-    assert set(report["arms"]) == {"documents"} and report["arms"]["documents"]["per_seed"]
+    assert set(report["arms"]) == {"documents"} and report["arms"]["documents"]["held"]["per_seed"]

@@ -75,3 +75,12 @@ def at_or_above(scores: np.ndarray, hashes: np.ndarray, key: tuple[float, int] |
         return np.ones(len(s), bool)
     ks, kh = key
     return (s > ks) | ((s == ks) & (hashes >= np.uint64(kh)))
+
+
+def cdf(merged: Sketch, points: int = 1024) -> tuple[list[float], list[float]]:
+    """(quantiles, scores): the corpus-wide empirical CDF at about `points` finite scores, ascending."""
+    mid = (np.cumsum(merged.weights) - merged.weights / 2) / max(merged.rows, 1)  # each key's mid-rank
+    finite = np.flatnonzero(np.isfinite(merged.scores))
+    pick = finite[np.unique(np.linspace(0, len(finite) - 1, min(points, len(finite))).astype(np.int64))] \
+        if len(finite) else finite
+    return mid[pick].tolist(), merged.scores[pick].tolist()

@@ -19,9 +19,10 @@ they fell on. The manifest records the model, the cut, and the FLOPs of training
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
@@ -32,6 +33,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from winnow.filters import percentile
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
+
+
+FIT_COST = ".fit.json"   # beside a trained model: its training FLOPs, charged again when a run reuses it
 
 
 class Positives(BaseModel):
@@ -54,6 +58,7 @@ class QualityParams(BaseModel):
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
     threads: int | None = Field(None, gt=0, description="CPU threads of a torch scorer (default: the worker's: 1)")
     seed: int = 0
+    positives_required: ClassVar[bool] = True   # a stage that trains without positives sets False
 
     @model_validator(mode="after")
     def _check(self) -> QualityParams:
@@ -61,7 +66,7 @@ class QualityParams(BaseModel):
             raise ValueError("set exactly one of keep_top and band")
         if self.band is not None and not 0 <= self.band[0] < self.band[1] <= 1:
             raise ValueError(f"band must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.band)}")
-        if self.model is None and self.positives is None:
+        if self.model is None and self.positives is None and self.positives_required:
             raise ValueError("give `model` (a saved model) or `positives` (to train one)")
         return self
 
@@ -108,23 +113,21 @@ class QualityStage(Stage):
         facts: dict[str, Any] = {"training_flops": 0.0, "scoring_flops": 0.0}
         rows = sum(pq.ParquetFile(ref.path).metadata.num_rows for ref in shards)
         if rows == 0:  # earlier stages kept nothing
-            return {"model": p.model, "cut": {"lo": None, "hi": None}, "scores": {}, "documents": 0, **facts}
+            return {"model": p.model, "cut": {"lo": None, "hi": None}, "scores": {}, "documents": 0, "cdf": ([], []),
+                    **facts}
         if p.model is not None:
             model = p.model
             if not os.path.exists(model):
                 raise FileNotFoundError(f"{self.name}: model {model!r} does not exist")
+            if os.path.exists(model + FIT_COST):  # what training this model cost when another run fit it
+                facts["reused_model_training_flops"] = json.loads(Path(model + FIT_COST).read_text())["training_flops"]
         else:
-            from winnow.pipeline.documents import read_documents
-
-            _, pos = read_documents(p.positives.paths, p.positives.max_docs, f"{self.name}/positives/paths",
-                                    p.positives.heldout_fraction, "train")
-            if not pos:
-                raise ValueError(f"{self.name}: no positives left in {p.positives.paths}")
-            neg = self._negatives(shards, rows, p.negatives or len(pos), ctx) if self.needs_negatives else []
+            pos, neg = self.training_texts(shards, rows, ctx)
             model = str(Path(ctx.workdir).parent / self.model_file)
             texts = ctx.client.scatter([pos, neg])  # tens of MB: sent once as data, not inside the task graph
             facts["training_flops"] = ctx.map(_train, [(self, *texts, model)], resources=gpu)[0]
             facts.update(positives=len(pos), negatives=len(neg))
+            Path(model + FIT_COST).write_text(json.dumps({"training_flops": facts["training_flops"]}))
         score_dir = Path(ctx.workdir) / "scores"
         score_dir.mkdir(parents=True, exist_ok=True)
         paths = {ref.name: str(score_dir / f"{ref.name}.{ref.fingerprint[:16]}.npy") for ref in shards}
@@ -135,7 +138,21 @@ class QualityStage(Stage):
         finite = [r["range"] for r in results if r["range"]]
         facts["scoring_flops"] = float(sum(r["flops"] for r in results))
         return {"model": model, "cut": cut, "scores": paths, "documents": merged.rows, **facts,
+                "cdf": percentile.cdf(merged),
                 "score_range": [min(a for a, _ in finite), max(b for _, b in finite)] if finite else None}
+
+    def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
+        """(positives, negatives) to train on: the positives less their held-out slice, and as many pool
+        documents (or `negatives`) by seeded id hash."""
+        from winnow.pipeline.documents import read_documents
+
+        p = self.params
+        _, pos = read_documents(p.positives.paths, p.positives.max_docs, f"{self.name}/positives/paths",
+                                p.positives.heldout_fraction, "train")
+        if not pos:
+            raise ValueError(f"{self.name}: no positives left in {p.positives.paths}")
+        neg = self._negatives(shards, rows, p.negatives or len(pos), ctx) if self.needs_negatives else []
+        return pos, neg
 
     def kept_band(self) -> tuple[float, float]:
         """The quantiles of the score to keep between; `keep_top` counts from the good end."""
@@ -172,8 +189,8 @@ class QualityStage(Stage):
     # apply: compare with the cut
     def manifest_extra(self, state: dict) -> dict:
         lo, hi = self.kept_band()
-        return {k: state[k] for k in ("model", "documents", "training_flops", "scoring_flops", "score_range",
-                                      "positives", "negatives") if k in state} | {
+        return {k: state[k] for k in ("model", "documents", "training_flops", "reused_model_training_flops",
+                                      "scoring_flops", "score_range", "positives", "negatives") if k in state} | {
             "band": [lo, hi], "score_column": self.score_column,
             "cut": {k: None if v is None else {"score": v[0] if np.isfinite(v[0]) else str(v[0]), "id_hash": v[1]}
                     for k, v in state["cut"].items()}}

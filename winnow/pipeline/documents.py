@@ -28,6 +28,20 @@ def read_documents(spec: str | list[str], max_docs: int | None = None, key: str 
     With `heldout` > 0 only one side of the id-hash slice comes back: `train` (outside the slice)
     or `heldout` (inside it). `max_docs` caps what is returned; `key` names the setting in errors.
     """
+    ids, texts, _ = read_sourced_documents(spec, max_docs, key, heldout, side)
+    return ids, texts
+
+
+MAX_AUTO_SOURCES = 64   # a column with more values names documents, not sources: no use as strata
+STRATIFY_HELP = ("what a source is: auto (each path given when there are several; else the sub-folder when "
+                 "the files span several; else the `source` column, or the domain of `url`, when it has at most "
+                 f"{MAX_AUTO_SOURCES} values; else one source), path, folder, file, or a column name")
+
+
+def read_sourced_documents(spec: str | list[str], max_docs: int | None = None, key: str = "paths",
+                           heldout: float = 0.0, side: str = "train",
+                           stratify: str = "auto") -> tuple[list[str], list[str], list[str]]:
+    """`read_documents` plus the source of each document, by the `stratify` rule (STRATIFY_HELP)."""
     import orjson
     import pyarrow.parquet as pq
 
@@ -35,16 +49,21 @@ def read_documents(spec: str | list[str], max_docs: int | None = None, key: str 
         return heldout <= 0 or in_heldout_slice(doc_id, heldout) == (side == "heldout")
 
     specs = [spec] if isinstance(spec, str) else spec
-    ids, texts = [], []
+    column = stratify if stratify not in ("auto", "path", "folder", "file") else None
+    ids, texts, origins = [], [], []   # origin: (path given, file, {source, url, column} values)
     for s in specs:
         if os.path.isdir(s):
             files = sorted(glob.glob(os.path.join(s, "train-*.parquet"))) or sorted(glob.glob(os.path.join(s, "*.parquet")))
             for f in files:
-                t = pq.read_table(f, columns=["id", "text"])
-                for i, text in zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True):
+                names = set(pq.read_schema(f).names)
+                extra = [c for c in ("source", "url", column) if c and c in names and c not in ("id", "text")]
+                t = pq.read_table(f, columns=["id", "text", *dict.fromkeys(extra)])
+                cols = {c: t.column(c).to_pylist() for c in extra}
+                for n, (i, text) in enumerate(zip(t.column("id").to_pylist(), t.column("text").to_pylist(), strict=True)):
                     if wanted(i):
                         ids.append(i)
                         texts.append(text)
+                        origins.append((s, f, {c: v[n] for c, v in cols.items()}))
         else:
             files = sorted(glob.glob(s, recursive=True))
             if not files:
@@ -60,8 +79,43 @@ def read_documents(spec: str | list[str], max_docs: int | None = None, key: str 
                     if wanted(doc_id):
                         ids.append(doc_id)
                         texts.append(text)
+                        origins.append((s, f, {c: rec.get(c) for c in ("source", "url", column) if c}))
         if max_docs and len(ids) >= max_docs:
             break
     if max_docs:
-        ids, texts = ids[:max_docs], texts[:max_docs]
-    return ids, texts
+        ids, texts, origins = ids[:max_docs], texts[:max_docs], origins[:max_docs]
+    return ids, texts, _sources(origins, specs, stratify, key)
+
+
+def _sources(origins: list[tuple[str, str, dict]], specs: list[str], stratify: str, key: str) -> list[str]:
+    from urllib.parse import urlsplit
+
+    def folder(f: str) -> str:
+        return os.path.basename(os.path.dirname(f))
+
+    def from_columns(values: dict) -> str:
+        if values.get("source") is not None:
+            return str(values["source"])
+        if values.get("url"):
+            return urlsplit(str(values["url"])).netloc or "unknown"
+        return "all"
+
+    if stratify == "auto":
+        if len(specs) > 1:
+            stratify = "path"
+        elif len({folder(f) for _, f, _ in origins}) > 1:
+            stratify = "folder"
+        else:
+            values = [from_columns(v) for _, _, v in origins]
+            return values if len(set(values)) <= MAX_AUTO_SOURCES else ["all"] * len(values)
+    if stratify == "path":
+        return [s for s, _, _ in origins]
+    if stratify == "folder":
+        return [folder(f) for _, f, _ in origins]
+    if stratify == "file":
+        return [f for _, f, _ in origins]
+    missing = next((f for _, f, v in origins if v.get(stratify) is None), None)
+    if missing:
+        raise ConfigError(f"{missing}: a document has no {stratify!r} column to stratify by", key=key)
+    values = [v[stratify] for _, _, v in origins]
+    return [urlsplit(str(v)).netloc or "unknown" if stratify == "url" else str(v) for v in values]

@@ -18,6 +18,7 @@ STAGES: dict[str, str] = {
     "fasttext_quality": "winnow.filters.fasttext_quality:FastTextQualityStage",
     "embedding_quality": "winnow.filters.embedding_quality:EmbeddingQualityStage",
     "perplexity_quality": "winnow.filters.perplexity_quality:PerplexityQualityStage",
+    "datarater": "winnow.filters.datarater:DataRaterStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

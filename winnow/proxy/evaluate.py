@@ -1,31 +1,45 @@
 """`winnow eval`: train proxy LMs on a baseline and curated arms, report the compute multiplier.
 
-Protocol (ALGORITHMS.md section 7): one tokenizer for every arm (trained on the baseline's training
-documents unless given); the same model, optimiser and schedule; the baseline trained to several
-budgets (each run annealed at its own end), every other arm to the reference budget; k seeds each;
-all runs evaluated on the same held-out sets: a slice of the baseline pool that no arm trains on
-(chosen by a hash of the id) and any named reference sets. The multiplier of an arm, per seed, is
-multiplier.py's M against that seed's baseline curve; reported as mean ± std over seeds.
+Protocol (ALGORITHMS.md section 7), in the order `run_eval` runs it:
+1. arms (arms.py): documents or packed rows; one tokenizer for all (hashes checked), trained on
+   the baseline's training documents unless given;
+2. held-out sets (heldout.py): `pool`, a source-stratified sample of the baseline pool's
+   held-out id-hash slice that no arm trains on (the DataRater paper's objective: train faster on
+   this distribution), and named reference sets, each chosen by a token budget and evaluated on
+   every target token; documents of any held-out set are removed from every arm;
+3. the training grid: the same model, optimiser and schedule everywhere; the baseline at several
+   budgets (each run annealed at its own end), every other arm at the reference budget; k seeds;
+   downstream tasks scored on every arm's reference-budget run, the baseline's included;
+4. the summary (summary.py): per arm and held-out set, the multiplier per seed against that
+   seed's baseline curve, mean, sample std and t-interval, net of curation per trained token (cost.py).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 from pydantic import Field
 
 from winnow.pipeline.config import Strict
-from winnow.pipeline.documents import in_heldout_slice, read_documents
+from winnow.pipeline.documents import STRATIFY_HELP, read_sourced_documents
 from winnow.pipeline.errors import ConfigError
-from winnow.proxy.multiplier import multiplier
-from winnow.tokenize.writers import is_packed
+from winnow.proxy.arms import Arm, check_tokenizers, pool_candidates, read_arms, training_rows
+from winnow.proxy.data import PackedRows, tokenize_documents
+from winnow.proxy.heldout import HeldoutSample, build_heldout
+from winnow.proxy.summary import arm_summary, downstream_summary
 
 
 class HeldoutSet(Strict):
-    paths: list[str] = Field(description="a folder of Parquet shards or JSONL files/globs")
-    max_docs: int = Field(400, gt=0)
+    paths: list[str] = Field(description="a folder of Parquet shards or JSONL files/globs (each path given is "
+                             "a source when there are several)")
+    tokens: int = Field(100_000, gt=0, description="token budget of the stratified sample")
+    stratify: str = Field("auto", description=STRATIFY_HELP)
+    allocation: Literal["equal", "proportional"] = Field("equal", description="each source's share of the "
+                                                         "budget: equal, or proportional to its tokens")
+    max_docs: int | None = Field(None, gt=0, description="read at most this many candidate documents")
     heldout_fraction: float = Field(0.0, ge=0, lt=1, description="> 0: only the documents in this id-hash "
                                     "slice: the slice a quality stage's `positives.heldout_fraction` never "
                                     "trains on, so the classifier has not seen the eval documents")
@@ -41,19 +55,25 @@ class EvalConfig(Strict):
     """The YAML of `winnow eval`. Arms name folders of documents (a stage folder of a winnow run)."""
 
     arms: dict[str, str] = Field(description="name -> documents (a stage folder with `text`, JSONL globs) or a "
-                                "winnow pack stage folder, used as packed; the first is the baseline unless "
-                                "`baseline` is set")
+                                "winnow pack stage folder; the first is the baseline unless `baseline` is set")
     baseline: str | None = None
     output: str
-    pool_heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="slice of the baseline pool held out")
-    heldout: dict[str, HeldoutSet] = Field(default_factory=dict, description="extra held-out sets")
-    primary_eval: str | None = Field(None, description="held-out set the multiplier uses (default: the first: "
+    pool_heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="id-hash slice of the baseline pool "
+                                         "that no arm trains on; the `pool` set is sampled from it")
+    pool_tokens: int = Field(100_000, gt=0, description="token budget of the `pool` held-out sample")
+    pool_stratify: str = Field("auto", description=STRATIFY_HELP)
+    pool_allocation: Literal["equal", "proportional"] = "proportional"
+    heldout: dict[str, HeldoutSet] = Field(default_factory=dict, description="named held-out sets")
+    heldout_seed: int = Field(0, description="seed of the held-out samples (the same for every run)")
+    primary_eval: str | None = Field(None, description="held-out set that headlines (default: the first: "
                                      "'pool' when pool_heldout_fraction > 0)")
     max_docs: int | None = Field(None, gt=0, description="cap on training documents per arm")
-    tokenizer: str | None = Field(None, description="local tokenizer.json; null: train a BPE on the baseline")
+    tokenizer: str | None = Field(None, description="local tokenizer.json; null: the packed arms' own, or a "
+                                  "BPE trained on the baseline")
     vocab_size: int = Field(4096, ge=260)
-    size: str = "tiny"
-    seq_len: int = Field(256, ge=16)
+    size: Literal["tiny", "small", "base"] = Field("tiny", description="proxy size: about 1M / 10M / 50M "
+                                                   "non-embedding parameters")
+    seq_len: int = Field(256, ge=16, le=4096)
     batch_size: int = Field(16, gt=0)
     lr: float = Field(3e-3, gt=0)
     schedule: str = Field("cosine", pattern="^(cosine|wsd)$", description="cosine, or warmup-stable-decay")
@@ -61,194 +81,162 @@ class EvalConfig(Strict):
     baseline_budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0],
                                           description="baseline runs at these multiples of flop_budget")
     seeds: list[int] = Field(default_factory=lambda: [0, 1])
-    n_evals: int = Field(6, gt=0)
-    max_eval_rows: int = Field(128, gt=0)
+    n_evals: int = Field(3, gt=0, description="evaluations per run (the last at its end)")
+    max_eval_rows: int | None = Field(None, gt=0, description="cap on held-out rows; null (default) evaluates "
+                                      "every row: a cap sees only part of each set")
     device: str = "auto"
     intra_doc: bool = True
     downstream: DownstreamConfig = Field(default_factory=DownstreamConfig)
 
 
-def run_tokenizer(packed_stage: str) -> str | None:
-    """The tokenizer.json a winnow run trained or loaded, found beside its pack stage."""
-    found = sorted(Path(packed_stage).parent.glob("[0-9][0-9]-tokenize/tokenizer.json"))
-    return str(found[-1]) if found else None
-
-
-def packed_rows(stage_dir: Path, seq_len: int):
-    """Rows of a winnow pack stage as training tensors; their length must be the eval's seq_len."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    from winnow.proxy.data import rows_from_table
-
-    table = pa.concat_tables(pq.read_table(p) for p in sorted(stage_dir.glob("train-*.parquet")))
-    width = len(table.column("input_ids")[0])
-    if width != seq_len:
-        raise ConfigError(f"{stage_dir} holds rows of {width} tokens but seq_len is {seq_len}", key="seq_len")
-    n_docs = len(set(d for docs in table.column("doc_ids").to_pylist() for d in docs))
-    return rows_from_table(table, n_docs)
-
-
-def curation_flops(arm_path: str) -> float:
-    """Model FLOPs the winnow stages up to this stage folder recorded in their manifests."""
-    stage_dir = Path(arm_path)
-    if not (stage_dir / "_manifest.json").exists():
-        return 0.0
-    total = 0.0
-    for manifest in sorted(stage_dir.parent.glob("[0-9][0-9]-*/_manifest.json")):
-        if manifest.parent.name <= stage_dir.name:
-            m = json.loads(manifest.read_text())
-            # per-shard FLOPs, plus what fit steps spent (embedding, training and scoring passes)
-            total += m["totals"].get("flops", 0.0) + sum(v for k, v in m.items() if k.endswith("_flops"))
-    return total
-
-
 def run_eval(cfg: EvalConfig, log=print) -> dict:
-    from winnow.proxy.data import pack_documents
-    from winnow.proxy.train import TrainConfig, save_checkpoint, train
-    from winnow.tokenize.tokenize_stage import TokenizerState
-    from winnow.tokenize.tokenizer import EOS, load_tokenizer, train_bpe
-
     out = Path(cfg.output)
     out.mkdir(parents=True, exist_ok=True)
-    names = list(cfg.arms)
-    baseline = cfg.baseline or names[0]
+    baseline = cfg.baseline or next(iter(cfg.arms))
     if baseline not in cfg.arms:
-        raise ConfigError(f"baseline {baseline!r} is not one of the arms {names}", key="baseline")
-
-    packed_arms = {name: path for name, path in cfg.arms.items() if is_packed(Path(path))}
-    docs = {name: read_documents(path, key=f"arms/{name}") for name, path in cfg.arms.items() if name not in packed_arms}
-    pool_ids, pool_texts = [], []
-    arms_train = {}
-    for name, (ids, texts) in docs.items():
-        held_out = [in_heldout_slice(d, cfg.pool_heldout_fraction) for d in ids]
-        keep = [i for i, h in enumerate(held_out) if not h]
-        if name == baseline:
-            held = [i for i, h in enumerate(held_out) if h]
-            pool_ids, pool_texts = [ids[i] for i in held], [texts[i] for i in held]
-        keep = keep[: cfg.max_docs] if cfg.max_docs else keep
-        arms_train[name] = ([ids[i] for i in keep], [texts[i] for i in keep])
-
-    tokenizer_path = cfg.tokenizer or next((run_tokenizer(p) for p in packed_arms.values()), None)
-    if tokenizer_path:
-        tok = load_tokenizer(tokenizer_path)
-    elif baseline in arms_train:
-        tok = train_bpe(arms_train[baseline][1][:5000], cfg.vocab_size)
-    else:
-        raise ConfigError("set `tokenizer`: the baseline is packed and no tokenizer.json was found beside it",
-                          key="tokenizer")
-    tok.save(str(out / "tokenizer.json"))
-    state = TokenizerState(tok.to_str(), EOS)
-    eval_sets = {}
-    if pool_ids:
-        eval_sets["pool"] = pack_documents(pool_ids[:400], pool_texts[:400], state, cfg.seq_len)
-    for name, spec in cfg.heldout.items():
-        eval_sets[name] = pack_documents(*read_documents(spec.paths, spec.max_docs, f"heldout/{name}/paths",
-                                                          spec.heldout_fraction, "heldout"), state, cfg.seq_len)
-    if not eval_sets:
-        raise ConfigError("no held-out set: set pool_heldout_fraction > 0 or add `heldout`", key="heldout")
-    primary = cfg.primary_eval or next(iter(eval_sets))
-    if primary not in eval_sets:
-        raise ConfigError(f"primary_eval {primary!r} is not a held-out set: {list(eval_sets)}", key="primary_eval")
-    rows = {name: pack_documents(ids, texts, state, cfg.seq_len) for name, (ids, texts) in arms_train.items()}
-    for name, path in packed_arms.items():  # winnow's own pack output, used as it is
-        rows[name] = packed_rows(Path(path), cfg.seq_len)
-    for name, r in rows.items():
-        log(f"arm {name}: {r.n_documents:,} documents, {len(r):,} rows, {r.target_tokens:,} unique target tokens")
-
-    runs: list[dict] = []
-    for seed in cfg.seeds:
-        for name in names:
-            budgets = cfg.baseline_budgets if name == baseline else [1.0]
-            for b in budgets:
-                tcfg = TrainConfig(size=cfg.size, seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
-                                   schedule=cfg.schedule,
-                                   flop_budget=cfg.flop_budget * b, n_evals=cfg.n_evals, seed=seed,
-                                   max_eval_rows=cfg.max_eval_rows, device=cfg.device, intra_doc=cfg.intra_doc)
-                log(f"[{name} seed {seed} budget {b}x]")
-                result = train(tcfg, state.vocab_size, rows[name], eval_sets, log=log)
-                model = result.pop("model")
-                ckpt = out / "checkpoints" / f"{name}-seed{seed}-{b:g}x.safetensors"
-                ckpt.parent.mkdir(exist_ok=True)
-                save_checkpoint(model, str(ckpt), {"arm": name, "seed": seed, "budget": b, **result["config"],
-                                                   "vocab_size": state.vocab_size})
-                result["checkpoint"] = str(ckpt)
-                entry = {"arm": name, "seed": seed, "budget": b, **result,
-                         "final": result["points"][-1]["eval"] if result["points"] else {}}
-                if name == names[-1] and b == 1.0 and cfg.downstream and (cfg.downstream.hellaswag or cfg.downstream.piqa):
-                    from winnow.proxy.downstream import score_downstream
-
-                    entry["downstream"] = score_downstream(model, state.tokenizer, cfg.downstream, cfg.seq_len)
-                runs.append(entry)
-
-    report = summarize(cfg, runs, baseline, primary, rows)
-    report["tokenizer_vocab"] = state.vocab_size
-    (out / "eval.json").write_text(json.dumps(report, indent=1))
-    report["plot"] = plot(report, out / "loss_vs_flops.png", primary)
+        raise ConfigError(f"baseline {baseline!r} is not one of the arms {list(cfg.arms)}", key="baseline")
+    arms = read_arms(cfg.arms, cfg.pool_stratify)
+    tokenizer = eval_tokenizer(cfg, arms, baseline)
+    tokenizer_json = out / "tokenizer.json"
+    tokenizer_json.write_text(tokenizer.json_text)
+    heldout = heldout_sets(cfg, arms[baseline], tokenizer, log)
+    excluded = {doc for sample in heldout.values() for doc in sample.ids}
+    rows = {}
+    for name, arm in arms.items():
+        rows[name] = training_rows(arm, tokenizer, cfg.seq_len, excluded, cfg.pool_heldout_fraction, cfg.max_docs)
+        log(f"arm {name}: {rows[name].n_documents:,} documents, {len(rows[name]):,} rows, "
+            f"{rows[name].target_tokens:,} unique target tokens"
+            + (f"; curation {arm.cost.per_token():,.0f} FLOPs per kept token" if arm.cost.scoring_flops else ""))
+    runs = train_grid(cfg, rows, {k: v.rows for k, v in heldout.items()}, tokenizer, baseline, out, log)
+    report = summarize(cfg, runs, baseline, arms, rows, heldout)
+    report["tokenizer_vocab"] = tokenizer.vocab_size
+    report["tokenizer_hash"] = tokenizer.hash
+    report["plot"] = plot(report, out / "loss_vs_flops.png")
     (out / "eval.json").write_text(json.dumps(report, indent=1))
     return report
 
 
-def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, primary: str, rows: dict) -> dict:
-    arms = {}
-    for name in cfg.arms:
-        if name == baseline:
-            continue
-        per_seed, by_set = [], {}
-        for seed in cfg.seeds:
-            mine = next(r for r in runs if r["arm"] == name and r["seed"] == seed)
-            for eval_set in mine["final"]:
-                curve = [(r["flops"], r["final"][eval_set]) for r in runs
-                         if r["arm"] == baseline and r["seed"] == seed]
-                m = multiplier(mine["final"][eval_set], mine["flops"], curve, curation_flops(cfg.arms[name]))
-                by_set.setdefault(eval_set, []).append(m)
-                if eval_set == primary:
-                    per_seed.append({"seed": seed, "final_loss": mine["final"][primary], **m})
-        values = np.asarray([p["multiplier"] for p in per_seed])
-        nets = np.asarray([p["net_multiplier"] for p in per_seed])
-        statuses = sorted({p["status"] for p in per_seed})
-        arms[name] = {"multiplier": float(values.mean()), "multiplier_std": float(values.std()),
-                      "net_multiplier": float(nets.mean()), "net_multiplier_std": float(nets.std()),
-                      "status": statuses, "per_seed": per_seed,
-                      "by_eval_set": {k: {"multiplier": float(np.mean([m["multiplier"] for m in v])),
-                                          "status": sorted({m["status"] for m in v})} for k, v in by_set.items()},
-                      "note": ("a lower bound: the baseline never reached this loss" if "not_reached" in statuses
-                               else "an upper bound: below the smallest baseline run" if "below_range" in statuses
-                               else "interpolated")}
+def eval_tokenizer(cfg: EvalConfig, arms: dict[str, Arm], baseline: str):
+    from winnow.tokenize.tokenize_stage import TokenizerState
+    from winnow.tokenize.tokenizer import EOS, load_tokenizer, train_bpe
+
+    path = check_tokenizers(arms, cfg.tokenizer)
+    if path:
+        return TokenizerState(load_tokenizer(path).to_str(), EOS)
+    base = arms[baseline]
+    if base.packed:
+        raise ConfigError("set `tokenizer`: the baseline is packed and no tokenizer.json was found beside it",
+                          key="tokenizer")
+    from winnow.pipeline.documents import in_heldout_slice
+
+    train_texts = [t for d, t in zip(base.ids, base.texts, strict=True)
+                   if not in_heldout_slice(d, cfg.pool_heldout_fraction)][:5000]
+    return TokenizerState(train_bpe(train_texts, cfg.vocab_size).to_str(), EOS)
+
+
+def heldout_sets(cfg: EvalConfig, baseline: Arm, tokenizer, log=print) -> dict[str, HeldoutSample]:
+    """`pool` (when pool_heldout_fraction > 0) and every named set, in config order."""
+    sets: dict[str, HeldoutSample] = {}
+    if cfg.pool_heldout_fraction > 0:
+        table, sources = pool_candidates(baseline, tokenizer, cfg.pool_heldout_fraction)
+        if table.num_rows:
+            sets["pool"] = build_heldout(table, sources, cfg.seq_len, cfg.pool_tokens, cfg.pool_allocation,
+                                         cfg.heldout_seed)
+    for name, spec in cfg.heldout.items():
+        ids, texts, sources = read_sourced_documents(spec.paths, spec.max_docs, f"heldout.{name}.paths",
+                                                     spec.heldout_fraction, "heldout", spec.stratify)
+        if not ids:
+            raise ConfigError(f"held-out set {name!r} has no documents", key=f"heldout.{name}")
+        sets[name] = build_heldout(tokenize_documents(ids, texts, tokenizer), sources, cfg.seq_len, spec.tokens,
+                                   spec.allocation, cfg.heldout_seed)
+    if not sets:
+        raise ConfigError("no held-out set: set pool_heldout_fraction > 0 or add `heldout`", key="heldout")
+    primary = cfg.primary_eval or next(iter(sets))
+    if primary not in sets:
+        raise ConfigError(f"primary_eval {primary!r} is not a held-out set: {list(sets)}", key="primary_eval")
+    for name, sample in sets.items():
+        s = sample.summary()
+        log(f"held-out {name}: {s['documents']:,} documents, {s['tokens']:,} tokens from {len(s['sources'])} sources")
+    return sets
+
+
+def train_grid(cfg: EvalConfig, rows: dict[str, PackedRows], eval_sets: dict[str, PackedRows], tokenizer,
+               baseline: str, out: Path, log=print) -> list[dict]:
+    """Every (seed, arm, budget) run; checkpoints under OUT/checkpoints; downstream at the reference budget."""
+    from winnow.proxy.train import TrainConfig, save_checkpoint, train
+
+    downstream_on = cfg.downstream.hellaswag or cfg.downstream.piqa
+    base_ref = min(cfg.baseline_budgets, key=lambda b: abs(b - 1.0))  # the baseline run scored downstream
+    grid = [(seed, name, b) for seed in cfg.seeds for name in rows
+            for b in (cfg.baseline_budgets if name == baseline else [1.0])]
+    runs: list[dict] = []
+    for i, (seed, name, b) in enumerate(grid, 1):
+        tcfg = TrainConfig(size=cfg.size, seq_len=cfg.seq_len, batch_size=cfg.batch_size, lr=cfg.lr,
+                           schedule=cfg.schedule, flop_budget=cfg.flop_budget * b, n_evals=cfg.n_evals, seed=seed,
+                           max_eval_rows=cfg.max_eval_rows, device=cfg.device, intra_doc=cfg.intra_doc)
+        log(f"[run {i}/{len(grid)}: {name}, seed {seed}, budget {b:g}x]")
+        result = train(tcfg, tokenizer.vocab_size, rows[name], eval_sets, log=log)
+        model = result.pop("model")
+        ckpt = out / "checkpoints" / f"{name}-seed{seed}-{b:g}x.safetensors"
+        ckpt.parent.mkdir(exist_ok=True)
+        save_checkpoint(model, str(ckpt), {"arm": name, "seed": seed, "budget": b, **result["config"],
+                                           "vocab_size": tokenizer.vocab_size})
+        entry = {"arm": name, "seed": seed, "budget": b, "flops": result["flops"], "tokens": result["tokens"],
+                 "final": result["points"][-1]["eval"], **result, "checkpoint": str(ckpt)}
+        if downstream_on and b == (base_ref if name == baseline else 1.0):
+            from winnow.proxy.downstream import score_downstream
+
+            entry["downstream"] = score_downstream(model, tokenizer.tokenizer, cfg.downstream, cfg.seq_len)
+        runs.append(entry)
+    return runs
+
+
+def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, arms: dict[str, Arm], rows: dict[str, PackedRows],
+              heldout: dict[str, HeldoutSample]) -> dict:
+    sets = list(heldout)
+    primary = cfg.primary_eval or sets[0]
     return {
-        "config": cfg.model_dump(mode="json"), "baseline": baseline, "eval_set": primary, "arms": arms,
+        "config": cfg.model_dump(mode="json"), "baseline": baseline, "eval_set": primary, "eval_sets": sets,
+        "heldout": {name: sample.summary() for name, sample in heldout.items()},
+        "arms": {name: arm_summary(runs, name, baseline, sets, arms[name].cost) for name in arms if name != baseline},
+        "downstream": downstream_summary(runs),
+        "curation": {name: {"scoring_flops": a.cost.scoring_flops, "one_off_flops": a.cost.one_off_flops,
+                            "kept_tokens": a.cost.kept_tokens, "flops_per_kept_token": a.cost.per_token(),
+                            "flops_per_kept_token_with_fit": a.cost.per_token(with_fit=True)}
+                     for name, a in arms.items()},
         "unique_tokens": {n: r.target_tokens for n, r in rows.items()},
-        "epochs": {f"{r['arm']}/seed{r['seed']}/{r['budget']}x": round(r["epochs"], 3) for r in runs},
+        "epochs": {f"{r['arm']}/seed{r['seed']}/{r['budget']:g}x": round(r["epochs"], 3) for r in runs},
         "runs": runs,
     }
 
 
-def plot(report: dict, path: Path, primary: str) -> str:
+def plot(report: dict, path: Path) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    sets = report["eval_sets"]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.5), squeeze=False)
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    arms = list(report["config"]["arms"])
-    for i, arm in enumerate(arms):
-        mine = [r for r in report["runs"] if r["arm"] == arm]
-        for r in mine:  # each run's eval curve, faint
-            ax.plot([p["flops"] for p in r["points"]], [p["eval"][primary] for p in r["points"]],
-                    color=colors[i % len(colors)], alpha=0.25, lw=1)
-        budgets = sorted({r["budget"] for r in mine})
-        finals = [[r["final"][primary] for r in mine if r["budget"] == b] for b in budgets]
-        flops = [next(r["flops"] for r in mine if r["budget"] == b) for b in budgets]
-        ax.plot(flops, [np.mean(f) for f in finals], "o-", color=colors[i % len(colors)], label=arm)
-        ax.fill_between(flops, [min(f) for f in finals], [max(f) for f in finals],
-                        color=colors[i % len(colors)], alpha=0.2)
-    ax.set_xscale("log")
-    ax.set_xlabel("training FLOPs")
-    ax.set_ylabel(f"held-out loss ({primary}), nats/token")
-    ax.set_title("final loss per run (band: min-max over seeds)")
-    ax.legend()
+    for ax, eval_set in zip(axes[0], sets, strict=True):
+        for i, arm in enumerate(report["config"]["arms"]):
+            mine = [r for r in report["runs"] if r["arm"] == arm]
+            color = colors[i % len(colors)]
+            for r in mine:  # each run's eval curve, faint
+                ax.plot([p["flops"] for p in r["points"]], [p["eval"][eval_set] for p in r["points"]],
+                        color=color, alpha=0.25, lw=1)
+            budgets = sorted({r["budget"] for r in mine})
+            finals = [[r["final"][eval_set] for r in mine if r["budget"] == b] for b in budgets]
+            flops = [next(r["flops"] for r in mine if r["budget"] == b) for b in budgets]
+            ax.plot(flops, [np.mean(f) for f in finals], "o-", color=color, label=arm)
+            ax.fill_between(flops, [min(f) for f in finals], [max(f) for f in finals], color=color, alpha=0.2)
+        ax.set_xscale("log")
+        ax.set_xlabel("training FLOPs")
+        ax.set_ylabel(f"held-out loss ({eval_set}), nats/token")
+        ax.set_title(f"{eval_set}: final loss per run (band: min-max over seeds)", fontsize=10)
+        ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)

@@ -5,20 +5,35 @@ from __future__ import annotations
 import click
 
 
+def _fmt(stats: dict) -> str:
+    text = f"{stats['multiplier']:.2f}"
+    if stats["std"] is not None:
+        lo, hi = stats["interval"]
+        text += f" ± {stats['std']:.2f} (95% CI {lo:.2f}-{hi:.2f})"
+    return text
+
+
 @click.command("eval", epilog="Examples:\n\n\b\n  winnow eval configs/eval-web.yaml\n"
                               "  winnow eval configs/eval-web.yaml --set seeds=[0] --set flop_budget=5e11")
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="override a config key")
 def eval_(config: str, overrides: tuple[str, ...]) -> None:
-    """Train small LMs on each arm of CONFIG at matched FLOPs, evaluate on the same held-out sets,
-    and print each arm's compute multiplier over the baseline (mean ± std over seeds). Writes
-    OUTPUT/eval.json (every curve point) and OUTPUT/loss_vs_flops.png."""
+    """Train small LMs on each arm of CONFIG at matched FLOPs, evaluate them on the same held-out
+    sets (every token of a source-stratified sample), and print each arm's compute multiplier over
+    the baseline per held-out set: mean ± sample std over seeds with a 95% t-interval, and net of
+    the curation's FLOPs per trained token. Writes OUTPUT/eval.json (schema in the README),
+    OUTPUT/loss_vs_flops.png and a checkpoint per run."""
     from winnow.pipeline.config import load_model
     from winnow.proxy.evaluate import EvalConfig, run_eval
 
     cfg = load_model(config, EvalConfig, overrides)
     report = run_eval(cfg, log=click.echo)
-    click.echo(f"\nheld-out set: {report['eval_set']}; plot: {report['plot']}")
-    for name, arm in report["arms"].items():
-        click.echo(f"{name}: compute multiplier {arm['multiplier']:.2f} ± {arm['multiplier_std']:.2f} "
-                   f"(net {arm['net_multiplier']:.2f}; {arm['note']})")
+    click.echo(f"\nheadline held-out set: {report['eval_set']}; plot: {report['plot']}")
+    for name, by_set in report["arms"].items():
+        for eval_set, stats in by_set.items():
+            click.echo(f"{name} on {eval_set}: compute multiplier {_fmt(stats)}; net {stats['net_multiplier']:.2f}, "
+                       f"with the model's fit {stats['net_multiplier_with_fit']:.2f} ({stats['note']})")
+    for arm, tasks in report["downstream"].items():
+        for task, res in tasks.items():
+            click.echo(f"{arm} {task}: accuracy {res['accuracy']:.3f} ± {res['stderr']:.3f} "
+                       f"({res['items']} items, chance {res['chance']})")

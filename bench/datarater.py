@@ -1,0 +1,153 @@
+"""The DataRater against fastText at equal kept fractions, on a planted pool and on the web sample.
+
+1. Planted: reference passages, 30% corrupted (token-shuffled, random characters, mojibake); a rater
+   meta-trained with winnow's CPU defaults (the `datarater` stage's own training function) against
+   clean target passages; ROC AUC clean vs corrupted on passages it never saw:
+   `datarater auc: X.XXX`.
+2. Web: the sample after configs/web-quality.yaml's rule stages (`03-heuristics`) is the baseline.
+   The `datarater` stage (target: the reference set less its 20% eval slice) and `fasttext_quality`
+   (the same positives) each keep 90 / 75 / 50% of it (one model each, fit once, reused with
+   `model:`), and `winnow eval` compares all seven arms with seeds on the pool's held-out slice and
+   on the reference slice neither model saw: multipliers with t-intervals, training-only and net of
+   scoring and of the models' fit. Then what the rater learned: Spearman correlations of its score
+   with simple features, and the lowest- and highest-rated documents.
+
+    python bench/datarater.py                 # CPU: about 30-40 minutes on 2 cores
+    python bench/datarater.py --skip-web      # the planted AUC only (~6 minutes)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+REPO = Path(__file__).resolve().parents[1]
+REFERENCE = REPO.parent / "shared" / "data" / "reference"
+REFERENCE_SETS = [str(REFERENCE / s / "*.jsonl") for s in ("gutenberg_books", "wikipedia", "python_docs", "speeches")]
+
+
+def planted_auc(out: Path, meta: dict) -> float:
+    import numpy as np
+
+    from winnow.raters.corrupt import planted_pool, roc_auc
+    from winnow.raters.datarater_scorer import DataRaterScorer, train_datarater
+
+    texts, clean, kinds = planted_pool(REFERENCE, 900, seed=0)
+    inner, target = texts[:500], [t for t, c in zip(texts[500:700], clean[500:700], strict=True) if c]
+    t0 = time.perf_counter()
+    summary = train_datarater(inner, target, str(out / "planted"), {"threads": 1, **meta}, vocab_size=1024,
+                              log=print)
+    scores = DataRaterScorer(str(out / "planted"), "cpu", threads=1).score(texts[700:])
+    test_clean, test_kinds = clean[700:], np.array(kinds[700:])
+    per_kind = {k: roc_auc(scores[test_clean | (test_kinds == k)], test_clean[test_clean | (test_kinds == k)])
+                for k in ("shuffled", "random_chars", "mojibake")}
+    curve = summary["meta_loss"]
+    fifth = max(1, len(curve) // 5)
+    print(f"planted: {summary['meta_steps']} meta-steps in {time.perf_counter() - t0:.0f} s, "
+          f"{summary['flops']['total']:.3g} FLOPs; meta-loss by fifth: "
+          + ", ".join(f"{np.mean(curve[i:i + fifth]):.3f}" for i in range(0, len(curve), fifth)))
+    print("planted AUC per corruption: " + ", ".join(f"{k} {v:.3f}" for k, v in per_kind.items()))
+    return roc_auc(scores, test_clean)
+
+
+def winnow_run(config: dict, path: Path) -> None:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "winnow", "run", str(path), "--quiet"], cwd=REPO, check=True)
+
+
+def curate(web: Path, out: Path, keeps: list[float], meta: dict) -> dict[str, str]:
+    """Arms name -> stage folder: the DataRater and fastText at each kept fraction."""
+    source = {"paths": [str(web / "03-heuristics" / "train-*.parquet")]}
+    target = {"paths": REFERENCE_SETS, "heldout_fraction": 0.2}
+    arms = {}
+    for kind, first in (("datarater", {"target": target, "pool_docs": 1000, "meta": meta}),
+                        ("fasttext_quality", {"positives": target, "train_args": {"bucket": 200000}})):
+        model = None
+        for keep in keeps:
+            name = f"{'dr' if kind == 'datarater' else 'ft'}{round(100 * keep)}"
+            block = dict(first) if model is None else {"model": model}
+            cfg = {"input": source, "output": str(out / name), "stages": [{kind: {**block, "keep_top": keep}}]}
+            t0 = time.perf_counter()
+            winnow_run(cfg, out / "configs" / f"{name}.yaml")
+            print(f"{name}: {time.perf_counter() - t0:.0f} s")
+            stage = out / name / f"01-{kind}"
+            model = model or str(stage / ("datarater" if kind == "datarater" else "model.bin"))
+            arms[name] = str(stage)
+    return arms
+
+
+def pm(stats: dict) -> str:
+    if stats["std"] is None:
+        return f"{stats['multiplier']:.2f}"
+    lo, hi = stats["interval"]
+    return f"{stats['multiplier']:.2f} ± {stats['std']:.2f} [{lo:.2f}, {hi:.2f}]"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
+    ap.add_argument("--out", default=str(REPO / "out" / "bench-datarater"))
+    ap.add_argument("--meta-steps", type=int, default=200)
+    ap.add_argument("--keeps", default="0.9,0.75,0.5")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--budget", type=float, default=1e12)
+    ap.add_argument("--heldout-tokens", type=int, default=50_000)
+    ap.add_argument("--skip-web", action="store_true")
+    args = ap.parse_args()
+    out = Path(args.out)
+    meta = {"meta_steps": args.meta_steps}
+
+    print(f"datarater auc: {planted_auc(out, meta):.3f}")
+    if args.skip_web:
+        return
+    web = Path(args.web_out)
+    if not (web / "03-heuristics" / "_manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "winnow", "run", "configs/web-quality.yaml", "--set", f"output={web}",
+                        "--quiet"], cwd=REPO, check=True)
+    arms = {"rules": str(web / "03-heuristics"), **curate(web, out, [float(k) for k in args.keeps.split(",")], meta)}
+
+    from winnow.proxy.evaluate import EvalConfig, run_eval
+
+    cfg = EvalConfig(arms=arms, output=str(out / "eval"), pool_heldout_fraction=0.05, pool_tokens=args.heldout_tokens,
+                     heldout={"reference": {"paths": REFERENCE_SETS, "tokens": args.heldout_tokens,
+                                            "heldout_fraction": 0.2}},
+                     primary_eval="pool", vocab_size=4096, size="tiny", seq_len=256, batch_size=8, lr=4e-3,
+                     flop_budget=args.budget, baseline_budgets=[0.5, 1.0, 2.0, 4.0], seeds=list(range(args.seeds)),
+                     n_evals=1)
+    t0 = time.perf_counter()
+    report = run_eval(cfg, log=lambda *a: None)
+    print(f"\nwinnow eval: {len(report['runs'])} runs in {time.perf_counter() - t0:.0f} s; baseline {report['baseline']}")
+    for name, cost in report["curation"].items():
+        if cost["scoring_flops"] or cost["one_off_flops"]:
+            print(f"  {name}: scoring {cost['flops_per_kept_token']:,.0f} FLOPs per kept token, with the fit "
+                  f"{cost['flops_per_kept_token_with_fit']:,.0f}")
+    print(f"{'arm':6} {'set':10} {'multiplier ± std [95% CI]':32} {'net':>6} {'w/ fit':>7}  per seed")
+    for name, by_set in report["arms"].items():
+        for eval_set, s in by_set.items():
+            seeds = " ".join(f"{p['multiplier']:.2f}{'' if p['status'] == 'interpolated' else '*'}" for p in s["per_seed"])
+            print(f"{name:6} {eval_set:10} {pm(s):32} {s['net_multiplier']:6.2f} {s['net_multiplier_with_fit']:7.2f}  {seeds}")
+    print("(* = a bound: the baseline's runs did not bracket that loss)")
+
+    from winnow.raters.analysis import stage_scores
+
+    learned = stage_scores(arms["dr75"])["datarater_score"]
+    print("\nwhat the rater learned (web pool after the rules, Spearman with the score): "
+          + ", ".join(f"{k} {v:+.2f}" for k, v in learned["spearman"].items()))
+    for label in ("lowest", "highest"):
+        for ex in learned[label]:
+            print(f"  {label} {ex['score']:+.3f}: {ex['first_line']}")
+    (out / "summary.json").write_text(json.dumps({"arms": report["arms"], "learned": learned}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

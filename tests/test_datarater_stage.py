@@ -1,0 +1,93 @@
+"""The `datarater` stage in a real pipeline: meta-trains in a worker, scores every row, cuts at the
+corpus-wide percentile, reuses a saved rater, and applies the paper's oversample acceptance rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from conftest import check_conservation, kept_rows, rejected_rows, run
+from test_datarater import REFERENCE
+
+from winnow.raters.corrupt import planted_pool, roc_auc
+
+META = {"seq_len": 64, "prewarm": 100, "lifetime": 300, "meta_steps": 30, "log_every": 0, "threads": 1}
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    """A pool of 400 passages, 30% corrupted, as JSONL; the target: other clean reference text."""
+    folder = tmp_path_factory.mktemp("planted")
+    texts, is_clean, _ = planted_pool(REFERENCE, 700, seed=1)
+    pool = folder / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"doc{i}", "text": t, "clean": bool(c)}) + "\n"
+                            for i, (t, c) in enumerate(zip(texts[:400], is_clean[:400], strict=True))))
+    target = folder / "target.jsonl"
+    target.write_text("".join(json.dumps({"id": f"t{i}", "text": t}) + "\n"
+                              for i, (t, c) in enumerate(zip(texts[400:], is_clean[400:], strict=True)) if c))
+    return folder, str(pool), str(target)
+
+
+def test_datarater_stage_meta_trains_scores_and_cuts(planted, client):
+    folder, pool, target = planted
+    out = folder / "out"
+    stage = {"datarater": {"target": {"paths": [target], "heldout_fraction": 0.0}, "keep_top": 0.7,
+                           "pool_docs": 400, "meta": META}}
+    run({"input": {"paths": [pool], "shard_size_mb": 0.1}, "output": str(out), "stages": [stage]}, client)
+    manifests = check_conservation(out)
+    m = manifests[-1]
+    assert m["training_flops"] > 0 and m["scoring_flops"] > 0 and m["meta"]["steps"] == 30
+    assert m["meta"]["outer"] == "target" and len(m["meta"]["meta_loss"]) > 5
+    kept, rejected = kept_rows(out / "01-datarater"), rejected_rows(out / "01-datarater")
+    assert kept.num_rows == pytest.approx(0.7 * 400, abs=2)
+    assert set(rejected.column("reason").to_pylist()) == {"datarater_score_below_band"}
+    scores = np.concatenate([kept.column("datarater_score").to_numpy(), rejected.column("datarater_score").to_numpy()])
+    clean = np.concatenate([kept.column("clean").to_numpy(), rejected.column("clean").to_numpy()])
+    assert np.isfinite(scores).all()
+    assert roc_auc(scores, clean.astype(bool)) > 0.85          # the stage's own rater separates the planted rows
+    assert min(kept.column("datarater_score").to_numpy()) >= max(rejected.column("datarater_score").to_numpy())
+
+    # the saved rater scores the same pool again without meta-training, to the same scores
+    model = str(out / "01-datarater" / "datarater")
+    again = folder / "again"
+    run({"input": {"paths": [pool]}, "output": str(again),
+         "stages": [{"datarater": {"model": model, "band": [0.25, 1.0]}}]}, client)
+    m2 = json.loads((again / "01-datarater" / "_manifest.json").read_text())
+    assert m2["training_flops"] == 0.0 and m2["reused_model_training_flops"] == m["training_flops"]
+    rescored = {**dict(zip(kept.column("id").to_pylist(), kept.column("datarater_score").to_pylist(), strict=True)),
+                **dict(zip(rejected.column("id").to_pylist(), rejected.column("datarater_score").to_pylist(),
+                           strict=True))}
+    both = kept_rows(again / "01-datarater")
+    for doc, score in zip(both.column("id").to_pylist(), both.column("datarater_score").to_pylist(), strict=True):
+        assert score == pytest.approx(rescored[doc], abs=1e-5)
+
+    # the oversample rule keeps about keep_top of the pool, the better-rated documents more often
+    over = folder / "over"
+    run({"input": {"paths": [pool]}, "output": str(over),
+         "stages": [{"datarater": {"model": model, "keep_top": 0.5, "acceptance": "oversample",
+                                   "oversample_batch": 16}}]}, client)
+    check_conservation(over)
+    kept_o, rej_o = kept_rows(over / "01-datarater"), rejected_rows(over / "01-datarater")
+    assert 0.35 * 400 < kept_o.num_rows < 0.65 * 400
+    assert np.mean(kept_o.column("datarater_score").to_numpy()) > np.mean(rej_o.column("datarater_score").to_numpy())
+
+
+def test_acceptance_probability_is_the_top_n_of_b_rule():
+    from winnow.filters.datarater import acceptance_probability
+
+    # B = 2, N = 1: kept iff the other draw scores lower: P = p
+    assert acceptance_probability(np.array([0.0, 0.3, 1.0]), 1, 2) == pytest.approx([0.0, 0.3, 1.0])
+    # averaged over p ~ U(0, 1) the rule keeps N / B of the documents
+    p = np.linspace(0, 1, 100_001)
+    assert acceptance_probability(p, 16, 64).mean() == pytest.approx(16 / 64, abs=1e-3)
+
+
+def test_target_or_pool_slice_is_required_to_make_sense():
+    from winnow.filters.datarater import DataRaterParams
+
+    with pytest.raises(ValueError, match="target"):
+        DataRaterParams(positives={"paths": [str(REFERENCE)]}, keep_top=0.5)
+    with pytest.raises(ValueError, match="oversample needs keep_top"):
+        DataRaterParams(band=[0.2, 1.0], acceptance="oversample")
+    assert DataRaterParams(keep_top=0.5).target is None          # the pool's own held-out slice

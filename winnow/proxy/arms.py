@@ -1,0 +1,130 @@
+"""The arms of `winnow eval`: documents or packed rows, under the same guarantees.
+
+An arm is a folder of documents (a winnow stage folder, JSONL files or globs) or a winnow pack
+stage folder. Either way:
+- no document of any held-out set trains an arm, and neither does any document in the pool's
+  held-out id-hash slice (packed rows holding one are dropped, checked by `doc_ids`);
+- `max_docs` caps the documents an arm trains on (packed arms: whole rows, in order, until the
+  cap is reached);
+- one tokenizer for all: a packed arm's tokenizer (the `tokenizer.json` its run saved) must have
+  the same hash as every other packed arm's and as the configured one; otherwise a clear error
+  names both files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from winnow.pipeline.documents import in_heldout_slice, read_sourced_documents
+from winnow.pipeline.errors import ConfigError
+from winnow.proxy.cost import CurationCost, chain_flops
+from winnow.proxy.data import PackedRows, pack_tokenized, rows_from_table, tokenize_documents
+from winnow.tokenize.pack import unpack
+from winnow.tokenize.tokenize_stage import TokenizerState
+from winnow.tokenize.tokenizer import load_tokenizer, tokenizer_hash
+from winnow.tokenize.writers import is_packed
+
+
+@dataclass
+class Arm:
+    name: str
+    path: str
+    packed: bool
+    ids: list[str] = field(default_factory=list)      # text arms: every document, in order
+    texts: list[str] = field(default_factory=list)
+    sources: list[str] = field(default_factory=list)  # text arms: each document's source (pool stratification)
+    table: pa.Table | None = None                     # packed arms: the pack stage's rows
+    rows: PackedRows | None = None                    # what the proxy trains on
+    cost: CurationCost = field(default_factory=CurationCost)
+
+
+def run_tokenizer(packed_stage: str) -> str | None:
+    """The tokenizer.json a winnow run trained or loaded, found beside its pack stage."""
+    found = sorted(Path(packed_stage).parent.glob("[0-9][0-9]-tokenize/tokenizer.json"))
+    return str(found[-1]) if found else None
+
+
+def read_arms(arms: dict[str, str], stratify: str = "auto") -> dict[str, Arm]:
+    out = {}
+    for name, path in arms.items():
+        if is_packed(Path(path)):
+            table = pa.concat_tables(pq.read_table(p) for p in sorted(Path(path).glob("train-*.parquet")))
+            out[name] = Arm(name, path, True, table=table)
+        else:
+            ids, texts, sources = read_sourced_documents(path, key=f"arms.{name}", stratify=stratify)
+            out[name] = Arm(name, path, False, ids=ids, texts=texts, sources=sources)
+    return out
+
+
+def check_tokenizers(arms: dict[str, Arm], configured: str | None) -> str | None:
+    """The tokenizer every packed arm shares (or the configured one); raises naming two files that differ."""
+    seen: dict[str, str] = {}  # hash -> file
+    files = [configured] if configured else []
+    for arm in arms.values():
+        if arm.packed:
+            found = run_tokenizer(arm.path)
+            if found is None:
+                raise ConfigError(f"arms.{arm.name}: no tokenizer.json beside {arm.path} (looked for "
+                                  f"{Path(arm.path).parent}/NN-tokenize/tokenizer.json)", key=f"arms.{arm.name}")
+            files.append(found)
+    for f in files:
+        h = tokenizer_hash(load_tokenizer(f))
+        if seen and h not in seen:
+            other = next(iter(seen.values()))
+            raise ConfigError(f"tokenizers differ: {other} and {f} (hashes {next(iter(seen))} vs {h}); every arm "
+                              "must be tokenized by the same tokenizer", key="tokenizer")
+        seen.setdefault(h, f)
+    return files[0] if files else None
+
+
+def pool_candidates(baseline: Arm, tokenizer: TokenizerState, fraction: float) -> tuple[pa.Table, list[str]]:
+    """The baseline documents in the pool's held-out slice, tokenized, and their sources.
+    A packed baseline is unpacked (its segments give every document back); its documents have one source."""
+    if baseline.packed:
+        docs = {d: t for d, t in unpack(baseline.table).items() if in_heldout_slice(d, fraction)}
+        offsets = np.concatenate([[0], np.cumsum([len(t) for t in docs.values()])]).astype(np.int32)
+        values = np.concatenate(list(docs.values())) if docs else np.zeros(0, np.uint16)
+        table = pa.table({"id": list(docs), "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+                          "n_tokens": pa.array(np.diff(offsets), pa.int32())})
+        return table, ["pool"] * len(docs)
+    picked = [i for i, d in enumerate(baseline.ids) if in_heldout_slice(d, fraction)]
+    table = tokenize_documents([baseline.ids[i] for i in picked], [baseline.texts[i] for i in picked], tokenizer)
+    return table, [baseline.sources[i] for i in picked]
+
+
+def training_rows(arm: Arm, tokenizer: TokenizerState, seq_len: int, excluded: set[str],
+                  pool_fraction: float, max_docs: int | None) -> PackedRows:
+    """The rows an arm trains on: held-out documents removed, `max_docs` applied; sets `arm.cost`."""
+    def held(doc_id: str) -> bool:
+        return doc_id in excluded or in_heldout_slice(doc_id, pool_fraction)
+
+    scoring, once = chain_flops(arm.path)
+    if arm.packed:
+        width = len(arm.table.column("input_ids")[0]) if arm.table.num_rows else seq_len
+        if width != seq_len:
+            raise ConfigError(f"{arm.path} holds rows of {width} tokens but seq_len is {seq_len}", key="seq_len")
+        padding = pc.sum(arm.table.column("n_pad").cast(pa.int64())).as_py() or 0
+        kept_tokens = arm.table.num_rows * width - padding
+        keep, docs = [], set()
+        for r, row_docs in enumerate(arm.table.column("doc_ids").to_pylist()):
+            if any(held(d) for d in row_docs):
+                continue
+            if max_docs and len(docs) >= max_docs:
+                break
+            keep.append(r)
+            docs.update(row_docs)
+        rows = rows_from_table(arm.table.take(pa.array(keep, pa.int64())), len(docs))
+    else:
+        tokenized = tokenize_documents(arm.ids, arm.texts, tokenizer)
+        kept_tokens = int(pc.sum(tokenized.column("n_tokens")).as_py() or 0)
+        keep = [i for i, d in enumerate(arm.ids) if not held(d)]
+        keep = keep[:max_docs] if max_docs else keep
+        rows = pack_tokenized(tokenized.take(pa.array(keep, pa.int64())), seq_len)
+    arm.cost = CurationCost(scoring, once, kept_tokens)
+    return rows

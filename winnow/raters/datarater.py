@@ -1,0 +1,603 @@
+"""DataRater: a small rater meta-learned through a proxy LM's own training steps.
+
+Calian et al. (Google DeepMind, 2025), "DataRater: Meta-Learned Dataset Curation"; ALGORITHMS.md section 1.
+
+A non-causal transformer `phi_eta(x) -> R` scores each training row. Meta-training, per inner model of a
+population and per meta-step:
+
+1. for `unroll` inner steps: score a batch of rows, weights `w = softmax_batch(scores)`, inner loss
+   `sum_j w_j * l_j(theta)` with `l_j` the MEAN token NLL of row j over its loss-masked targets (a sum
+   would give the rater a length prior), and a differentiable inner update (Adam with `m`, `v` kept in
+   the graph, or SGD) through `torch.autograd.grad(..., create_graph=True)`;
+2. outer loss = mean token NLL of the updated inner model on a held-out batch; its gradient reaches the
+   rater's parameters through the unrolled updates (second order: the math SDPA kernel is forced);
+3. each model's meta-gradient is clipped (global norm) and goes through that model's own Adam state;
+   the per-model updates are averaged and applied to the rater (decoupled weight decay, linear warm-up);
+4. the inner parameters and Adam state are detached (truncated back-propagation) and the inner model
+   keeps training from there in the next window. Models are re-initialised when their age (inner steps)
+   reaches `lifetime`; ages start staggered so the population always spans early and late training.
+
+A first-order variant (`first_order=True`): one SGD look-ahead step, `theta' = theta - lr * sum_j w_j g_j`;
+the meta-gradient is then `-lr * <g_j, grad L_out(theta')>` per row (gradient alignment), no Hessian terms
+of the inner loss beyond the one that carries `w`. A baseline, not the default.
+
+Outer batches: the paper draws them from a disjoint slice of the same pool. On CPU-sized runs with a planted
+70/30 clean/corrupted pool that setting was unstable and mostly learned the wrong way (planted AUC 0.94-0.96
+after 10 meta-steps, then 0.57, 0.27, 0.04: young inner models gain fastest on the pool's own corrupted slice,
+which is learnable on a short horizon); a disjoint CLEAN target slice gave AUC 0.96-1.0. Either is a matter
+of which rows the caller passes as `outer_rows`.
+
+Rater: embeddings, one width-3 convolution over them (n-gram features; 0 turns it off), learned positions,
+bidirectional pre-norm transformer blocks. Scoring uses the raw score (no softmax); higher = more useful.
+Pooling: mean of the last layer's hidden states over the row's non-padding tokens. Documents longer than
+the rater's context are scored in consecutive chunks of `seq_len` tokens combined by a token-weighted mean
+of the chunk scores.
+
+FLOP accounting (stated estimates; `history["flops"]` and `scoring_flops_per_token`):
+  * a plain inner step: `F_lm * tokens` with `F_lm = flops_per_token` of winnow.proxy.flops (6N + attention
+    + output layer, forward + backward);
+  * an inner step inside the meta-window: `3 * F_lm * tokens` (forward + backward with `create_graph`,
+    then the meta-backward through that backward, about twice its cost);
+  * the outer step: `F_lm * tokens` (forward + backward to the updated parameters);
+  * the rater, per inner step: `F_rater * tokens` with `F_rater = 3 * (2 N_rater + 4 L d T)`, forward and
+    backward; scoring costs `2 N_rater + 4 L d T` per token (N_rater without embeddings).
+
+    from winnow.raters.datarater import MetaConfig, document_rows, meta_train, score_documents
+    rows = document_rows(texts, tokenizer_state, seq_len=128)
+    rater, history = meta_train(MetaConfig(), vocab_size, inner_rows, outer_rows, checkpoint_dir="ckpt")
+    scores = score_documents(rater, texts, tokenizer_state)      # (n,) float64, higher is better
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from winnow.proxy.data import PackedRows
+from winnow.proxy.flops import flops_per_token
+from winnow.proxy.model import ProxyConfig, ProxyLM
+
+CHECKPOINT_NAME = "datarater_meta.pt"
+
+
+# ------------------------------------------------------------------------------------------------
+# The rater
+
+
+@dataclass
+class RaterConfig:
+    vocab_size: int = 2048
+    seq_len: int = 128
+    n_layer: int = 1
+    n_head: int = 2
+    d_model: int = 64
+    mlp_ratio: int = 4
+    conv_kernel: int = 3    # width of a convolution over the embeddings (n-gram features); 0: none
+
+
+class RaterBlock(nn.Module):
+    """Pre-norm transformer block with bidirectional attention (padding keys masked out)."""
+
+    def __init__(self, cfg: RaterConfig):
+        super().__init__()
+        self.n_head = cfg.n_head
+        self.norm1 = nn.LayerNorm(cfg.d_model)
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.norm2 = nn.LayerNorm(cfg.d_model)
+        self.mlp = nn.Sequential(nn.Linear(cfg.d_model, cfg.mlp_ratio * cfg.d_model), nn.GELU(),
+                                 nn.Linear(cfg.mlp_ratio * cfg.d_model, cfg.d_model))
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(self.norm1(x)).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=key_mask)  # key_mask: (B, 1, 1, T)
+        x = x + self.proj(y.transpose(1, 2).contiguous().view(B, T, C))
+        return x + self.mlp(self.norm2(x))
+
+
+class DataRater(nn.Module):
+    """Non-causal transformer over token ids -> one scalar per row.
+
+    Learned absolute positions, pre-norm blocks, final LayerNorm, MEAN POOLING over the row's non-padding
+    tokens (`mask` = 1 for tokens, 0 for padding), linear head. The head starts at zero, so an untrained
+    rater gives every row the same score (uniform weights = ordinary training).
+    """
+
+    def __init__(self, cfg: RaterConfig):
+        super().__init__()
+        if cfg.conv_kernel % 2 == 0 and cfg.conv_kernel:
+            raise ValueError("conv_kernel must be odd (or 0)")
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.pos = nn.Embedding(cfg.seq_len, cfg.d_model)
+        # local n-gram features: one layer of attention from random positions learns "look at my
+        # neighbour" slowly, and word order is what separates shuffled text from prose
+        self.conv = nn.Conv1d(cfg.d_model, cfg.d_model, cfg.conv_kernel, padding=cfg.conv_kernel // 2) \
+            if cfg.conv_kernel else None
+        self.blocks = nn.ModuleList(RaterBlock(cfg) for _ in range(cfg.n_layer))
+        self.norm = nn.LayerNorm(cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, 1)
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+        nn.init.zeros_(self.head.weight)
+
+    def non_embedding_params(self) -> int:
+        return sum(p.numel() for n, p in self.named_parameters() if not n.startswith(("embed", "pos")))
+
+    def forward(self, input_ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Scores (B,) for rows `input_ids` (B, T <= seq_len); `mask` (B, T) is 1 on real tokens."""
+        B, T = input_ids.shape
+        keep = mask > 0
+        x = self.embed(input_ids) * keep.unsqueeze(-1)  # (B, T, d); padding contributes nothing to the conv
+        if self.conv is not None:
+            x = x + F.gelu(self.conv(x.transpose(1, 2))).transpose(1, 2)  # Conv1d wants (B, d, T)
+        x = x + self.pos(torch.arange(T, device=input_ids.device))
+        # an all-padding row would leave attention with no key: let it see itself (score is then ~bias)
+        key_mask = (keep | ~keep.any(1, keepdim=True))[:, None, None, :]  # (B, 1, 1, T)
+        for block in self.blocks:
+            x = block(x, key_mask)
+        x = self.norm(x)
+        weights = keep.to(x.dtype)
+        pooled = (x * weights.unsqueeze(-1)).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)  # (B, d)
+        return self.head(pooled).squeeze(-1)
+
+
+def scoring_flops_per_token(cfg: RaterConfig) -> float:
+    """Forward FLOPs per scored token: 2 x non-embedding params (blocks, conv, head) + attention
+    (QK^T and AV: 4 L d T)."""
+    d, h = cfg.d_model, cfg.mlp_ratio * cfg.d_model
+    per_layer = 4 * d * d + 2 * d * h  # qkv + proj, two MLP matrices (biases and norms ignored)
+    conv = cfg.conv_kernel * d * d
+    return 2 * (cfg.n_layer * per_layer + conv + d) + 4 * cfg.n_layer * d * cfg.seq_len
+
+
+# ------------------------------------------------------------------------------------------------
+# Rows: one document per row (scores are then per document), chunks for long documents
+
+
+def _encode(texts: list[str], tokenizer_state) -> list[list[int]]:
+    tok = tokenizer_state.tokenizer
+    encoded = tok.encode_batch_fast(list(texts), add_special_tokens=False)
+    return [enc.ids + [tokenizer_state.eos_id] for enc in encoded]
+
+
+def _rows_from_id_lists(id_lists: list[list[int]], seq_len: int) -> PackedRows:
+    n = len(id_lists)
+    input_ids = torch.zeros(n, seq_len, dtype=torch.int64)
+    segment_ids = torch.zeros(n, seq_len, dtype=torch.int64)
+    for i, ids in enumerate(id_lists):
+        ids = ids[:seq_len]
+        input_ids[i, :len(ids)] = torch.tensor(ids, dtype=torch.int64)
+        segment_ids[i, :len(ids)] = 1
+    position_ids = torch.arange(seq_len).expand(n, seq_len).clone()
+    return PackedRows(input_ids, segment_ids, position_ids, segment_ids.float(), n)
+
+
+def document_rows(texts: list[str], tokenizer_state, seq_len: int) -> PackedRows:
+    """One row per document: its first `seq_len` tokens (EOS appended when it fits), right-padded with
+    id 0; `segment_ids` = 1 on tokens, 0 on padding; `loss_mask` = 1 on tokens."""
+    return _rows_from_id_lists(_encode(texts, tokenizer_state), seq_len)
+
+
+def document_chunks(texts: list[str], tokenizer_state, seq_len: int,
+                    max_chunks: int | None = None) -> tuple[PackedRows, np.ndarray]:
+    """Every document cut into consecutive chunks of `seq_len` tokens (at most `max_chunks` per
+    document, the first ones); returns the rows and, per row, the index of its document."""
+    chunks, owner = [], []
+    for doc, ids in enumerate(_encode(texts, tokenizer_state)):
+        starts = list(range(0, max(len(ids), 1), seq_len))[:max_chunks]
+        for start in starts:
+            chunks.append(ids[start:start + seq_len])
+            owner.append(doc)
+    return _rows_from_id_lists(chunks, seq_len), np.asarray(owner, np.int64)
+
+
+# ------------------------------------------------------------------------------------------------
+# Scoring
+
+
+@torch.inference_mode()
+def score_rows(rater: DataRater, rows: PackedRows, batch_size: int = 256) -> np.ndarray:
+    """Raw rater score per row (N,) float64, higher = more useful; padding = segment_ids 0. Rows longer
+    than the rater's context keep their first `seq_len` tokens. bf16 autocast on CUDA."""
+    device = next(rater.parameters()).device
+    was_training = rater.training
+    rater.eval()
+    out = []
+    T = min(rows.input_ids.shape[1], rater.cfg.seq_len)
+    for start in range(0, len(rows), batch_size):
+        ids = rows.input_ids[start:start + batch_size, :T].to(device)
+        mask = (rows.segment_ids[start:start + batch_size, :T] > 0).to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(rater(ids, mask).float().cpu())
+    rater.train(was_training)
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def score_documents(rater: DataRater, texts: list[str], tokenizer_state, max_chunks: int | None = None,
+                    batch_size: int = 256) -> np.ndarray:
+    """One score per document: the token-weighted mean of the scores of its `seq_len`-token chunks."""
+    rows, owner = document_chunks(texts, tokenizer_state, rater.cfg.seq_len, max_chunks)
+    chunk_scores = score_rows(rater, rows, batch_size)
+    tokens = rows.segment_ids.gt(0).sum(1).double().numpy()
+    totals = np.bincount(owner, weights=chunk_scores * tokens, minlength=len(texts))
+    counts = np.bincount(owner, weights=tokens, minlength=len(texts))
+    return totals / np.maximum(counts, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# Meta-training
+
+
+@dataclass
+class MetaConfig:
+    # rater
+    rater_layers: int = 1
+    rater_heads: int = 2
+    rater_d: int = 64
+    rater_conv: int = 3            # odd width of the rater's n-gram convolution; 0: a plain transformer
+    seq_len: int = 128
+    # inner models (a custom ProxyConfig; d=64, 2 layers on CPU)
+    inner_layers: int = 2
+    inner_heads: int = 2
+    inner_d: int = 64
+    n_models: int = 2
+    lifetime: int = 600            # inner steps between re-initialisations of one model
+    prewarm: int = 150             # plain (unweighted) steps after each (re)initialisation
+    inner_opt: str = "adam"        # adam (m, v in the graph) | sgd
+    inner_lr: float = 1e-2
+    inner_betas: tuple[float, float] = (0.9, 0.99)
+    inner_eps: float = 1e-8
+    inner_batch: int = 16
+    outer_batch: int = 32
+    unroll: int = 2                # inner steps kept in the graph per meta-step
+    first_order: bool = False      # T=1 SGD look-ahead (gradient-alignment) variant
+    # scores -> weights
+    score_norm: str = "none"       # none | standardize (z-score within the batch before the softmax)
+    temperature: float = 1.0
+    # meta optimiser (per-model Adam, updates averaged)
+    meta_steps: int = 200
+    meta_lr: float = 1e-2
+    meta_betas: tuple[float, float] = (0.9, 0.99)
+    meta_eps: float = 1e-8
+    meta_weight_decay: float = 0.0
+    meta_warmup: int = 10
+    meta_clip: float = 1.0
+    # run
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    dtype: str = "float32"         # float64 for gradient checks
+    checkpoint_every: int = 25
+    log_every: int = 10
+
+    def rater_config(self, vocab_size: int) -> RaterConfig:
+        return RaterConfig(vocab_size=vocab_size, seq_len=self.seq_len, n_layer=self.rater_layers,
+                           n_head=self.rater_heads, d_model=self.rater_d,
+                           conv_kernel=self.rater_conv)
+
+    def inner_config(self, vocab_size: int) -> ProxyConfig:
+        return ProxyConfig(vocab_size=vocab_size, n_layer=self.inner_layers, n_head=self.inner_heads,
+                           d_model=self.inner_d, max_seq_len=self.seq_len)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def per_row_loss(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B,) mean token NLL of each row over its loss-masked targets (0 for a row without targets)."""
+    logits = functional_call(model, params, (batch["input_ids"], batch["segment_ids"], batch["position_ids"]))
+    B, T, V = logits.shape
+    targets = batch["input_ids"][:, 1:]
+    mask = batch["loss_mask"][:, 1:].to(logits.dtype)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), targets.reshape(-1), reduction="none").view(B, T - 1)
+    return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
+
+
+def outer_loss(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Mean token NLL over all real target tokens of the batch (padding excluded)."""
+    logits = functional_call(model, params, (batch["input_ids"], batch["segment_ids"], batch["position_ids"]))
+    V = logits.shape[-1]
+    mask = batch["loss_mask"][:, 1:].to(logits.dtype).reshape(-1)
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), batch["input_ids"][:, 1:].reshape(-1), reduction="none")
+    return (nll * mask).sum() / mask.sum().clamp(min=1)
+
+
+def row_weights(scores: torch.Tensor, cfg: MetaConfig) -> torch.Tensor:
+    """Softmax over the batch of (optionally standardised) scores / temperature; sums to 1."""
+    if cfg.score_norm == "standardize":
+        scores = (scores - scores.mean()) / (scores.std() + 1e-6)
+    elif cfg.score_norm != "none":
+        raise ValueError(f"unknown score_norm {cfg.score_norm!r}")
+    return torch.softmax(scores / cfg.temperature, dim=0)
+
+
+@dataclass
+class InnerState:
+    """One inner model's parameters and Adam moments (tensors; graph-connected inside a window)."""
+    params: dict[str, torch.Tensor]
+    m: dict[str, torch.Tensor]
+    v: dict[str, torch.Tensor]
+    step: int = 0           # Adam step count (bias correction)
+    age: int = 0            # inner steps since (re)initialisation
+    resets: int = 0
+
+    def detached(self) -> InnerState:
+        return InnerState({k: t.detach() for k, t in self.params.items()}, {k: t.detach() for k, t in self.m.items()},
+                          {k: t.detach() for k, t in self.v.items()}, self.step, self.age, self.resets)
+
+
+def inner_update(state: InnerState, grads: dict[str, torch.Tensor], cfg: MetaConfig, sgd: bool = False) -> InnerState:
+    """One differentiable optimiser step (no in-place ops: every tensor may carry the graph to the rater).
+    Adam: m, v are graph tensors, bias-corrected, no weight decay. SGD: theta - lr * g."""
+    if sgd or cfg.inner_opt == "sgd":
+        params = {k: p - cfg.inner_lr * grads[k] for k, p in state.params.items()}
+        return InnerState(params, state.m, state.v, state.step + 1, state.age + 1, state.resets)
+    if cfg.inner_opt != "adam":
+        raise ValueError(f"unknown inner_opt {cfg.inner_opt!r}")
+    b1, b2 = cfg.inner_betas
+    step = state.step + 1
+    params, m, v = {}, {}, {}
+    for k, p in state.params.items():
+        m[k] = b1 * state.m[k] + (1 - b1) * grads[k]
+        v[k] = b2 * state.v[k] + (1 - b2) * grads[k] * grads[k]
+        m_hat, v_hat = m[k] / (1 - b1 ** step), v[k] / (1 - b2 ** step)
+        params[k] = p - cfg.inner_lr * m_hat / (v_hat.sqrt() + cfg.inner_eps)
+    return InnerState(params, m, v, step, state.age + 1, state.resets)
+
+
+def _batch(rows: PackedRows, index: torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: getattr(rows, k)[index].to(device) for k in ("input_ids", "segment_ids", "position_ids", "loss_mask")}
+
+
+def meta_window(rater: DataRater, model: ProxyLM, state: InnerState, inner_batches: list[dict],
+                outer_batch: dict, cfg: MetaConfig) -> tuple[torch.Tensor, InnerState, dict]:
+    """Unroll len(inner_batches) rater-weighted inner updates from `state` (graph kept), then the outer
+    loss of the updated model. Returns (outer loss with graph to the rater, new state, diagnostics).
+    The caller differentiates the outer loss w.r.t. the rater's parameters."""
+    params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
+    state = start = InnerState(params, state.m, state.v, state.step, state.age, state.resets)
+    entropies, inner_losses = [], []
+    with sdpa_kernel(SDPBackend.MATH):  # flash / memory-efficient kernels have no double backward
+        for batch in inner_batches:
+            scores = rater(batch["input_ids"][:, :rater.cfg.seq_len], batch["segment_ids"][:, :rater.cfg.seq_len] > 0)
+            weights = row_weights(scores, cfg)
+            losses = per_row_loss(model, state.params, batch)
+            loss_in = (weights * losses).sum()
+            names = list(state.params)
+            grad_list = torch.autograd.grad(loss_in, [state.params[k] for k in names], create_graph=True)
+            grads = dict(zip(names, grad_list, strict=True))
+            state = inner_update(state, grads, cfg, sgd=cfg.first_order)
+            entropies.append(float(-(weights * weights.clamp(min=1e-30).log()).sum().detach()))
+            inner_losses.append(float(losses.mean().detach()))
+        loss_out = outer_loss(model, state.params, outer_batch)
+    if cfg.first_order:  # the SGD look-ahead only scores the weights; the model itself takes its Adam step
+        state = inner_update(start, {k: g.detach() for k, g in grads.items()}, cfg)
+    return loss_out, state, {"weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses))}
+
+
+class MetaTrainer:
+    """The population, the rater and the per-model meta-optimiser states; `run()` meta-trains to
+    `cfg.meta_steps`, resuming from `checkpoint_dir` when a checkpoint is there."""
+
+    def __init__(self, cfg: MetaConfig, vocab_size: int, inner_rows: PackedRows, outer_rows: PackedRows,
+                 log: Callable[[str], None] = print, checkpoint_dir: str | os.PathLike | None = None,
+                 eval_fn: Callable[[DataRater], dict] | None = None, eval_every: int = 0):
+        if cfg.first_order and cfg.unroll != 1:
+            raise ValueError("first_order is the T=1 variant: set unroll=1")
+        if cfg.lifetime <= cfg.prewarm + cfg.unroll:
+            raise ValueError("lifetime must exceed prewarm + unroll")
+        self.cfg, self.vocab_size, self.log = cfg, vocab_size, log
+        self.inner_rows, self.outer_rows = inner_rows, outer_rows
+        self.eval_fn, self.eval_every = eval_fn, eval_every
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self.device = _device(cfg.device)
+        self.dtype = getattr(torch, cfg.dtype)
+        torch.manual_seed(cfg.seed)
+        self.rater = DataRater(cfg.rater_config(vocab_size)).to(self.device, self.dtype)
+        self.model = ProxyLM(cfg.inner_config(vocab_size)).to(self.device, self.dtype)  # the functional shell
+        self.generator = torch.Generator().manual_seed(cfg.seed)  # all data sampling (state is checkpointed)
+        zeros = {k: torch.zeros_like(p) for k, p in self.rater.named_parameters()}
+        self.meta_m = [dict(zeros) for _ in range(cfg.n_models)]
+        self.meta_v = [dict(zeros) for _ in range(cfg.n_models)]
+        self.meta_step = 0
+        self.history: dict[str, list] = {"meta_loss": [], "meta_loss_per_model": [], "grad_norm": [],
+                                         "update_norm": [], "weight_entropy": [], "inner_loss": [],
+                                         "resets": [], "eval": [], "seconds": []}
+        self.flops = {"meta": 0.0, "plain": 0.0, "rater": 0.0}
+        self.lm_flops_per_token = flops_per_token(cfg.inner_config(vocab_size), cfg.seq_len)
+        self.rater_flops_per_token = 3 * scoring_flops_per_token(self.rater.cfg)
+        self.inner: list[InnerState] = []
+        if not self._resume():
+            for i in range(cfg.n_models):
+                # staggered ages: model i starts as if it had lived i/N of a lifetime (trained plainly)
+                offset = cfg.prewarm + i * (cfg.lifetime - cfg.prewarm) // cfg.n_models
+                self.inner.append(self._fresh_model(i, 0, offset))
+
+    # -- inner models ---------------------------------------------------------------------------
+    def _sample(self, rows: PackedRows, n: int) -> dict[str, torch.Tensor]:
+        index = torch.randint(0, len(rows), (n,), generator=self.generator)
+        return _batch(rows, index, self.device)
+
+    def _fresh_model(self, i: int, resets: int, plain_steps: int) -> InnerState:
+        """Model i initialised from its own seed (seed, i, resets), then `plain_steps` unweighted Adam steps."""
+        with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG where it was
+            torch.manual_seed(self.cfg.seed * 1_000_003 + i * 10_007 + resets)
+            net = ProxyLM(self.cfg.inner_config(self.vocab_size)).to(self.device, self.dtype)
+        params = {k: p.detach() for k, p in net.named_parameters()}
+        state = InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
+                           {k: torch.zeros_like(p) for k, p in params.items()}, 0, 0, resets)
+        for _ in range(plain_steps):
+            state = self._plain_step(state)
+        return state
+
+    def _plain_step(self, state: InnerState) -> InnerState:
+        batch = self._sample(self.inner_rows, self.cfg.inner_batch)
+        params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
+        loss = per_row_loss(self.model, params, batch).mean()
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names])
+        state = InnerState(params, state.m, state.v, state.step, state.age, state.resets)
+        self.flops["plain"] += self.lm_flops_per_token * batch["input_ids"].numel()
+        return inner_update(state, dict(zip(names, grads, strict=True)), self.cfg).detached()
+
+    # -- one meta-step --------------------------------------------------------------------------
+    def step(self) -> dict:
+        cfg = self.cfg
+        rater_params = dict(self.rater.named_parameters())
+        names = list(rater_params)
+        updates, losses, grad_norms, entropies, inner_losses, resets = [], [], [], [], [], 0
+        for i in range(cfg.n_models):
+            state = self.inner[i]
+            if state.age + cfg.unroll > cfg.lifetime:
+                state = self._fresh_model(i, state.resets + 1, cfg.prewarm)
+                resets += 1
+            inner_batches = [self._sample(self.inner_rows, cfg.inner_batch) for _ in range(cfg.unroll)]
+            outer_batch = self._sample(self.outer_rows, cfg.outer_batch)
+            loss_out, new_state, diag = meta_window(self.rater, self.model, state, inner_batches, outer_batch, cfg)
+            grads = torch.autograd.grad(loss_out, [rater_params[k] for k in names])
+            self.inner[i] = new_state.detached()  # truncation: the next window starts from here
+            # clip this model's meta-gradient (global norm), then its own Adam state
+            norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
+            scale = min(1.0, cfg.meta_clip / (float(norm) + 1e-12))
+            update = self._meta_adam(i, {k: g * scale for k, g in zip(names, grads, strict=True)})
+            updates.append(update)
+            losses.append(loss_out.item())
+            grad_norms.append(float(norm))
+            entropies.append(diag["weight_entropy"])
+            inner_losses.append(diag["inner_loss"])
+            tokens_in = cfg.unroll * cfg.inner_batch * cfg.seq_len
+            self.flops["meta"] += self.lm_flops_per_token * (3 * tokens_in + cfg.outer_batch * cfg.seq_len)
+            self.flops["rater"] += self.rater_flops_per_token * tokens_in
+        self.meta_step += 1
+        lr = cfg.meta_lr * min(1.0, self.meta_step / max(1, cfg.meta_warmup))
+        update_norm = 0.0
+        with torch.no_grad():
+            for k, p in rater_params.items():
+                mean_update = sum(u[k] for u in updates) / len(updates)
+                p.mul_(1 - lr * cfg.meta_weight_decay).sub_(lr * mean_update)
+                update_norm += float((lr * mean_update).double().pow(2).sum())
+        record = {"meta_loss": float(np.mean(losses)), "meta_loss_per_model": losses,
+                  "grad_norm": float(np.mean(grad_norms)), "update_norm": math.sqrt(update_norm),
+                  "weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses)),
+                  "resets": resets}
+        for k, value in record.items():
+            self.history[k].append(value)
+        return record
+
+    def _meta_adam(self, i: int, grads: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Model i's Adam direction for the rater (without the learning rate)."""
+        b1, b2 = self.cfg.meta_betas
+        t = self.meta_step + 1
+        out = {}
+        for k, g in grads.items():
+            self.meta_m[i][k] = b1 * self.meta_m[i][k] + (1 - b1) * g
+            self.meta_v[i][k] = b2 * self.meta_v[i][k] + (1 - b2) * g * g
+            out[k] = (self.meta_m[i][k] / (1 - b1 ** t)) / ((self.meta_v[i][k] / (1 - b2 ** t)).sqrt()
+                                                           + self.cfg.meta_eps)
+        return out
+
+    # -- the loop -------------------------------------------------------------------------------
+    def run(self) -> tuple[DataRater, dict]:
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        while self.meta_step < cfg.meta_steps:
+            record = self.step()
+            self.history["seconds"].append(time.perf_counter() - t0)
+            if self.eval_fn is not None and self.eval_every and self.meta_step % self.eval_every == 0:
+                result = {"step": self.meta_step, **self.eval_fn(self.rater)}
+                self.history["eval"].append(result)
+                self.log(f"  eval step {self.meta_step}: " + "  ".join(f"{k} {v:.4g}" for k, v in result.items()
+                                                                      if isinstance(v, float)))
+            if self.checkpoint_dir and (self.meta_step % cfg.checkpoint_every == 0 or self.meta_step == cfg.meta_steps):
+                self.save()
+            if cfg.log_every and (self.meta_step % cfg.log_every == 0 or self.meta_step == 1):
+                self.log(f"meta step {self.meta_step}/{cfg.meta_steps}  outer {record['meta_loss']:.4f}  "
+                         f"inner {record['inner_loss']:.4f}  |g| {record['grad_norm']:.3g}  "
+                         f"H(w) {record['weight_entropy']:.3f}  {time.perf_counter() - t0:.1f}s")
+        self.history["flops"] = dict(self.flops, total=sum(self.flops.values()))
+        self.history["scoring_flops_per_token"] = scoring_flops_per_token(self.rater.cfg)
+        return self.rater, self.history
+
+    # -- checkpoints (weights_only-loadable: tensors, dicts, lists, ints, floats, strings) ------
+    def _state(self) -> dict:
+        cfg = asdict(self.cfg)
+        cfg["inner_betas"], cfg["meta_betas"] = list(cfg["inner_betas"]), list(cfg["meta_betas"])
+        return {
+            "config": cfg, "vocab_size": self.vocab_size, "meta_step": self.meta_step,
+            "rater": {k: v.detach().cpu() for k, v in self.rater.state_dict().items()},
+            "meta_m": [{k: v.cpu() for k, v in m.items()} for m in self.meta_m],
+            "meta_v": [{k: v.cpu() for k, v in v_.items()} for v_ in self.meta_v],
+            "inner": [{"params": {k: t.cpu() for k, t in s.params.items()}, "m": {k: t.cpu() for k, t in s.m.items()},
+                       "v": {k: t.cpu() for k, t in s.v.items()}, "step": s.step, "age": s.age, "resets": s.resets}
+                      for s in self.inner],
+            "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+            "history": self.history, "flops": self.flops,
+        }
+
+    def save(self) -> Path:
+        assert self.checkpoint_dir is not None
+        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        path = self.checkpoint_dir / CHECKPOINT_NAME
+        tmp = path.with_suffix(".tmp")
+        torch.save(self._state(), tmp)
+        os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint
+        return path
+
+    def _resume(self) -> bool:
+        if not self.checkpoint_dir or not (self.checkpoint_dir / CHECKPOINT_NAME).exists():
+            return False
+        state = torch.load(self.checkpoint_dir / CHECKPOINT_NAME, map_location="cpu", weights_only=True)
+        if state["vocab_size"] != self.vocab_size:
+            raise ValueError("checkpoint vocabulary size differs from this run's")
+        dev = lambda d: {k: t.to(self.device) for k, t in d.items()}  # noqa: E731
+        self.rater.load_state_dict(state["rater"])
+        self.meta_m = [dev(m) for m in state["meta_m"]]
+        self.meta_v = [dev(v) for v in state["meta_v"]]
+        self.inner = [InnerState(dev(s["params"]), dev(s["m"]), dev(s["v"]), s["step"], s["age"], s["resets"])
+                      for s in state["inner"]]
+        self.meta_step = state["meta_step"]
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        self.history, self.flops = state["history"], state["flops"]
+        self.log(f"resumed meta-training at step {self.meta_step} from {self.checkpoint_dir / CHECKPOINT_NAME}")
+        return True
+
+
+def meta_train(cfg: MetaConfig, vocab_size: int, inner_rows: PackedRows, outer_rows: PackedRows,
+               log: Callable[[str], None] = print, checkpoint_dir: str | os.PathLike | None = None,
+               eval_fn: Callable[[DataRater], dict] | None = None, eval_every: int = 0) -> tuple[DataRater, dict]:
+    """Meta-train a DataRater on `inner_rows` (inner batches) against `outer_rows` (held-out batches, a
+    disjoint slice of the same pool). Resumes from `checkpoint_dir` when it holds a checkpoint. Returns the
+    rater and the history (meta-loss per step, diagnostics, FLOPs)."""
+    return MetaTrainer(cfg, vocab_size, inner_rows, outer_rows, log, checkpoint_dir, eval_fn, eval_every).run()
+
+
+def load_rater(path: str | os.PathLike, device: str = "cpu") -> DataRater:
+    """The rater of a meta-training checkpoint."""
+    state = torch.load(Path(path), map_location=device, weights_only=True)
+    cfg = MetaConfig(**{k: tuple(v) if k.endswith("betas") else v for k, v in state["config"].items()})
+    rater = DataRater(cfg.rater_config(state["vocab_size"]))
+    rater.load_state_dict(state["rater"])
+    return rater.to(device).eval()
