@@ -44,7 +44,7 @@ def planted_auc(out: Path, meta: dict) -> float:
     t0 = time.perf_counter()
     summary = train_datarater(inner, target, str(out / "planted"), {"threads": 1, **meta}, vocab_size=1024,
                               log=print)
-    scores = DataRaterScorer(str(out / "planted"), "cpu", threads=1).score(texts[700:])
+    scores = DataRaterScorer(str(out / "planted"), meta.get("device", "auto"), threads=1).score(texts[700:])
     test_clean, test_kinds = clean[700:], np.array(kinds[700:])
     per_kind = {k: roc_auc(scores[test_clean | (test_kinds == k)], test_clean[test_clean | (test_kinds == k)])
                 for k in ("shuffled", "random_chars", "mojibake")}
@@ -70,7 +70,8 @@ def curate(web: Path, out: Path, keeps: list[float], meta: dict) -> dict[str, st
     source = {"paths": [str(web / "03-heuristics" / "train-*.parquet")]}
     target = {"paths": REFERENCE_SETS, "heldout_fraction": 0.2}
     arms = {}
-    for kind, first in (("datarater", {"target": target, "pool_docs": 1000, "meta": meta}),
+    device = meta.pop("device", "auto")
+    for kind, first in (("datarater", {"target": target, "pool_docs": 1000, "meta": meta, "device": device}),
                         ("fasttext_quality", {"positives": target, "train_args": {"bucket": 200000}})):
         model = None
         for keep in keeps:
@@ -87,10 +88,12 @@ def curate(web: Path, out: Path, keeps: list[float], meta: dict) -> dict[str, st
 
 
 def pm(stats: dict) -> str:
-    if stats["std"] is None:
-        return f"{stats['multiplier']:.2f}"
-    lo, hi = stats["interval"]
-    return f"{stats['multiplier']:.2f} ± {stats['std']:.2f} [{lo:.2f}, {hi:.2f}]"
+    text = f"{stats['multiplier']:.2f}"
+    if stats["std"] is not None:
+        text += f" ± {stats['std']:.2f}"
+    if stats["interval"] is not None:
+        text += f" [{stats['interval'][0]:.2f}, {stats['interval'][1]:.2f}]"
+    return text
 
 
 def main() -> None:
@@ -103,9 +106,13 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e12)
     ap.add_argument("--heldout-tokens", type=int, default=50_000)
     ap.add_argument("--skip-web", action="store_true")
+    ap.add_argument("--device", default="auto", help="meta-training, scoring and proxy runs (cuda on a GPU box)")
+    ap.add_argument("--meta-json", default="{}", help='MetaConfig overrides, e.g. \'{"inner_d": 256, "n_models": 4}\'')
+    ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"], help="proxy size for winnow eval")
+    ap.add_argument("--seq-len", type=int, default=256, help="proxy row length for winnow eval")
     args = ap.parse_args()
     out = Path(args.out)
-    meta = {"meta_steps": args.meta_steps}
+    meta = {"meta_steps": args.meta_steps, "device": args.device, **json.loads(args.meta_json)}
 
     print(f"datarater auc: {planted_auc(out, meta):.3f}")
     if args.skip_web:
@@ -114,14 +121,16 @@ def main() -> None:
     if not (web / "03-heuristics" / "_manifest.json").exists():
         subprocess.run([sys.executable, "-m", "winnow", "run", "configs/web-quality.yaml", "--set", f"output={web}",
                         "--quiet"], cwd=REPO, check=True)
-    arms = {"rules": str(web / "03-heuristics"), **curate(web, out, [float(k) for k in args.keeps.split(",")], meta)}
+    arms = {"rules": str(web / "03-heuristics"),
+            **curate(web, out, [float(k) for k in args.keeps.split(",")], dict(meta))}
 
     from winnow.proxy.evaluate import EvalConfig, run_eval
 
     cfg = EvalConfig(arms=arms, output=str(out / "eval"), pool_heldout_fraction=0.05, pool_tokens=args.heldout_tokens,
                      heldout={"reference": {"paths": REFERENCE_SETS, "tokens": args.heldout_tokens,
                                             "heldout_fraction": 0.2}},
-                     primary_eval="pool", vocab_size=4096, size="tiny", seq_len=256, batch_size=8, lr=4e-3,
+                     primary_eval="pool", vocab_size=4096, size=args.size, seq_len=args.seq_len, batch_size=8,
+                     lr=4e-3 if args.size == "tiny" else 1e-3, device=args.device,
                      flop_budget=args.budget, baseline_budgets=[0.5, 1.0, 2.0, 4.0], seeds=list(range(args.seeds)),
                      n_evals=1)
     t0 = time.perf_counter()

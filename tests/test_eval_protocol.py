@@ -69,9 +69,11 @@ def test_heldout_documents_never_train_any_arm(tmp_path, web_docs):
     assert set(sets) == {"pool", "ref"} and all(s.ids for s in sets.values())
     excluded = {d for s in sets.values() for d in s.ids}
     assert excluded & set(ref_ids)                           # the planted copies are held-out documents
+    trained_by_arm, targets = {}, {}
     for name in ("text", "packed"):
         rows = training_rows(arms[name], tokenizer, SEQ, excluded, cfg.pool_heldout_fraction, None)
-        trained = {d for row in rows.doc_ids for d in row}
+        trained = trained_by_arm[name] = {d for row in rows.doc_ids for d in row}
+        targets[name] = rows.target_tokens
         assert trained and not trained & excluded, name
         assert not any(in_heldout_slice(d, 0.1) for d in trained), name
         capped = training_rows(arms[name], tokenizer, SEQ, excluded, cfg.pool_heldout_fraction, 50)
@@ -80,6 +82,14 @@ def test_heldout_documents_never_train_any_arm(tmp_path, web_docs):
             assert n_docs == 50
         else:  # whole rows: the cap stops at the first row that reaches it
             assert n_docs >= 50 and len({d for row in capped.doc_ids[:-1] for d in row}) < 50
+    # packed rows lose only the held-out documents' segments, not their neighbours in the row: the same
+    # documents and, both packed best-fit at SEQ, the same target tokens
+    assert trained_by_arm["packed"] == trained_by_arm["text"]
+    assert targets["packed"] == targets["text"]
+    # an arm with nothing left once held-out documents go is refused, naming the arm
+    only_ref = read_arms({"refs": _text_arm(tmp_path / "refs", ref_ids, ref_texts)})["refs"]
+    with pytest.raises(ConfigError, match="arm 'refs'.*no documents left"):
+        training_rows(only_ref, tokenizer, SEQ, set(ref_ids), 0.0, None)
     # every position of a held-out row knows its source, and every source of `ref` (one path) is there
     pool = sets["pool"]
     assert (pool.rows.source_index[pool.rows.segment_ids > 0] >= 0).all()
@@ -148,6 +158,12 @@ def test_net_cost_per_trained_token_by_hand():
     assert summary["net_multiplier"] == pytest.approx(2.0)
     assert summary["net_multiplier_with_fit"] == pytest.approx(2.4 / 1.7)
     assert summary["std"] is None and summary["interval"] is None            # one seed: no spread claimed
+    # a run that reads the kept corpus five times over pays its scoring once: 1e12 + 1e6 * 2e6
+    assert cost.net_flops(1e12, 5_000_000) == pytest.approx(3e12)
+    # the baseline's own stages are not charged to an arm of the same run (only the stages after it)
+    from winnow.proxy.cost import chain_flops
+
+    assert chain_flops("/nonexistent/05-x") == (0.0, 0.0)
 
 
 def test_seed_statistics_use_the_sample_std_and_a_t_interval():
@@ -175,12 +191,15 @@ def test_eval_json_schema(tmp_path, web_docs):
     assert set(report["heldout"]) == {"pool", "ref"}
     for s in report["heldout"].values():
         assert s["documents"] > 0 and s["tokens"] == sum(s["sources"].values())
+        assert set(s["targets"]) == set(s["sources"]) and 0 < sum(s["targets"].values()) < s["tokens"]
     run = report["runs"][0]
     assert {"arm", "seed", "budget", "flops", "tokens", "final", "points", "final_by_source"} <= set(run)
     assert set(run["final"]) == {"pool", "ref"} and run["tokens"] > 0
     for name in ("pool", "ref"):                 # per-source losses average back to the set's loss
-        per_source, tokens = run["final_by_source"][name], report["heldout"][name]["sources"]
-        assert set(per_source) == set(tokens)
+        per_source, targets = run["final_by_source"][name], report["heldout"][name]["targets"]
+        assert set(per_source) == set(targets)
+        weighted = sum(per_source[k] * targets[k] for k in targets) / sum(targets.values())
+        assert weighted == pytest.approx(run["final"][name], rel=1e-6)
     arm = report["arms"]["half"]
     assert set(arm) == {"pool", "ref"}
     assert {"multiplier", "std", "per_seed", "net_multiplier", "status", "interval"} <= set(arm["pool"])

@@ -133,6 +133,8 @@ class DataRaterStage(QualityStage):
             return super().apply(table, state)
         p = self.params
         scores = np.load(state["scores"])
+        if len(scores) != table.num_rows:
+            raise ValueError(f"{state['scores']} holds {len(scores)} scores for {table.num_rows} rows: rerun with --force")
         ranks, values = state["cdf"]
         quantile = np.interp(np.nan_to_num(scores, nan=-np.inf), values, ranks, left=0.0, right=1.0)
         drawn = int(round(p.oversample_batch / p.keep_top))
@@ -140,9 +142,7 @@ class DataRaterStage(QualityStage):
         draw = np.fromiter((xxhash.xxh64_intdigest(i.encode(), seed=p.seed + 1) / 2**64
                             for i in table.column("id").to_pylist()), np.float64, table.num_rows)
         keep = draw < accept
-        table = table.append_column(self.score_column, pa.array(scores, pa.float64())) \
-            if self.score_column not in table.column_names else \
-            table.set_column(table.column_names.index(self.score_column), self.score_column, pa.array(scores))
+        table = self.with_scores(table, scores)
         dropped = np.flatnonzero(~keep)
         rejected = self.reject(table.take(pa.array(dropped, pa.int64())), ["datarater_not_accepted"] * len(dropped))
         return table.filter(pa.array(keep)), rejected

@@ -34,7 +34,6 @@ from winnow.filters import percentile
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
 
-
 FIT_COST = ".fit.json"   # beside a trained model: its training FLOPs, charged again when a run reuses it
 
 
@@ -198,6 +197,13 @@ class QualityStage(Stage):
     def shard_state(self, state: dict, ref: ShardRef) -> dict:
         return {"cut": state["cut"], "scores": state["scores"][ref.name]}
 
+    def with_scores(self, table: pa.Table, scores: np.ndarray) -> pa.Table:
+        """`table` with the score column set (replaced when an earlier stage of the same kind scored it)."""
+        column = pa.array(scores, pa.float64())
+        if self.score_column in table.column_names:
+            return table.set_column(table.column_names.index(self.score_column), self.score_column, column)
+        return table.append_column(self.score_column, column)
+
     def apply(self, table: pa.Table, state: dict) -> tuple[pa.Table, pa.Table]:
         scores = np.load(state["scores"])
         if len(scores) != table.num_rows:
@@ -207,11 +213,7 @@ class QualityStage(Stage):
         above_lo = percentile.at_or_above(scores, hashes, state["cut"]["lo"])
         hi = state["cut"]["hi"]
         below_hi = np.ones(len(scores), bool) if hi is None else ~percentile.at_or_above(scores, hashes, hi)
-        column = pa.array(scores, pa.float64())
-        if self.score_column in table.column_names:  # an earlier stage of the same kind scored these rows
-            table = table.set_column(table.column_names.index(self.score_column), self.score_column, column)
-        else:
-            table = table.append_column(self.score_column, column)
+        table = self.with_scores(table, scores)
         keep = above_lo & below_hi
         reasons = np.where(~above_lo, f"{self.score_column}_below_band",
                            np.where(~below_hi, f"{self.score_column}_above_band", ""))

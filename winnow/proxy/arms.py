@@ -50,14 +50,16 @@ def run_tokenizer(packed_stage: str) -> str | None:
     return str(found[-1]) if found else None
 
 
-def read_arms(arms: dict[str, str], stratify: str = "auto") -> dict[str, Arm]:
+def read_arms(arms: dict[str, str], stratify: dict[str, str] | None = None) -> dict[str, Arm]:
+    """Every arm's documents or rows; `stratify` names the source rule per arm (the baseline's pool)."""
     out = {}
     for name, path in arms.items():
         if is_packed(Path(path)):
             table = pa.concat_tables(pq.read_table(p) for p in sorted(Path(path).glob("train-*.parquet")))
             out[name] = Arm(name, path, True, table=table)
         else:
-            ids, texts, sources = read_sourced_documents(path, key=f"arms.{name}", stratify=stratify)
+            ids, texts, sources = read_sourced_documents(path, key=f"arms.{name}",
+                                                         stratify=(stratify or {}).get(name, "auto"))
             out[name] = Arm(name, path, False, ids=ids, texts=texts, sources=sources)
     return out
 
@@ -98,33 +100,76 @@ def pool_candidates(baseline: Arm, tokenizer: TokenizerState, fraction: float) -
     return table, [baseline.sources[i] for i in picked]
 
 
+def without_documents(table: pa.Table, drop, max_docs: int | None) -> pa.Table:
+    """A pack stage's rows with the segments of dropped documents cut out (the row's other segments
+    close up, padding at the end), keeping whole rows until `max_docs` documents are in. The rows keep
+    the packing strategy that made them; only the dropped documents' tokens leave."""
+    width = len(table.column("input_ids")[0]) if table.num_rows else 0
+
+    def matrix(name: str) -> np.ndarray:
+        return table.column(name).combine_chunks().values.to_numpy(zero_copy_only=False).reshape(table.num_rows, width)
+
+    cols = {k: matrix(k) for k in ("input_ids", "segment_ids", "position_ids", "loss_mask")}
+    out = {k: [] for k in cols}
+    out_docs, seen = [], set()
+    for r, (docs, cu) in enumerate(zip(table.column("doc_ids").to_pylist(), table.column("cu_seqlens").to_pylist(),
+                                       strict=True)):
+        if max_docs and len(seen) >= max_docs:
+            break
+        keep = [k for k, d in enumerate(docs) if not drop(d)]
+        if not keep:
+            continue
+        if len(keep) == len(docs):
+            for k in cols:
+                out[k].append(cols[k][r])
+        else:
+            pieces = np.concatenate([np.arange(cu[k], cu[k + 1]) for k in keep])
+            for k, values in cols.items():
+                row = np.zeros(width, values.dtype)
+                row[:len(pieces)] = values[r, pieces]
+                out[k].append(row)
+            segments = np.concatenate([np.full(cu[k + 1] - cu[k], j + 1) for j, k in enumerate(keep)])
+            out["segment_ids"][-1][:len(pieces)] = segments
+            out["loss_mask"][-1][0] = 0        # a row's first token has no context in the row
+        out_docs.append([docs[k] for k in keep])
+        seen.update(out_docs[-1])
+
+    def fixed(rows: list[np.ndarray], dtype) -> pa.Array:
+        flat = np.concatenate(rows).astype(dtype) if rows else np.zeros(0, dtype)
+        return pa.ListArray.from_arrays(pa.array(np.arange(0, len(flat) + 1, max(width, 1), dtype=np.int32)),
+                                        pa.array(flat))
+
+    return pa.table({"input_ids": fixed(out["input_ids"], cols["input_ids"].dtype),
+                     "segment_ids": fixed(out["segment_ids"], np.uint16),
+                     "position_ids": fixed(out["position_ids"], np.uint16),
+                     "loss_mask": fixed(out["loss_mask"], np.uint8),
+                     "doc_ids": pa.array(out_docs, pa.list_(pa.string()))})
+
+
 def training_rows(arm: Arm, tokenizer: TokenizerState, seq_len: int, excluded: set[str],
-                  pool_fraction: float, max_docs: int | None) -> PackedRows:
-    """The rows an arm trains on: held-out documents removed, `max_docs` applied; sets `arm.cost`."""
+                  pool_fraction: float, max_docs: int | None, baseline_path: str | None = None) -> PackedRows:
+    """The rows an arm trains on: held-out documents removed, `max_docs` applied; sets `arm.cost`
+    (the curation after the baseline's own stage when both come from one run)."""
     def held(doc_id: str) -> bool:
         return doc_id in excluded or in_heldout_slice(doc_id, pool_fraction)
 
-    scoring, once = chain_flops(arm.path)
+    scoring, once = chain_flops(arm.path, after=baseline_path)
     if arm.packed:
         width = len(arm.table.column("input_ids")[0]) if arm.table.num_rows else seq_len
         if width != seq_len:
             raise ConfigError(f"{arm.path} holds rows of {width} tokens but seq_len is {seq_len}", key="seq_len")
         padding = pc.sum(arm.table.column("n_pad").cast(pa.int64())).as_py() or 0
         kept_tokens = arm.table.num_rows * width - padding
-        keep, docs = [], set()
-        for r, row_docs in enumerate(arm.table.column("doc_ids").to_pylist()):
-            if any(held(d) for d in row_docs):
-                continue
-            if max_docs and len(docs) >= max_docs:
-                break
-            keep.append(r)
-            docs.update(row_docs)
-        rows = rows_from_table(arm.table.take(pa.array(keep, pa.int64())), len(docs))
+        kept = without_documents(arm.table, held, max_docs)
+        rows = rows_from_table(kept) if kept.num_rows else None
     else:
         tokenized = tokenize_documents(arm.ids, arm.texts, tokenizer)
         kept_tokens = int(pc.sum(tokenized.column("n_tokens")).as_py() or 0)
         keep = [i for i, d in enumerate(arm.ids) if not held(d)]
         keep = keep[:max_docs] if max_docs else keep
-        rows = pack_tokenized(tokenized.take(pa.array(keep, pa.int64())), seq_len)
+        rows = pack_tokenized(tokenized.take(pa.array(keep, pa.int64())), seq_len) if keep else None
+    if rows is None or len(rows) == 0:
+        raise ConfigError(f"arm {arm.name!r} ({arm.path}) has no documents left to train on once the held-out "
+                          "documents are removed", key=f"arms.{arm.name}")
     arm.cost = CurationCost(scoring, once, kept_tokens)
     return rows

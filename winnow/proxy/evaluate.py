@@ -39,7 +39,8 @@ class HeldoutSet(Strict):
     stratify: str = Field("auto", description=STRATIFY_HELP)
     allocation: Literal["equal", "proportional"] = Field("equal", description="each source's share of the "
                                                          "budget: equal, or proportional to its tokens")
-    max_docs: int | None = Field(None, gt=0, description="read at most this many candidate documents")
+    max_docs: int | None = Field(None, gt=0, description="at most this many candidate documents, the lowest "
+                                 "seeded id hashes (not the first in file order: every source stays in)")
     heldout_fraction: float = Field(0.0, ge=0, lt=1, description="> 0: only the documents in this id-hash "
                                     "slice: the slice a quality stage's `positives.heldout_fraction` never "
                                     "trains on, so the classifier has not seen the eval documents")
@@ -80,7 +81,8 @@ class EvalConfig(Strict):
     flop_budget: float = Field(1e12, gt=0, description="training FLOPs of every curated run")
     baseline_budgets: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0],
                                           description="baseline runs at these multiples of flop_budget")
-    seeds: list[int] = Field(default_factory=lambda: [0, 1])
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1, description="three or more for a "
+                             "usable interval (t = 12.7 at two)")
     n_evals: int = Field(3, gt=0, description="evaluations per run (the last at its end)")
     max_eval_rows: int | None = Field(None, gt=0, description="cap on held-out rows; null (default) evaluates "
                                       "every row: a cap sees only part of each set")
@@ -95,7 +97,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     baseline = cfg.baseline or next(iter(cfg.arms))
     if baseline not in cfg.arms:
         raise ConfigError(f"baseline {baseline!r} is not one of the arms {list(cfg.arms)}", key="baseline")
-    arms = read_arms(cfg.arms, cfg.pool_stratify)
+    arms = read_arms(cfg.arms, {baseline: cfg.pool_stratify})
     tokenizer = eval_tokenizer(cfg, arms, baseline)
     tokenizer_json = out / "tokenizer.json"
     tokenizer_json.write_text(tokenizer.json_text)
@@ -103,7 +105,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     excluded = {doc for sample in heldout.values() for doc in sample.ids}
     rows = {}
     for name, arm in arms.items():
-        rows[name] = training_rows(arm, tokenizer, cfg.seq_len, excluded, cfg.pool_heldout_fraction, cfg.max_docs)
+        rows[name] = training_rows(arm, tokenizer, cfg.seq_len, excluded, cfg.pool_heldout_fraction, cfg.max_docs,
+                                   None if name == baseline else cfg.arms[baseline])
         log(f"arm {name}: {rows[name].n_documents:,} documents, {len(rows[name]):,} rows, "
             f"{rows[name].target_tokens:,} unique target tokens"
             + (f"; curation {arm.cost.per_token():,.0f} FLOPs per kept token" if arm.cost.scoring_flops else ""))
@@ -143,8 +146,14 @@ def heldout_sets(cfg: EvalConfig, baseline: Arm, tokenizer, log=print) -> dict[s
             sets["pool"] = build_heldout(table, sources, cfg.seq_len, cfg.pool_tokens, cfg.pool_allocation,
                                          cfg.heldout_seed)
     for name, spec in cfg.heldout.items():
-        ids, texts, sources = read_sourced_documents(spec.paths, spec.max_docs, f"heldout.{name}.paths",
+        ids, texts, sources = read_sourced_documents(spec.paths, None, f"heldout.{name}.paths",
                                                      spec.heldout_fraction, "heldout", spec.stratify)
+        if spec.max_docs and len(ids) > spec.max_docs:
+            import xxhash
+
+            pick = sorted(sorted(range(len(ids)), key=lambda i: xxhash.xxh64_intdigest(ids[i].encode(),
+                                                                                      seed=cfg.heldout_seed))[:spec.max_docs])
+            ids, texts, sources = [ids[i] for i in pick], [texts[i] for i in pick], [sources[i] for i in pick]
         if not ids:
             raise ConfigError(f"held-out set {name!r} has no documents", key=f"heldout.{name}")
         sets[name] = build_heldout(tokenize_documents(ids, texts, tokenizer), sources, cfg.seq_len, spec.tokens,
@@ -157,6 +166,9 @@ def heldout_sets(cfg: EvalConfig, baseline: Arm, tokenizer, log=print) -> dict[s
     for name, sample in sets.items():
         s = sample.summary()
         log(f"held-out {name}: {s['documents']:,} documents, {s['tokens']:,} tokens from {len(s['sources'])} sources")
+    if cfg.max_eval_rows:
+        log(f"warning: max_eval_rows={cfg.max_eval_rows} evaluates only the first rows of each held-out set "
+            "(longest chunks first): losses are not the whole sample's")
     return sets
 
 
@@ -186,7 +198,8 @@ def train_grid(cfg: EvalConfig, rows: dict[str, PackedRows], eval_sets: dict[str
         if downstream_on and b == (base_ref if name == baseline else 1.0):
             from winnow.proxy.downstream import score_downstream
 
-            entry["downstream"] = score_downstream(model, tokenizer.tokenizer, cfg.downstream, cfg.seq_len)
+            entry["downstream"] = {task: {**res, "budget": b} for task, res in
+                                   score_downstream(model, tokenizer.tokenizer, cfg.downstream, cfg.seq_len).items()}
         runs.append(entry)
     return runs
 
@@ -198,6 +211,7 @@ def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, arms: dict[str, 
     return {
         "config": cfg.model_dump(mode="json"), "baseline": baseline, "eval_set": primary, "eval_sets": sets,
         "heldout": {name: sample.summary() for name, sample in heldout.items()},
+        "max_eval_rows": cfg.max_eval_rows,
         "arms": {name: arm_summary(runs, name, baseline, sets, arms[name].cost) for name in arms if name != baseline},
         "downstream": downstream_summary(runs),
         "curation": {name: {"scoring_flops": a.cost.scoring_flops, "one_off_flops": a.cost.one_off_flops,

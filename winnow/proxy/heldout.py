@@ -32,8 +32,12 @@ class HeldoutSample:
     rows: PackedRows
 
     def summary(self) -> dict:
+        """documents; tokens (with EOS) per source; `targets`: the tokens each source's loss averages over
+        (a document's first token of each row segment is context, not a target)."""
+        weights, where = self.rows.loss_mask[:, 1:], self.rows.source_index[:, 1:]
+        targets = {name: int(weights[where == i].sum().item()) for i, name in enumerate(self.rows.sources)}
         return {"documents": len(self.ids), "tokens": int(sum(self.tokens_by_source.values())),
-                "sources": dict(sorted(self.tokens_by_source.items()))}
+                "sources": dict(sorted(self.tokens_by_source.items())), "targets": targets}
 
 
 def shares(available: dict[str, int], budget: int, allocation: str) -> dict[str, int]:

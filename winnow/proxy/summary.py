@@ -33,10 +33,12 @@ def interval(values: list[float], level: float = 0.95) -> dict:
 
 
 def note_for(statuses: set[str]) -> str:
+    if {"not_reached", "below_range"} <= statuses:
+        return "mixed bounds: some seeds beyond the baseline's largest run, some below its smallest"
     if "not_reached" in statuses:
-        return "a lower bound: the baseline never reached this loss"
+        return "a lower bound: the baseline never reached this loss in some seeds"
     if "below_range" in statuses:
-        return "an upper bound: below the smallest baseline run"
+        return "an upper bound: below the smallest baseline run in some seeds"
     return "interpolated"
 
 
@@ -53,6 +55,9 @@ def arm_summary(runs: list[dict], arm: str, baseline: str, eval_sets: list[str],
             per_seed.append({"seed": run["seed"], "final_loss": loss, **m, "net_multiplier_with_fit": with_fit})
         stats = interval([p["multiplier"] for p in per_seed])
         statuses = {p["status"] for p in per_seed}
+        if "below_range" in statuses:  # an upper bound averaged in: the interval would claim too much
+            stats["interval"] = None
+        # with "not_reached" seeds (lower bounds) the interval's lower end stays a conservative bound
         out[eval_set] = {
             "multiplier": stats["mean"], "std": stats["std"], "interval": stats["interval"],
             "net_multiplier": interval([p["net_multiplier"] for p in per_seed])["mean"],

@@ -5,7 +5,7 @@ with its learning-rate schedule annealed to zero at that budget (separately anne
 budget, not intermediate checkpoints of one run: ALGORITHMS.md section 7, step 3). Evaluation
 loss is the mean cross-entropy over every target token of each held-out set (and per source when
 the rows carry sources), logged `n_evals` times with the FLOPs spent so far. FLOPs and tokens
-count the rows a step really reads, so an arm smaller than one batch is charged for what it has.
+count the rows a step really computes (an arm smaller than one batch repeats rows to fill it).
 On CUDA: rows live on the device, bf16 autocast, fused AdamW, and nothing reads a value back to
 the host between evaluations. Deterministic for a seed on CPU.
 
@@ -69,8 +69,9 @@ def lm_loss(model: ProxyLM, batch: dict[str, torch.Tensor], intra_doc: bool) -> 
     return (losses * weights).sum() / weights.sum().clamp(min=1)
 
 
-def batch_of(rows: PackedRows, index: np.ndarray, device: torch.device) -> dict[str, torch.Tensor]:
-    idx = torch.from_numpy(index).to(rows.input_ids.device)
+def batch_of(rows: PackedRows, index: np.ndarray | torch.Tensor, device: torch.device) -> dict[str, torch.Tensor]:
+    """The rows at `index`; an index already on the rows' device costs no host-to-device copy."""
+    idx = index if isinstance(index, torch.Tensor) else torch.from_numpy(index).to(rows.input_ids.device)
     names = ROW_TENSORS + (("source_index",) if rows.source_index is not None else ())
     return {k: getattr(rows, k)[idx].to(device, non_blocking=True) for k in names}
 
@@ -128,7 +129,11 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
     model_cfg = config_for(cfg.size, vocab_size, cfg.seq_len)
     model = ProxyLM(model_cfg).to(device)
     per_token = flops_per_token(model_cfg, cfg.seq_len)
-    batch_rows = min(cfg.batch_size, len(rows))          # an arm smaller than a batch is charged for its rows
+    if len(rows) == 0:
+        raise ValueError("no training rows")
+    # an arm with fewer rows than a batch fills its batches by drawing rows again: every arm trains
+    # with the same batch size and schedule, and pays for the rows it really computes
+    batch_rows = cfg.batch_size
     per_step = per_token * batch_rows * cfg.seq_len
     steps = max(1, math.ceil(cfg.flop_budget / per_step))
     warmup = max(1, int(cfg.warmup_frac * steps))
@@ -143,7 +148,12 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
         f"{steps * per_step:.3g} FLOPs on {device}")
 
     eval_at = sorted({max(1, round(steps * (i + 1) / cfg.n_evals)) for i in range(cfg.n_evals)})
-    order, cursor, epochs = rng.permutation(len(rows)), 0, 0
+    def permutation() -> torch.Tensor:  # one host-to-device copy per epoch, none per step
+        n = len(rows)
+        order = rng.permutation(n) if n >= batch_rows else rng.choice(n, batch_rows * max(1, -(-n // batch_rows)))
+        return torch.from_numpy(order).to(rows.input_ids.device)
+
+    order, cursor = permutation(), 0
     # running sums stay on the device: reading them back every step would stall a GPU
     seen_targets = torch.zeros((), dtype=torch.float64, device=device)
     seen_tokens = torch.zeros((), dtype=torch.float64, device=device)
@@ -153,7 +163,7 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
         for group in opt.param_groups:
             group["lr"] = lr
         if cursor + batch_rows > len(order):  # next epoch: the pool is smaller than the budget
-            order, cursor, epochs = rng.permutation(len(rows)), 0, epochs + 1
+            order, cursor = permutation(), 0
         batch = batch_of(rows, order[cursor:cursor + batch_rows], device)
         cursor += batch_rows
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -180,5 +190,5 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
             "tokens": int(seen_tokens.item()), "target_tokens": int(seen_targets.item()),
             "final_by_source": by_source,
             "flops_per_token": per_token, "non_embedding_params": non_embedding_params(model_cfg),
-            "epochs": epochs + cursor / max(1, len(order)), "seconds": seconds,
+            "epochs": steps * batch_rows / len(rows), "seconds": seconds,
             "tokens_per_second": steps * batch_rows * cfg.seq_len / seconds, "model": model}

@@ -8,8 +8,10 @@ import click
 def _fmt(stats: dict) -> str:
     text = f"{stats['multiplier']:.2f}"
     if stats["std"] is not None:
+        text += f" ± {stats['std']:.2f}"
+    if stats["interval"] is not None:
         lo, hi = stats["interval"]
-        text += f" ± {stats['std']:.2f} (95% CI {lo:.2f}-{hi:.2f})"
+        text += f" (95% CI {lo:.2f}-{hi:.2f})"
     return text
 
 
@@ -35,5 +37,6 @@ def eval_(config: str, overrides: tuple[str, ...]) -> None:
                        f"with the model's fit {stats['net_multiplier_with_fit']:.2f} ({stats['note']})")
     for arm, tasks in report["downstream"].items():
         for task, res in tasks.items():
-            click.echo(f"{arm} {task}: accuracy {res['accuracy']:.3f} ± {res['stderr']:.3f} "
-                       f"({res['items']} items, chance {res['chance']})")
+            stderr = f" ± {res['stderr']:.3f}" if res["stderr"] is not None else ""
+            click.echo(f"{arm} {task}: accuracy {res['accuracy']:.3f}{stderr} ({res['items']} items, "
+                       f"chance {res['chance']}, the {res['per_seed'][0].get('budget', 1.0):g}x runs)")
