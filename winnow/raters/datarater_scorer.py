@@ -2,13 +2,14 @@
 
 The folder holds `tokenizer.json` (a BPE trained on the pool sample and the target), `rater.safetensors`
 with `rater.json` (its RaterConfig), `history.json` (the meta-loss curve and FLOPs) and `checkpoint/`
-(meta-training state: a killed fit resumes from its last checkpoint). Scores are raw rater outputs,
+(meta-training state, keyed by config and data: a killed fit resumes from its last checkpoint). Scores are raw rater outputs,
 higher = more useful; a document longer than the rater's context is scored in consecutive chunks
 combined by their token-weighted mean (datarater.score_documents).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import asdict, fields
@@ -55,8 +56,13 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
     outer_rows, _ = document_chunks(outer, state, cfg.seq_len, max_chunks)
     log(f"datarater: meta-training on {len(inner):,} documents ({len(inner_rows):,} rows) against "
         f"{len(outer):,} {'target' if target else 'held-out pool'} documents ({len(outer_rows):,} rows)")
+    # the checkpoint is keyed by what is trained on and how: a rerun with another config or sample
+    # starts afresh instead of resuming a different meta-training
+    key = hashlib.blake2b(json.dumps([asdict(cfg), vocab_size], sort_keys=True, default=str).encode(), digest_size=8)
+    for text in inner + ["\x00outer"] + outer:
+        key.update(text.encode("utf-8", "surrogatepass"))
     rater, history = meta_train(cfg, state.vocab_size, inner_rows, outer_rows, log=log,
-                                checkpoint_dir=os.path.join(folder, "checkpoint"))
+                                checkpoint_dir=os.path.join(folder, "checkpoint", key.hexdigest()))
     tok.save(os.path.join(folder, TOKENIZER))
     save_file({k: v.detach().contiguous().cpu() for k, v in rater.state_dict().items()},
               os.path.join(folder, RATER_WEIGHTS))
