@@ -160,10 +160,20 @@ def test_net_cost_per_trained_token_by_hand():
     assert summary["std"] is None and summary["interval"] is None            # one seed: no spread claimed
     # a run that reads the kept corpus five times over pays its scoring once: 1e12 + 1e6 * 2e6
     assert cost.net_flops(1e12, 5_000_000) == pytest.approx(3e12)
-    # the baseline's own stages are not charged to an arm of the same run (only the stages after it)
+
+
+def test_an_arm_pays_only_for_the_stages_after_a_baseline_of_the_same_run(tmp_path):
     from winnow.proxy.cost import chain_flops
 
-    assert chain_flops("/nonexistent/05-x") == (0.0, 0.0)
+    for name, facts in (("03-fasttext_quality", {"training_flops": 4e9, "scoring_flops": 1e9}),
+                        ("04-datarater", {"training_flops": 5e9, "scoring_flops": 2e9}),
+                        ("05-pack", {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "_manifest.json").write_text(json.dumps({"totals": {"flops": 1e6}, **facts}))
+    arm = str(tmp_path / "04-datarater")
+    assert chain_flops(arm) == (1e9 + 2e9 + 2e6, 4e9 + 5e9)                     # the whole chain
+    assert chain_flops(arm, after=str(tmp_path / "03-fasttext_quality")) == (2e9 + 1e6, 5e9)
+    assert chain_flops(arm, after="/elsewhere/03-fasttext_quality") == (1e9 + 2e9 + 2e6, 4e9 + 5e9)
 
 
 def test_seed_statistics_use_the_sample_std_and_a_t_interval():
