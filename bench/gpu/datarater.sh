@@ -16,8 +16,8 @@ fi
 if [ "${QUICK:-0}" = 1 ] || [ "$DEVICE" = cpu ]; then
   timeout 470 "$PY" bench/datarater.py --device cpu --skip-web --meta-steps 20 --out "$OUT/datarater"
 else
-  META='{"inner_d": 256, "inner_layers": 4, "inner_heads": 4, "n_models": 4, "rater_d": 128, "rater_layers": 2, "seq_len": 256, "inner_batch": 32, "outer_batch": 64, "lifetime": 1200, "prewarm": 200}'
-  timeout 470 "$PY" bench/datarater.py --device cuda --meta-steps 400 --meta-json "$META" --size small \
+  # on CUDA the stage's GPU defaults apply (winnow/raters/datarater_scorer.py: GPU_META)
+  timeout 470 "$PY" bench/datarater.py --device cuda --meta-steps 400 --size small \
     --seq-len 512 --budget 2e14 --seeds 3 --heldout-tokens 100000 --out "$OUT/datarater"
 fi
 echo "rc=$?"

@@ -19,6 +19,10 @@ import numpy as np
 from winnow.raters.scorer import Scorer, cached, file_key, inference, resolve_device
 
 RATER_WEIGHTS, RATER_CONFIG, HISTORY, TOKENIZER = "rater.safetensors", "rater.json", "history.json", "tokenizer.json"
+# Defaults on a CUDA device, where inner-model scale is what rater quality depends on (the paper:
+# 400M > 150M inner models); `meta:` keys still override each. Not yet run on a GPU.
+GPU_META = {"inner_d": 256, "inner_layers": 4, "inner_heads": 4, "n_models": 4, "rater_d": 128, "rater_layers": 2,
+            "seq_len": 256, "inner_batch": 32, "outer_batch": 64, "lifetime": 1200, "prewarm": 200}
 
 
 def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict, vocab_size: int = 2048,
@@ -51,7 +55,8 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
     unknown = set(meta) - known
     if unknown:
         raise ValueError(f"datarater.meta: unknown keys {sorted(unknown)}; known: {sorted(known)}")
-    cfg = MetaConfig(**{"seed": seed, "device": device, "threads": threads, **meta})
+    gpu = resolve_device(meta.get("device", device)).startswith("cuda")
+    cfg = MetaConfig(**{"seed": seed, "device": device, "threads": threads, **(GPU_META if gpu else {}), **meta})
     inner_rows, _ = document_chunks(inner, state, cfg.seq_len, max_chunks)
     outer_rows, _ = document_chunks(outer, state, cfg.seq_len, max_chunks)
     log(f"datarater: meta-training on {len(inner):,} documents ({len(inner_rows):,} rows) against "
