@@ -233,12 +233,18 @@ def score_rows(rater: DataRater, rows: PackedRows, batch_size: int = 256) -> np.
 def score_documents(rater: DataRater, texts: list[str], tokenizer_state, max_chunks: int | None = None,
                     batch_size: int = 256) -> np.ndarray:
     """One score per document: the token-weighted mean of the scores of its `seq_len`-token chunks."""
+    return score_documents_counted(rater, texts, tokenizer_state, max_chunks, batch_size)[0]
+
+
+def score_documents_counted(rater: DataRater, texts: list[str], tokenizer_state, max_chunks: int | None = None,
+                            batch_size: int = 256) -> tuple[np.ndarray, int]:
+    """`score_documents` and the number of tokens the rater read (for FLOP accounting)."""
     rows, owner = document_chunks(texts, tokenizer_state, rater.cfg.seq_len, max_chunks)
     chunk_scores = score_rows(rater, rows, batch_size)
     tokens = rows.segment_ids.gt(0).sum(1).double().numpy()
     totals = np.bincount(owner, weights=chunk_scores * tokens, minlength=len(texts))
     counts = np.bincount(owner, weights=tokens, minlength=len(texts))
-    return totals / np.maximum(counts, 1)
+    return totals / np.maximum(counts, 1), int(tokens.sum())
 
 
 # ------------------------------------------------------------------------------------------------

@@ -112,14 +112,11 @@ class DataRaterScorer(Scorer):
         self.per_token = scoring_flops_per_token(self.rater.cfg)
 
     def score(self, texts: list[str]) -> np.ndarray:
-        from winnow.raters.datarater import document_chunks, score_rows
+        from winnow.raters.datarater import score_documents_counted
 
         if not texts:
             return np.zeros(0)
         with inference(self.device, self.threads):
-            rows, owner = document_chunks(texts, self.tokenizer, self.rater.cfg.seq_len, self.max_chunks)
-            chunk_scores = score_rows(self.rater, rows)
-        tokens = rows.segment_ids.gt(0).sum(1).double().numpy()
-        self.flops += self.per_token * float(tokens.sum())
-        totals = np.bincount(owner, weights=chunk_scores * tokens, minlength=len(texts))
-        return totals / np.maximum(np.bincount(owner, weights=tokens, minlength=len(texts)), 1)
+            scores, tokens = score_documents_counted(self.rater, texts, self.tokenizer, self.max_chunks)
+        self.flops += self.per_token * tokens
+        return scores
