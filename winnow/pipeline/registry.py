@@ -19,6 +19,7 @@ STAGES: dict[str, str] = {
     "embedding_quality": "winnow.filters.embedding_quality:EmbeddingQualityStage",
     "perplexity_quality": "winnow.filters.perplexity_quality:PerplexityQualityStage",
     "datarater": "winnow.filters.datarater:DataRaterStage",
+    "rephrase": "winnow.synth.rephrase:RephraseStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

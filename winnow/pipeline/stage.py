@@ -62,6 +62,15 @@ class Context:
         return self.client.gather(futures)
 
 
+def created_rows(table: pa.Table) -> int:
+    """Rows marked `synthetic`: made by a stage (rephrase), not read from the input."""
+    if "synthetic" not in table.column_names or table.num_rows == 0:
+        return 0
+    import pyarrow.compute as pc
+
+    return int(pc.sum(pc.cast(pc.fill_null(table.column("synthetic"), False), pa.int64())).as_py() or 0)
+
+
 class Stage:
     """Base class. Subclasses set `name`, `Params` and implement `apply` (and maybe `fit`).
 
@@ -109,12 +118,7 @@ class Stage:
         One per row, less the rows the stage created (`synthetic`); a stage whose output rows are
         not documents (packing) counts the documents they hold instead.
         """
-        if "synthetic" not in kept.column_names or kept.num_rows == 0:
-            return kept.num_rows
-        import pyarrow.compute as pc
-
-        return kept.num_rows - int(pc.sum(pc.cast(pc.fill_null(kept.column("synthetic"), False), pa.int64()))
-                                   .as_py() or 0)
+        return kept.num_rows - created_rows(kept)
 
     def manifest_extra(self, state: Any) -> dict:
         """Facts about the fitted state for `_manifest.json` (e.g. a tokenizer's hash)."""
@@ -123,6 +127,15 @@ class Stage:
     def flops(self, table: Any) -> float:
         """Model FLOPs spent on one shard (scoring stages); recorded in the manifest."""
         return 0.0
+
+    def shard_stats(self, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
+        """Numbers about one shard's output that the manifest sums over shards (e.g. generated tokens);
+        a `flops` entry is added to the shard's FLOPs."""
+        return {}
+
+    def task_resources(self, ctx: Context) -> dict[str, float] | None:
+        """Dask resources each shard task asks for; by default the class's `resources`."""
+        return self.resources or None
 
     # helpers for subclasses
     def reject(self, table: pa.Table, reasons: list | np.ndarray, **extra: Any) -> pa.Table:

@@ -1,1 +1,2 @@
-"""Reserved for the synth stages (not built yet)."""
+"""LLM rephrasing: backends (llama.cpp, transformers, OpenAI-compatible HTTP, vLLM), prompts, chunking,
+the faithfulness guard, the generation cache, and the `rephrase` stage that ties them together."""

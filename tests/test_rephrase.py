@@ -1,0 +1,262 @@
+"""The `rephrase` stage: real generation with the SmolLM2 GGUF, a misbehaving OpenAI-compatible server,
+the faithfulness guard and the chunker."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from conftest import WEB, check_conservation, kept_rows, rejected_rows, run
+
+from winnow.synth.chunking import count_tokens, split_chunks
+from winnow.synth.guard import GuardConfig, check
+
+SECRET = "sk-winnow-test-5f3a9c1e77d24b"
+
+
+def short_docs(n: int, lo: int = 40, hi: int = 250) -> list[dict]:
+    """`n` real web documents that make one chunk each (between lo and hi tokens)."""
+    docs = []
+    for path in sorted(WEB.rglob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            doc = json.loads(line)
+            if lo <= count_tokens(doc["text"]) <= hi and "\n\n" not in doc["text"]:
+                docs.append({"id": f"doc-{len(docs):03d}", "text": doc["text"]})
+                if len(docs) == n:
+                    return docs
+    raise AssertionError("not enough short web documents")
+
+
+def write_jsonl(docs: list[dict], path: Path) -> str:
+    path.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    return str(path)
+
+
+# chunking and guard ---------------------------------------------------------------------------------
+
+def test_chunks_respect_the_limit_and_cut_at_boundaries():
+    text = "\n\n".join(
+        " ".join(f"Sentence {p}.{s} has some words in it." for s in range(30)) for p in range(4))
+    chunks = split_chunks(text, max_tokens=100)
+    assert all(count_tokens(c) <= 100 for c in chunks)
+    assert all(c.endswith(".") for c in chunks), "a chunk was cut mid-sentence"
+    assert " ".join(chunks).split() == text.split(), "chunks must cover the text exactly, in order"
+    # one sentence longer than the limit is cut between tokens, still within the limit
+    long = "word " * 450
+    assert [count_tokens(c) for c in split_chunks(long, 200)] == [200, 200, 50]
+
+
+CHUNK = ("The Alder Street bridge opened in 1911 and carried trams until 1958. Engineers from Portland "
+         "rebuilt its deck in 1972, and the city lists it as a landmark.")
+GOOD = ("Opened in 1911, the Alder Street bridge served trams until 1958; its deck was rebuilt by "
+        "engineers from Portland in 1972, and the city lists it as a landmark.")
+
+
+@pytest.mark.parametrize("rewrite, style, reason", [
+    (GOOD, "wiki", None),
+    ("Sure! Here is the paraphrase:\n" + GOOD, "wiki", None),
+    ("", "wiki", "empty"),
+    ("I'm sorry, but I cannot rewrite this passage.", "wiki", "refusal"),
+    ("Rewrite this passage as a clear, well-organised paragraph in the neutral style of an encyclopedia", "wiki",
+     "echo_instruction"),
+    (CHUNK, "wiki", "echo_chunk"),
+    ("A bridge.", "wiki", "length_ratio"),
+    (GOOD, "qa", "qa_format"),
+    (GOOD.replace("1972", "1974"), "wiki", "new_number"),
+    (GOOD.replace("engineers from Portland", "engineers led by Maria Vasquez"), "wiki", "new_name"),
+    ("Question: What does the question ask about the answer it gives?\nAnswer: The question asks what the "
+     "answer says about questions and asking.", "qa", "unsupported"),
+    ("Question: When did the Alder Street bridge open?\nAnswer: In 1911; trams used it until 1958.", "qa", None),
+])
+def test_guard_reasons(rewrite, style, reason):
+    from winnow.synth.prompts import INSTRUCTIONS
+
+    verdict = check(rewrite, CHUNK, style, INSTRUCTIONS["wiki" if "Rewrite this" in rewrite else style],
+                    GuardConfig())
+    assert verdict.reason == reason, verdict
+    if reason is None:
+        assert not verdict.text.lower().startswith("sure")
+
+
+# a misbehaving OpenAI-compatible server -------------------------------------------------------------
+
+class FlakyServer:
+    """A real HTTP server speaking /v1/chat/completions. What it does with a request depends on the
+    passage (`kinds` maps each passage to one of six behaviours), so every run sees the same faults:
+    0 always 500, 1 a 503 on the first try only, 2 invalid JSON, 3 slower than the client's timeout,
+    4 a fluent answer about something else (the guard must drop it), 5 a faithful rewrite."""
+
+    def __init__(self, timeout_s: float):
+        self.requests: dict[str, int] = {}
+        self.kinds: dict[str, int] = {}
+        self.auth: set[str] = set()
+        self.lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                passage = body["messages"][-1]["content"].split("Passage:\n", 1)[1]
+                with server.lock:
+                    server.auth.add(self.headers.get("Authorization", ""))
+                    server.requests[passage] = server.requests.get(passage, 0) + 1
+                    attempt = server.requests[passage]
+                kind = server.behaviour(passage)
+                if self.headers.get("Authorization") != f"Bearer {SECRET}":
+                    return self._send(401, b'{"error": "bad key"}')
+                if kind == 0 or (kind == 1 and attempt == 1):
+                    return self._send(500 if kind == 0 else 503, b'{"error": "overloaded"}')
+                if kind == 2:
+                    return self._send(200, b'{"choices": [{"message": {"content": "trunc')
+                if kind == 3:
+                    time.sleep(timeout_s * 2.5)
+                text = server.answer(passage, kind)
+                reply = {"choices": [{"message": {"role": "assistant", "content": text}}],
+                         "usage": {"prompt_tokens": 100 + len(passage) // 4, "completion_tokens": len(text) // 4}}
+                return self._send(200, json.dumps(reply).encode())
+
+            def _send(self, status: int, payload: bytes):
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):   # the client gave up (timeout)
+                    pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def behaviour(self, passage: str) -> int:
+        return self.kinds.get(passage, 5)
+
+    @staticmethod
+    def answer(passage: str, kind: int) -> str:
+        if kind == 4:   # long enough to pass the length check: only the content is wrong
+            filler = ("Question: What does the question ask about the answer it gives? Answer: The question "
+                      "asks what the answer says about questions, asking and answering in general terms. ")
+            return filler * (1 + len(passage) // len(filler))
+        words = passage.split()   # drop every fourth word: the same facts, not a verbatim copy
+        return "Sure, here is the rewritten passage:\n" + " ".join(w for k, w in enumerate(words) if k % 4 != 3)
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_misbehaving_server_loses_no_rows_and_is_not_asked_twice(tmp_path, monkeypatch):
+    from distributed import Client, LocalCluster
+
+    timeout_s = 1.0
+    server = FlakyServer(timeout_s)
+    # as a user would: the key is in the environment before winnow starts its workers
+    monkeypatch.setenv("WINNOW_TEST_API_KEY", SECRET)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        _flaky_run(server, client, tmp_path)
+    server.close()
+
+
+def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
+    timeout_s = 1.0
+    docs = short_docs(18)
+    behaviours = [k % 6 for k in range(len(docs))]
+    for doc, kind in zip(docs, behaviours, strict=True):
+        server.kinds[split_chunks(doc["text"], 300)[0]] = kind
+    out = tmp_path / "out"
+    config = {
+        "input": {"paths": [write_jsonl(docs, tmp_path / "docs.jsonl")]},
+        "output": str(out),
+        "stages": [{"rephrase": {"backend": "openai", "url": server.url, "model": "flaky-7b",
+                                 "api_key_env": "WINNOW_TEST_API_KEY", "styles": ["wiki"],
+                                 "timeout_s": timeout_s, "retries": 2, "concurrency": 4}}],
+    }
+    run(config, client)
+    stage_dir = out / "01-rephrase"
+    kept, rejected = kept_rows(stage_dir), rejected_rows(stage_dir)
+    manifest = check_conservation(out)[-1]
+
+    # every source row passes through unchanged
+    real = kept.filter(kept.column("synthetic").to_numpy(zero_copy_only=False) == False)  # noqa: E712
+    assert sorted(zip(real.column("id").to_pylist(), real.column("text").to_pylist(), strict=True)) == \
+        sorted((d["id"], d["text"]) for d in docs)
+    synth = kept.filter(kept.column("synthetic"))
+    by_doc = {d["id"]: b for d, b in zip(docs, behaviours, strict=True)}
+    assert sorted(synth.column("source_id").to_pylist()) == sorted(i for i, b in by_doc.items() if b in (1, 5))
+    assert not any(t.lower().startswith("sure") for t in synth.column("text").to_pylist())
+    assert set(synth.column("model").to_pylist()) == {"openai:flaky-7b"}
+    assert set(synth.column("backend").to_pylist()) == {"openai"}
+    # every failure and every dropped rewrite is on record, with its reason and source
+    reasons = dict(zip(rejected.column("source_id").to_pylist(), rejected.column("reason").to_pylist(),
+                       strict=True))
+    expected = {0: "generation_failed: http_500", 2: "generation_failed: invalid_json",
+                3: "generation_failed: timeout", 4: "unsupported"}
+    assert reasons == {i: expected[b] for i, b in by_doc.items() if b in expected}
+    assert all(rejected.column("synthetic").to_pylist())
+    assert manifest["totals"]["added"] == len(docs)   # one rewrite asked for per document
+    stats = manifest["totals"]["stats"]
+    assert stats["completion_tokens"] > 0 and manifest["totals"]["flops"] == 0.0   # remote: tokens only
+
+    # the key authenticated every request and is written nowhere
+    assert server.auth == {f"Bearer {SECRET}"}
+    for path in list(out.rglob("*")):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
+
+    # a --force rerun asks again only for what failed; what succeeded comes from the cache
+    before = dict(server.requests)
+    run(config, client, force=True)
+    asked_again = {p: server.requests[p] - before.get(p, 0) for p in server.requests}
+    for doc, b in zip(docs, behaviours, strict=True):
+        passage = split_chunks(doc["text"], 300)[0]
+        if b in (1, 4, 5):
+            assert asked_again[passage] == 0, (b, doc["id"])
+        else:
+            assert asked_again[passage] == 3, (b, doc["id"])   # 1 try + 2 retries
+    assert kept_rows(stage_dir).equals(kept)
+
+
+# real generation ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend", ["transformers", "llama_cpp"])
+def test_real_generation_with_the_default_gguf(backend, client, tmp_path):
+    if backend == "llama_cpp":
+        pytest.importorskip("llama_cpp", reason="llama-cpp-python not built here (bash scripts/setup.sh --llama)")
+    from winnow.synth.models import default_gguf
+
+    docs = short_docs(3, lo=60, hi=120)
+    out = tmp_path / "out"
+    config = {
+        "input": {"paths": [write_jsonl(docs, tmp_path / "docs.jsonl")]},
+        "output": str(out),
+        "stages": [{"rephrase": {"backend": backend, "styles": ["wiki", "qa"], "max_new_tokens": 48,
+                                 "temperature": 0.0}}],
+    }
+    run(config, client)
+    stage_dir = out / "01-rephrase"
+    kept, rejected = kept_rows(stage_dir), rejected_rows(stage_dir)
+    check_conservation(out)
+    synth = [r for r in kept.to_pylist() + rejected.to_pylist() if r["synthetic"]]
+    assert len(synth) == 6 and {r["style"] for r in synth} == {"wiki", "qa"}
+    gguf = Path(default_gguf())
+    for r in synth:
+        assert r["model"] == f"{gguf.name}:{gguf.stat().st_size}" and r["backend"] == backend
+        assert not (r.get("reason") or "").startswith("generation_failed"), r
+        assert r["prompt_tokens"] > 50 and 0 < r["completion_tokens"] <= 48 + 1
+        assert r["text"].strip(), "a model's answer was lost"
+        # 2 * N * tokens with N = SmolLM2-135M's 134.5M parameters
+        assert r["generation_flops"] == pytest.approx(2 * 134.5e6 * (r["prompt_tokens"] + r["completion_tokens"]),
+                                                      rel=0.01)
+    manifest = json.loads((stage_dir / "_manifest.json").read_text())
+    assert manifest["totals"]["flops"] == pytest.approx(sum(r["generation_flops"] for r in synth))
+    assert len(list((out / "_cache" / "rephrase").rglob("*.json"))) == 6

@@ -1,0 +1,50 @@
+"""Rewrites already paid for, on disk, so no rerun asks a model twice for the same thing.
+
+Key: sha256 over (chunk text hash, style, model identity, sampling parameters, prompt template
+version, seed). One small JSON file per key under `<root>/<2 hex>/<key>.json`, written to a
+temporary name and renamed, so concurrent workers (or machines sharing a file system) never
+read half a file, and a killed run leaves nothing half-written behind. Only successful
+generations are stored: a failure is retried on the next run. The guard's verdict is not stored
+(it is recomputed), so changing the guard needs no new generations.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from winnow.pipeline.shards import write_bytes_atomic
+from winnow.synth.backend import Generation
+
+
+def cache_key(chunk: str, style: str, model_id: str, sampling: dict, template_version: int, seed: int) -> str:
+    payload = {"chunk": hashlib.sha256(chunk.encode()).hexdigest(), "style": style, "model": model_id,
+               "sampling": sampling, "template": template_version, "seed": seed}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+class GenerationCache:
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> tuple[Generation, str, int | None] | None:
+        """(generation, the backend that made it, its model's parameter count or None when remote),
+        or None when absent or unreadable."""
+        try:
+            data = json.loads(self._path(key).read_bytes())
+            return (Generation(text=data["text"], prompt_tokens=data["prompt_tokens"],
+                               completion_tokens=data["completion_tokens"]), data["backend"], data["parameters"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def put(self, key: str, generation: Generation, backend: str, parameters: int | None) -> None:
+        if generation.error is not None:
+            return
+        body = {"text": generation.text, "prompt_tokens": generation.prompt_tokens,
+                "completion_tokens": generation.completion_tokens, "backend": backend, "parameters": parameters}
+        write_bytes_atomic(json.dumps(body).encode(), self._path(key))
