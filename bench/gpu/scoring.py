@@ -92,9 +92,15 @@ def smollm2_shaped(device: str):
 
 
 def random_encoder(vocab: int, seed: int = 0):
-    """Token ids for a text: about one per 4 characters (a BPE's rate on English web text), random."""
+    """Token ids for a text: about one per 4 characters (a BPE's rate on English web text), random;
+    with 4-character offsets, as the reference-LM scorer wants (ids, offsets)."""
     rng = np.random.default_rng(seed)
-    return lambda texts: [rng.integers(0, vocab, max(2, len(t) // 4)).tolist() for t in texts]
+
+    def encode(texts):
+        ids = [rng.integers(0, vocab, max(2, len(t) // 4)).tolist() for t in texts]
+        return ids, [[(4 * k, 4 * k + 4) for k in range(len(x))] for x in ids]
+
+    return encode
 
 
 def run(name: str, score, texts: list[str], scorer, n_batches: int, batch_docs: int, pk: float, device: str
@@ -141,7 +147,9 @@ def main() -> None:
         rows.append(run("embedding (MiniLM shape)", emb.embed, texts, emb, args.batches, batch_docs, pk, device))
 
     model, cfg = smollm2_shaped(device)
-    lm = LoadedLM(model, random_encoder(cfg.vocab_size), 8192, cfg.num_hidden_layers, cfg.hidden_size)
+    lm = LoadedLM(lambda x: model.model(input_ids=x).last_hidden_state, model.lm_head.weight,
+                  random_encoder(cfg.vocab_size), 8192, sum(p.numel() for p in model.parameters()),
+                  cfg.num_hidden_layers, cfg.hidden_size)
     ppl = PerplexityScorer.from_model(lm, device, max_tokens=256,
                                       batch_tokens=65536 if device.startswith("cuda") else 4096)
     rows.append(run("perplexity (SmolLM2-135M shape)", ppl.score, texts, ppl, args.batches, batch_docs, pk, device))
@@ -150,7 +158,8 @@ def main() -> None:
 
     pcfg = config_for("base", 8192, 1024)
     proxy = ProxyLM(pcfg).to(device).eval()
-    plm = LoadedLM(proxy, random_encoder(pcfg.vocab_size, 1), 1024, pcfg.n_layer, pcfg.d_model)
+    plm = LoadedLM(proxy.hidden, proxy.embed.weight, random_encoder(pcfg.vocab_size, 1), 1024,
+                   sum(p.numel() for p in proxy.parameters()), pcfg.n_layer, pcfg.d_model)
     pscore = PerplexityScorer.from_model(plm, device, max_tokens=256,
                                          batch_tokens=65536 if device.startswith("cuda") else 4096)
     rows.append(run("perplexity (winnow base proxy)", pscore.score, texts, pscore, args.batches, batch_docs, pk,

@@ -3,7 +3,9 @@
 
 `in_heldout_slice` picks a fixed slice of any document set by a hash of the id, so the documents
 that evaluate a model are never among those that train it (a classifier's positives, a proxy's
-training pool), whatever the order or sharding of the files.
+training pool), whatever the order or sharding of the files. A document a stage derived from
+another (a rephrase: id `<source id>/rephrase/<style>/<chunk>`) falls in its source's slice, so a
+rewrite of an evaluation document never trains a model either.
 """
 
 from __future__ import annotations
@@ -16,9 +18,20 @@ import xxhash
 
 from winnow.pipeline.errors import ConfigError
 
+DERIVED_MARK = "/rephrase/"   # rephrase ids: f"{source id}{DERIVED_MARK}{style}/{chunk index}"
+
+
+def source_document(doc_id: str) -> str:
+    """The id of the real document `doc_id` was derived from (itself when it is real)."""
+    return doc_id.split(DERIVED_MARK, 1)[0]
+
+
+def is_derived(doc_id: str) -> bool:
+    return DERIVED_MARK in doc_id
+
 
 def in_heldout_slice(doc_id: str, fraction: float) -> bool:
-    return xxhash.xxh64_intdigest(doc_id.encode()) % 10_000 < fraction * 10_000
+    return xxhash.xxh64_intdigest(source_document(doc_id).encode()) % 10_000 < fraction * 10_000
 
 
 def read_documents(spec: str | list[str], max_docs: int | None = None, key: str = "paths",

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "perplexity_quality": "winnow.filters.perplexity_quality:PerplexityQualityStage",
     "datarater": "winnow.filters.datarater:DataRaterStage",
     "rephrase": "winnow.synth.rephrase:RephraseStage",
+    "prune": "winnow.filters.prune:PruneStage",
     "tokenize": "winnow.tokenize.tokenize_stage:TokenizeStage",
     "pack": "winnow.tokenize.pack:PackStage",
 }

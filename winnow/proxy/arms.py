@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from winnow.pipeline.documents import in_heldout_slice, read_sourced_documents
+from winnow.pipeline.documents import in_heldout_slice, is_derived, read_sourced_documents, source_document
 from winnow.pipeline.errors import ConfigError
 from winnow.proxy.cost import CurationCost, chain_flops
 from winnow.proxy.data import PackedRows, pack_tokenized, rows_from_table, tokenize_documents
@@ -86,16 +86,16 @@ def check_tokenizers(arms: dict[str, Arm], configured: str | None) -> str | None
 
 
 def pool_candidates(baseline: Arm, tokenizer: TokenizerState, fraction: float) -> tuple[pa.Table, list[str]]:
-    """The baseline documents in the pool's held-out slice, tokenized, and their sources.
+    """The baseline's real documents in the pool's held-out slice (never a rewrite), tokenized, and their sources.
     A packed baseline is unpacked (its segments give every document back); its documents have one source."""
     if baseline.packed:
-        docs = {d: t for d, t in unpack(baseline.table).items() if in_heldout_slice(d, fraction)}
+        docs = {d: t for d, t in unpack(baseline.table).items() if in_heldout_slice(d, fraction) and not is_derived(d)}
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in docs.values()])]).astype(np.int32)
         values = np.concatenate(list(docs.values())) if docs else np.zeros(0, np.uint16)
         table = pa.table({"id": list(docs), "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
                           "n_tokens": pa.array(np.diff(offsets), pa.int32())})
         return table, ["pool"] * len(docs)
-    picked = [i for i, d in enumerate(baseline.ids) if in_heldout_slice(d, fraction)]
+    picked = [i for i, d in enumerate(baseline.ids) if in_heldout_slice(d, fraction) and not is_derived(d)]
     table = tokenize_documents([baseline.ids[i] for i in picked], [baseline.texts[i] for i in picked], tokenizer)
     return table, [baseline.sources[i] for i in picked]
 
@@ -151,7 +151,7 @@ def training_rows(arm: Arm, tokenizer: TokenizerState, seq_len: int, excluded: s
     """The rows an arm trains on: held-out documents removed, `max_docs` applied; sets `arm.cost`
     (the curation after the baseline's own stage when both come from one run)."""
     def held(doc_id: str) -> bool:
-        return doc_id in excluded or in_heldout_slice(doc_id, pool_fraction)
+        return source_document(doc_id) in excluded or in_heldout_slice(doc_id, pool_fraction)
 
     scoring, once = chain_flops(arm.path, after=baseline_path)
     if arm.packed:

@@ -135,6 +135,12 @@ class ProxyLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """Logits (B, T, V). `segment_ids` (B, T; 0 = padding) turns on block-diagonal causal attention."""
+        return F.linear(self.hidden(input_ids, segment_ids, position_ids), self.embed.weight)  # tied output layer
+
+    def hidden(self, input_ids: torch.Tensor, segment_ids: torch.Tensor | None = None,
+               position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """The final normalised hidden states (B, T, d): the logits before the output layer, for
+        callers that apply the output layer in slices to bound memory (raters/reference_lm.py)."""
         B, T = input_ids.shape
         if position_ids is None:
             position_ids = torch.arange(T, device=input_ids.device).expand(B, T)
@@ -150,4 +156,4 @@ class ProxyLM(nn.Module):
         x = self.embed(input_ids)
         for block in self.blocks:
             x = block(x, cos, sin, mask)
-        return F.linear(self.norm(x), self.embed.weight)  # tied output layer
+        return self.norm(x)

@@ -45,6 +45,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     intra_doc: bool = True      # block-diagonal attention and per-document positions
+    init_checkpoint: str | None = None   # start from these weights (fine-tuning) instead of a fresh init
 
 
 def pick_device(name: str) -> torch.device:
@@ -127,7 +128,12 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
         eval_sets = {k: v.to(device) for k, v in eval_sets.items()}
         torch.backends.cuda.matmul.allow_tf32 = True
     model_cfg = config_for(cfg.size, vocab_size, cfg.seq_len)
-    model = ProxyLM(model_cfg).to(device)
+    model = ProxyLM(model_cfg)
+    if cfg.init_checkpoint:
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(cfg.init_checkpoint), strict=False)  # rotary tables are rebuilt
+    model = model.to(device)
     per_token = flops_per_token(model_cfg, cfg.seq_len)
     if len(rows) == 0:
         raise ValueError("no training rows")

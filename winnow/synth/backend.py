@@ -41,6 +41,7 @@ class GenerationParams:
     timeout_s: float = 120.0        # per request (openai); local backends have no timeout
     retries: int = 3                # per request (openai): on timeouts, 5xx, 429 and invalid JSON
     concurrency: int = 8            # requests in flight (openai, vllm) or the batch size (transformers)
+    min_new_tokens: int = 0         # transformers: force a length (throughput benches on random weights)
 
 
 @dataclass

@@ -8,6 +8,7 @@ giving the reason a rewrite is dropped:
     refusal           "I can't ...", "As an AI ..." and the like
     echo_instruction  repeats the instruction it was given
     echo_chunk        mostly copies the chunk (share of its word 5-grams found in the chunk)
+    repetitive        the same sentence or line three times or more (a small model's loop)
     length_ratio      rewrite/chunk length in characters outside [min_length_ratio, max_length_ratio]
     qa_format         the qa style without one "Question:" ... "Answer:" pair
     new_number        a number the chunk does not contain (digits compared without separators)
@@ -23,6 +24,7 @@ changes meaning. Their drop rates on real web chunks are in bench/LOG.md.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -36,14 +38,16 @@ _REFUSAL = re.compile(r"\b(?:I (?:can(?:'|no)t|am (?:not able|unable)|'m (?:sorr
 _NUMBER = re.compile(r"\d[\d,.]*\d|\d")
 _WORD = re.compile(r"\w+")
 _CAPITALISED = re.compile(r"(?<![.!?:\n]\s)(?<![.!?:\n])(?<=\s)([A-Z][a-zA-Z]+)")
+_PIECES = re.compile(r"(?<=[.!?])\s+|\n+")
 _QA = re.compile(r"Question\s*:.+?Answer\s*:", re.IGNORECASE | re.DOTALL)
 _SAFE_CAPS = {"question", "answer", "i", "wikipedia", "passage"}
-_FUNCTION_WORDS = frozenset(
+_FUNCTION_TEXT = (
     "about above after again against also although among another because been before being below between "
     "both could does doing during each either every from further have having here however into itself just "
     "many more most much must neither only other over same several should since some such than that their "
     "them then there these they this those through thus under until upon very were what when where whether "
-    "which while whom whose will with within without would your question answer".split())
+    "which while whom whose will with within without would your question answer")
+_FUNCTION_WORDS = frozenset(_FUNCTION_TEXT.split())
 
 
 class GuardConfig(BaseModel):
@@ -98,6 +102,9 @@ def check(rewrite: str, chunk: str, style: str, instruction: str, cfg: GuardConf
             return Verdict(text, "echo_chunk")
     elif low.strip() == chunk.lower().strip():
         return Verdict(text, "echo_chunk")
+    pieces = [p.strip() for p in _PIECES.split(low) if len(p.strip()) > 10]
+    if pieces and Counter(pieces).most_common(1)[0][1] >= 3:
+        return Verdict(text, "repetitive")
     ratio = len(text) / max(1, len(chunk))
     if not cfg.min_length_ratio <= ratio <= cfg.max_length_ratio:
         return Verdict(text, "length_ratio")

@@ -1,6 +1,11 @@
 """The rewrite instructions, one per WRAP style, written for winnow (the paper's own prompts are
-described in ../shared/ALGORITHMS.md section 2; these say the same things in our words and add
-the faithfulness rules the guard checks).
+described in ../shared/ALGORITHMS.md section 2).
+
+The wording suits small instruction-tuned models: a plain system line, the instruction, the text
+after a `Text:` label and a cue naming what comes next. A longer system prompt listing rules
+("keep every fact, add nothing") made SmolLM2-135M comment on the passage instead of rewriting it:
+on 16 curated web chunks the guard kept 1 wiki rewrite with it and 7 with this layout (T=0.3;
+bench/LOG.md). The model is a plumbing stand-in: no wording makes a 135M model a reliable rephraser.
 
 `TEMPLATE_VERSION` is part of every cache key: change any text here and bump it, so cached
 rewrites made from the old wording are not served for the new one.
@@ -10,26 +15,25 @@ from __future__ import annotations
 
 from winnow.synth.backend import Request
 
-TEMPLATE_VERSION = 1
+TEMPLATE_VERSION = 2
 
-SYSTEM = ("You rewrite text for a reader. You keep every fact, name and number of the original, "
-          "add nothing that is not in it, and answer with the rewritten text only.")
+SYSTEM = "You are a helpful assistant."
 
 INSTRUCTIONS: dict[str, str] = {
-    "wiki": "Rewrite this passage as a clear, well-organised paragraph in the neutral style of an "
-            "encyclopedia article such as Wikipedia.",
-    "qa": "Turn this passage into a short series of questions and answers about what it says. Put each "
-          "question on its own line starting with \"Question:\" and its answer on the next line starting "
-          "with \"Answer:\".",
-    "easy": "Rewrite this passage in very plain words and short, simple sentences that a young child "
-            "could follow.",
-    "hard": "Rewrite this passage in dense, formal language with rare and precise vocabulary, as a "
-            "scholar writing for other specialists would.",
+    "wiki": "Paraphrase the following text in clear, encyclopedic English. Keep all facts.",
+    "qa": "Turn the following text into questions and answers about what it says. Start each question "
+          "with \"Question:\" and each answer with \"Answer:\".",
+    "easy": "Rewrite the following text with very simple words and short sentences that a small child "
+            "could understand. Keep all facts.",
+    "hard": "Rewrite the following text in formal, learned language with rare and precise words, as a "
+            "scholar would write it. Keep all facts.",
 }
+CUES: dict[str, str] = {"wiki": "Paraphrase:", "qa": "Questions and answers:", "easy": "Simple version:",
+                        "hard": "Scholarly version:"}
 STYLES = tuple(INSTRUCTIONS)
 
 
 def build_request(chunk: str, style: str, seed: int) -> Request:
     """The chat messages that ask for `chunk` rewritten in `style`."""
-    user = f"{INSTRUCTIONS[style]}\n\nPassage:\n{chunk}"
+    user = f"{INSTRUCTIONS[style]}\n\nText: {chunk}\n\n{CUES[style]}"
     return Request(messages=(("system", SYSTEM), ("user", user)), seed=seed)

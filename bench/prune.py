@@ -1,0 +1,181 @@
+"""Q-Tuning on GSM8K: does pruning samples and tokens by the model's own error and uncertainty beat
+random pruning at the same token budget, and what does it buy against full-data SFT?
+
+1. Base model: a winnow `tiny` proxy LM (0.8M non-embedding parameters, BPE of 4,096) pre-trained
+   on the reference + web sample (`--base-flops`), saved as a winnow proxy checkpoint.
+2. Q-Tuning: `winnow run` with the `prune` stage on GSM8K train (`question` prompt, `answer`
+   response), the base model as the reference (the paper scores with the model being tuned),
+   `r_sample` 0.25 x `r_token` 0.5, pools of 256; then `tokenize` (the base model's tokenizer) and
+   `pack`. Random: documents of the full set in a seeded order until they hold as many response
+   targets as the Q-Tuning arm (no token pruning). Full: every document, prompt masked.
+3. SFT from the base checkpoint, seeds x arms; the full set also at 0.25x, 0.5x, 2x and 4x the budget
+   (its FLOPs-to-loss curve). Loss: mean NLL of GSM8K test responses (prompts masked). Multiplier:
+   full-data FLOPs to reach an arm's loss / the arm's FLOPs, where the curve brackets it; the net
+   figure adds the reference model's scoring FLOPs. Exact-match accuracy is not reported: a model
+   this small produces no correct GSM8K answers.
+
+    python bench/prune.py                    # CPU: about 15-25 minutes on 2 cores
+    python bench/prune.py --quick            # a smoke run (1 seed, tiny budgets)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
+
+import numpy as np  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data"
+GSM8K = SHARED / "sft" / "gsm8k"
+
+
+def winnow_run(config: dict, path: Path) -> None:
+    import yaml
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    subprocess.run([sys.executable, "-m", "winnow", "run", str(path), "--quiet"], cwd=REPO, check=True)
+
+
+def base_model(out: Path, flops: float, device: str) -> Path:
+    from winnow.pipeline.documents import read_documents
+    from winnow.raters.perplexity_rater import train_reference_lm
+
+    folder = out / "base"
+    if (folder / "model.safetensors").exists():
+        return folder
+    _, texts = read_documents([str(p) for p in sorted((SHARED / "reference").rglob("*.jsonl"))]
+                              + [str(p) for p in sorted((SHARED / "web").rglob("*.jsonl"))], 6000)
+    t0 = time.perf_counter()
+    train_reference_lm(texts, str(folder), "tiny", 4096, 256, flops, device=device, log=lambda *a: None)
+    print(f"base model: tiny proxy on {len(texts)} reference + web documents, {flops:.2g} FLOPs, "
+          f"{time.perf_counter() - t0:.0f} s")
+    return folder
+
+
+def gsm8k_jsonl(split: str, out: Path, n: int | None) -> str:
+    lines = (GSM8K / f"{split}.jsonl").read_text().splitlines()[:n]
+    path = out / f"gsm8k-{split}.jsonl"
+    path.write_text("".join(json.dumps({"id": f"{split}-{k}", **json.loads(x)}) + "\n" for k, x in enumerate(lines)))
+    return str(path)
+
+
+def packed(folder: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return pa.concat_tables(pq.read_table(p) for p in sorted(folder.glob("train-*.parquet")))
+
+
+def arms(out: Path, base: Path, n_train: int | None, seq_len: int) -> tuple[dict, dict, float]:
+    """{arm: packed table} for full, qtuning and random; the test set's packed rows; the scoring FLOPs."""
+    import pyarrow as pa
+
+    from winnow.tokenize.pack import PackParams, PackStage
+
+    train_file = gsm8k_jsonl("train", out, n_train)
+    test_file = gsm8k_jsonl("test", out, None)
+    tokenizer = str(base / "tokenizer.json")
+    common = [{"tokenize": {"tokenizer": tokenizer, "prompt_field": "question"}},
+              {"pack": {"seq_len": seq_len, "strategy": "best_fit"}}]
+    for name, src, first in (("full", train_file, []), ("test", test_file, []),
+                             ("qtuning", train_file, [{"prune": {
+                                 "model": str(base), "prompt_field": "question", "response_field": "text",
+                                 "r_sample": 0.25, "r_token": 0.5, "lambda": 0.5, "pool_size": 256,
+                                 "max_tokens": 512}}])):
+        if not (out / name / "_run.json").exists():
+            winnow_run({"input": {"paths": [src], "text_field": "answer"}, "output": str(out / name),
+                        "stages": first + common}, out / f"{name}.yaml")
+    stage = 3 if (out / "qtuning" / "03-pack").exists() else 2
+    tables = {"full": packed(out / "full" / "02-pack"), "qtuning": packed(out / "qtuning" / f"0{stage}-pack")}
+    prune = json.loads((out / "qtuning" / "01-prune" / "_manifest.json").read_text())
+    print(f"q-tuning: kept {prune['totals']['kept']} of {prune['totals']['rows_in']} samples; quadrants "
+          f"{prune['quadrants']}; scoring {prune['scoring_flops']:.3g} FLOPs")
+
+    # random: whole documents of the full set's tokenized rows, seeded order, up to the same targets
+    tokenized = packed(out / "full" / "01-tokenize")
+    target = int(sum(sum(m) for m in packed(out / "qtuning" / f"0{stage - 1}-tokenize").column("loss_mask").to_pylist()))
+    order = np.random.default_rng(0).permutation(tokenized.num_rows)
+    masks = tokenized.column("loss_mask").to_pylist()
+    chosen, total = [], 0
+    for i in order:
+        if total >= target:
+            break
+        chosen.append(int(i))
+        total += sum(masks[i])
+    rows = tokenized.take(pa.array(sorted(chosen), pa.int64()))
+    tables["random"], _ = PackStage(PackParams(seq_len=seq_len, strategy="best_fit")).apply(rows, 0)
+    print(f"targets: full {sum(sum(m) for m in masks):,}, q-tuning {target:,}, random {total:,} "
+          f"({len(chosen)} samples)")
+    return tables, {"test": packed(out / "test" / "02-pack")}, float(prune["scoring_flops"])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=str(REPO / "out" / "bench-prune"))
+    ap.add_argument("--n-train", type=int, default=None, help="GSM8K train problems (default: all 7,473)")
+    ap.add_argument("--base-flops", type=float, default=3e12)
+    ap.add_argument("--budget", type=float, default=1e12, help="SFT FLOPs of each pruned arm's run")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument("--size", default="tiny")
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    if args.quick:
+        args.n_train, args.base_flops, args.budget, args.seeds = 600, 3e11, 1e11, 1
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from winnow.proxy.data import rows_from_table
+    from winnow.proxy.multiplier import multiplier
+    from winnow.proxy.train import TrainConfig, train
+    from winnow.tokenize.tokenizer import load_tokenizer
+
+    base = base_model(out, args.base_flops, args.device)
+    tables, evals, scoring = arms(out, base, args.n_train, args.seq_len)
+    rows = {k: rows_from_table(t) for k, t in tables.items()}
+    test = {k: rows_from_table(t) for k, t in evals.items()}
+    vocab = load_tokenizer(str(base)).get_vocab_size()
+    results: dict[str, list[tuple[float, float]]] = {}
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        for arm, scales in (("full", (0.25, 0.5, 1.0, 2.0, 4.0)), ("qtuning", (1.0,)), ("random", (1.0,))):
+            for scale in scales:
+                cfg = TrainConfig(size=args.size, seq_len=args.seq_len, batch_size=8, lr=1e-3, flop_budget=args.budget * scale,
+                                  n_evals=1, seed=seed, device=args.device,
+                                  init_checkpoint=str(base / "model.safetensors"))
+                r = train(cfg, vocab, rows[arm], test, log=lambda *a: None)
+                loss = r["points"][-1]["eval"]["test"]
+                results.setdefault(f"{arm}@{scale}", []).append((r["flops"], loss))
+                print(f"  seed {seed} {arm:8} x{scale:<4} {r['flops']:.3g} FLOPs, {r['epochs']:.2f} epochs: "
+                      f"test response NLL {loss:.4f}", flush=True)
+    print(f"SFT runs: {time.perf_counter() - t0:.0f} s")
+    for arm in ("qtuning", "random"):
+        ms, nets, statuses = [], [], []
+        for seed in range(args.seeds):
+            curve = [results[f"full@{s}"][seed] for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
+            flops, loss = results[f"{arm}@1.0"][seed]
+            m = multiplier(loss, flops, curve, scoring if arm == "qtuning" else 0.0)
+            ms.append(m["multiplier"])
+            nets.append(m["net_multiplier"])
+            statuses.append(m["status"])
+        mean, std = float(np.mean(ms)), float(np.std(ms, ddof=1)) if len(ms) > 1 else float("nan")
+        print(f"compute multiplier [{arm} vs full SFT, GSM8K test response NLL]: {mean:.2f} ± {std:.2f} "
+              f"(seeds {', '.join(f'{x:.2f}' for x in ms)}; {', '.join(statuses)}); net of scoring "
+              f"{float(np.mean(nets)):.2f}")
+    full = [loss for _, loss in results["full@1.0"]]
+    for arm in ("qtuning", "random"):
+        losses = [loss for _, loss in results[f"{arm}@1.0"]]
+        print(f"  {arm:8} NLL {np.mean(losses):.4f} vs full at the same FLOPs {np.mean(full):.4f}")
+
+
+if __name__ == "__main__":
+    main()
