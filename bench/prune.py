@@ -33,7 +33,7 @@ sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirna
 import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared" / "data"
+SHARED = Path(os.environ.get("WINNOW_SHARED_DATA", REPO.parent / "shared" / "data"))
 GSM8K = SHARED / "sft" / "gsm8k"
 
 
@@ -45,7 +45,7 @@ def winnow_run(config: dict, path: Path) -> None:
     subprocess.run([sys.executable, "-m", "winnow", "run", str(path), "--quiet"], cwd=REPO, check=True)
 
 
-def base_model(out: Path, flops: float, device: str) -> Path:
+def base_model(out: Path, flops: float, device: str, size: str, seq_len: int) -> Path:
     from winnow.pipeline.documents import read_documents
     from winnow.raters.perplexity_rater import train_reference_lm
 
@@ -55,8 +55,9 @@ def base_model(out: Path, flops: float, device: str) -> Path:
     _, texts = read_documents([str(p) for p in sorted((SHARED / "reference").rglob("*.jsonl"))]
                               + [str(p) for p in sorted((SHARED / "web").rglob("*.jsonl"))], 6000)
     t0 = time.perf_counter()
-    train_reference_lm(texts, str(folder), "tiny", 4096, 256, flops, device=device, log=lambda *a: None)
-    print(f"base model: tiny proxy on {len(texts)} reference + web documents, {flops:.2g} FLOPs, "
+    train_reference_lm(texts, str(folder), size, 4096, seq_len, flops, lr=4e-3 if size == "tiny" else 1e-3,
+                       device=device, log=lambda *a: None)
+    print(f"base model: {size} proxy on {len(texts)} reference + web documents, {flops:.2g} FLOPs, "
           f"{time.perf_counter() - t0:.0f} s")
     return folder
 
@@ -139,7 +140,7 @@ def main() -> None:
     from winnow.proxy.train import TrainConfig, train
     from winnow.tokenize.tokenizer import load_tokenizer
 
-    base = base_model(out, args.base_flops, args.device)
+    base = base_model(out, args.base_flops, args.device, args.size, args.seq_len)
     tables, evals, scoring = arms(out, base, args.n_train, args.seq_len)
     rows = {k: rows_from_table(t) for k, t in tables.items()}
     test = {k: rows_from_table(t) for k, t in evals.items()}

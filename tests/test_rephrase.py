@@ -61,8 +61,7 @@ GOOD = ("Opened in 1911, the Alder Street bridge served trams until 1958; its de
     ("Sure! Here is the paraphrase:\n" + GOOD, "wiki", None),
     ("", "wiki", "empty"),
     ("I'm sorry, but I cannot rewrite this passage.", "wiki", "refusal"),
-    ("Rewrite this passage as a clear, well-organised paragraph in the neutral style of an encyclopedia", "wiki",
-     "echo_instruction"),
+    ("<the instruction>", "wiki", "echo_instruction"),
     (CHUNK, "wiki", "echo_chunk"),
     ("A bridge.", "wiki", "length_ratio"),
     (GOOD, "qa", "qa_format"),
@@ -75,8 +74,9 @@ GOOD = ("Opened in 1911, the Alder Street bridge served trams until 1958; its de
 def test_guard_reasons(rewrite, style, reason):
     from winnow.synth.prompts import INSTRUCTIONS
 
-    verdict = check(rewrite, CHUNK, style, INSTRUCTIONS["wiki" if "Rewrite this" in rewrite else style],
-                    GuardConfig())
+    if rewrite == "<the instruction>":
+        rewrite = INSTRUCTIONS[style]
+    verdict = check(rewrite, CHUNK, style, INSTRUCTIONS[style], GuardConfig())
     assert verdict.reason == reason, verdict
     if reason is None:
         assert not verdict.text.lower().startswith("sure")
@@ -103,7 +103,8 @@ class FlakyServer:
 
             def do_POST(self):
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                passage = body["messages"][-1]["content"].split("Passage:\n", 1)[1]
+                content = body["messages"][-1]["content"]   # the chunk is somewhere in the user message
+                passage = next((p for p in server.kinds if p in content), content)
                 with server.lock:
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.requests[passage] = server.requests.get(passage, 0) + 1
@@ -142,10 +143,15 @@ class FlakyServer:
 
     @staticmethod
     def answer(passage: str, kind: int) -> str:
-        if kind == 4:   # long enough to pass the length check: only the content is wrong
-            filler = ("Question: What does the question ask about the answer it gives? Answer: The question "
-                      "asks what the answer says about questions, asking and answering in general terms. ")
-            return filler * (1 + len(passage) // len(filler))
+        if kind == 4:   # fluent, long enough and never repeated: only its content is wrong
+            topics = ["weather", "music", "cooking", "travel", "sports", "gardening", "painting", "chess",
+                      "poetry", "sailing", "pottery", "astronomy"]
+            lines = [f"Question: What does it say about {t}? Answer: That {t} {verb} people everywhere."
+                     for verb in ("delights", "puzzles") for t in topics]
+            text, k = "", 0
+            while len(text) < len(passage) and k < len(lines):
+                text, k = text + lines[k] + "\n", k + 1
+            return text
         words = passage.split()   # drop every fourth word: the same facts, not a verbatim copy
         return "Sure, here is the rewritten passage:\n" + " ".join(w for k, w in enumerate(words) if k % 4 != 3)
 

@@ -34,12 +34,17 @@ def render_funnel(out_dir: str | Path, console, top_reasons: int = 8) -> None:
         console.print(f"[red]no stage manifests under {out_dir}[/]")
         return
     table = Table(title=f"winnow funnel: {out_dir}")
-    for col in ("stage", "rows in", "kept", "rejected", "kept %", "bytes in", "bytes kept", "seconds"):
+    added = any(r["added"] for r in rows)   # a stage created rows (rephrase): show how many
+    columns = ("stage", "rows in", *(("added",) if added else ()), "kept", "rejected", "kept %", "bytes in",
+               "bytes kept", "seconds")
+    for col in columns:
         table.add_column(col, justify="left" if col == "stage" else "right", no_wrap=True)
     for r in rows:
-        pct = 100 * r["kept"] / r["rows_in"] if r["rows_in"] else 0.0
-        table.add_row(r["stage"], f"{r['rows_in']:,}", f"{r['kept']:,}", f"{r['rejected']:,}", f"{pct:.1f}",
-                      _size(r["bytes_in"]), _size(r["bytes_kept"]), f"{r['seconds']:.1f}")
+        total = r["rows_in"] + r["added"]   # kept and rejected both count created rows
+        pct = 100 * r["kept"] / total if total else 0.0
+        table.add_row(r["stage"], f"{r['rows_in']:,}", *((f"{r['added']:,}",) if added else ()), f"{r['kept']:,}",
+                      f"{r['rejected']:,}", f"{pct:.1f}", _size(r["bytes_in"]), _size(r["bytes_kept"]),
+                      f"{r['seconds']:.1f}")
     console.print(table)
     for r in rows:
         if r["reasons"]:
