@@ -9,7 +9,8 @@ a reference model, is split into four quadrants by quantile thresholds:
     Q4 calibration data       low PPL,  high entropy   kept whole
 
 The thresholds are the pool's alpha / 1-alpha quantiles of PPL and beta / 1-beta quantiles of
-entropy, with alpha = beta found by bisection on [0, 0.49] so that |Q2 ∪ Q4| comes as close to
+entropy, with alpha = beta found by bisection on [0, 0.49] (20 halvings; the paper stops under 10,
+which leaves a few samples of slack on pools of hundreds) so that |Q2 ∪ Q4| comes as close to
 `r_sample` x pool as it can (samples in a middle band of either axis belong to no quadrant).
 Short of the target, the pool is topped up from the rest by how far a sample sits from the
 diagonal of the min-max-normalised plane, max(PPL^ - Ent^, Ent^ - PPL^), highest first.
@@ -41,7 +42,7 @@ def quadrants(ppl: np.ndarray, ent: np.ndarray, level: float) -> np.ndarray:
     return q
 
 
-def bisect_level(ppl: np.ndarray, ent: np.ndarray, r_sample: float, iterations: int = 10) -> float:
+def bisect_level(ppl: np.ndarray, ent: np.ndarray, r_sample: float, iterations: int = 20) -> float:
     """The quantile level whose Q2 ∪ Q4 share is closest to `r_sample` (bisection on [0, 0.49]):
     a higher level widens the outer bands and puts more samples in quadrants."""
     lo, hi = 0.0, 0.49
@@ -82,8 +83,9 @@ def select(ppl: np.ndarray, ent: np.ndarray, r_sample: float) -> tuple[np.ndarra
     elif kept.sum() > target:
         inside = np.flatnonzero(kept)
         kept[inside[np.argsort(-support[inside], kind="stable")[target:]]] = False
-    # a sample in a middle band that was topped up gets the quadrant of its side of each median
-    middle = q == 0
+    # a sample in a middle band that was topped up gets the quadrant of its side of each median;
+    # a dropped one stays in the middle band (it belongs to no quadrant)
+    middle = (q == 0) & kept
     high_p, high_e = ppl >= np.median(ppl), ent >= np.median(ent)
     q[middle] = np.where(high_p, np.where(high_e, 1, 2), np.where(high_e, 4, 3))[middle]
     return q, kept
