@@ -64,7 +64,7 @@ def base_model(out: Path, flops: float, device: str, size: str, seq_len: int) ->
 
 def gsm8k_jsonl(split: str, out: Path, n: int | None) -> str:
     lines = (GSM8K / f"{split}.jsonl").read_text().splitlines()[:n]
-    path = out / f"gsm8k-{split}.jsonl"
+    path = out / f"gsm8k-{split}-{n or 'all'}.jsonl"
     path.write_text("".join(json.dumps({"id": f"{split}-{k}", **json.loads(x)}) + "\n" for k, x in enumerate(lines)))
     return str(path)
 
@@ -76,23 +76,24 @@ def packed(folder: Path):
     return pa.concat_tables(pq.read_table(p) for p in sorted(folder.glob("train-*.parquet")))
 
 
-def arms(out: Path, base: Path, n_train: int | None, seq_len: int) -> tuple[dict, dict, float]:
+def arms(out: Path, base: Path, n_train: int | None, n_test: int, seq_len: int) -> tuple[dict, dict, float]:
     """{arm: packed table} for full, qtuning and random; the test set's packed rows; the scoring FLOPs."""
     import pyarrow as pa
 
     from winnow.tokenize.pack import PackParams, PackStage
 
     train_file = gsm8k_jsonl("train", out, n_train)
-    test_file = gsm8k_jsonl("test", out, None)
+    test_file = gsm8k_jsonl("test", out, n_test)
     tokenizer = str(base / "tokenizer.json")
     common = [{"tokenize": {"tokenizer": tokenizer, "prompt_field": "question"}},
               {"pack": {"seq_len": seq_len, "strategy": "best_fit"}}]
+    out = out / f"train{n_train or 'all'}-test{n_test}"
     for name, src, first in (("full", train_file, []), ("test", test_file, []),
                              ("qtuning", train_file, [{"prune": {
                                  "model": str(base), "prompt_field": "question", "response_field": "text",
                                  "r_sample": 0.25, "r_token": 0.5, "lambda": 0.5, "pool_size": 256,
                                  "max_tokens": 512}}])):
-        if not (out / name / "_run.json").exists():
+        if not (out / name / "_run.json").exists():   # runs are kept: a rerun reuses them
             winnow_run({"input": {"paths": [src], "text_field": "answer"}, "output": str(out / name),
                         "stages": first + common}, out / f"{name}.yaml")
     stage = 3 if (out / "qtuning" / "03-pack").exists() else 2
@@ -124,7 +125,10 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "out" / "bench-prune"))
     ap.add_argument("--n-train", type=int, default=None, help="GSM8K train problems (default: all 7,473)")
     ap.add_argument("--base-flops", type=float, default=3e12)
-    ap.add_argument("--budget", type=float, default=1e12, help="SFT FLOPs of each pruned arm's run")
+    ap.add_argument("--n-test", type=int, default=300, help="GSM8K test problems evaluated (of 1,319)")
+    ap.add_argument("--epochs", type=float, default=3.0, help="SFT budget: this many passes over the Q-Tuning "
+                    "arm's rows (the paper trains 3 epochs); the random arm gets the same FLOPs")
+    ap.add_argument("--budget", type=float, default=None, help="SFT FLOPs of each pruned arm's run (overrides --epochs)")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--device", default="auto")
@@ -132,7 +136,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
     if args.quick:
-        args.n_train, args.base_flops, args.budget, args.seeds = 600, 3e11, 1e11, 1
+        args.n_train, args.n_test, args.base_flops, args.epochs, args.seeds = 600, 100, 3e11, 1.0, 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     from winnow.proxy.data import rows_from_table
@@ -141,8 +145,16 @@ def main() -> None:
     from winnow.tokenize.tokenizer import load_tokenizer
 
     base = base_model(out, args.base_flops, args.device, args.size, args.seq_len)
-    tables, evals, scoring = arms(out, base, args.n_train, args.seq_len)
+    tables, evals, scoring = arms(out, base, args.n_train, args.n_test, args.seq_len)
     rows = {k: rows_from_table(t) for k, t in tables.items()}
+    if args.budget is None:
+        from winnow.proxy.flops import flops_per_token
+        from winnow.proxy.model import config_for
+
+        per_token = flops_per_token(config_for(args.size, 4096, args.seq_len), args.seq_len)
+        args.budget = args.epochs * len(rows["qtuning"]) * args.seq_len * per_token
+        print(f"SFT budget: {args.epochs} epochs of the Q-Tuning arm's {len(rows['qtuning'])} rows = "
+              f"{args.budget:.3g} FLOPs per pruned run")
     test = {k: rows_from_table(t) for k, t in evals.items()}
     vocab = load_tokenizer(str(base)).get_vocab_size()
     results: dict[str, list[tuple[float, float]]] = {}
