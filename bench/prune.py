@@ -130,6 +130,7 @@ def main() -> None:
                     "arm's rows (the paper trains 3 epochs); the random arm gets the same FLOPs")
     ap.add_argument("--budget", type=float, default=None, help="SFT FLOPs of each pruned arm's run (overrides --epochs)")
     ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--scales", default="0.25,0.5,1,2,4", help="budgets of the full-data curve, x the pruned runs'")
     ap.add_argument("--seq-len", type=int, default=256)
     ap.add_argument("--device", default="auto")
     ap.add_argument("--size", default="tiny")
@@ -158,9 +159,10 @@ def main() -> None:
     test = {k: rows_from_table(t) for k, t in evals.items()}
     vocab = load_tokenizer(str(base)).get_vocab_size()
     results: dict[str, list[tuple[float, float]]] = {}
+    curve_scales = tuple(sorted({float(x) for x in args.scales.split(",")} | {1.0}))
     t0 = time.perf_counter()
     for seed in range(args.seeds):
-        for arm, scales in (("full", (0.25, 0.5, 1.0, 2.0, 4.0)), ("qtuning", (1.0,)), ("random", (1.0,))):
+        for arm, scales in (("full", curve_scales), ("qtuning", (1.0,)), ("random", (1.0,))):
             for scale in scales:
                 cfg = TrainConfig(size=args.size, seq_len=args.seq_len, batch_size=8, lr=1e-3, flop_budget=args.budget * scale,
                                   n_evals=1, seed=seed, device=args.device,
@@ -174,7 +176,7 @@ def main() -> None:
     for arm in ("qtuning", "random"):
         ms, nets, statuses = [], [], []
         for seed in range(args.seeds):
-            curve = [results[f"full@{s}"][seed] for s in (0.25, 0.5, 1.0, 2.0, 4.0)]
+            curve = [results[f"full@{s}"][seed] for s in curve_scales]
             flops, loss = results[f"{arm}@1.0"][seed]
             m = multiplier(loss, flops, curve, scoring if arm == "qtuning" else 0.0)
             ms.append(m["multiplier"])

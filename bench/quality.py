@@ -91,6 +91,8 @@ def main() -> None:
     ap.add_argument("--lm-budget", type=float, default=3e12, help="training FLOPs of the reference LM")
     ap.add_argument("--out", default=str(REPO / "out"))
     ap.add_argument("--salad", type=int, default=100, help="prose passages (and as many shuffled) in the word-salad set")
+    ap.add_argument("--salad-only", action="store_true", help="only the word-salad comparison (fastText, tiny proxy "
+                    "LM and the pretrained default; no MiniLM, no proxy runs)")
     args = ap.parse_args()
 
     import torch
@@ -115,6 +117,16 @@ def main() -> None:
     print(f"train: {len(pos)} reference + {len(neg)} web documents; held out: {len(pos_test)} reference + "
           f"{len(neg_test)} web ({HELDOUT:.0%} id-hash slices of each)")
 
+    if args.salad_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            train_fasttext(pos, neg, f"{tmp}/ft.bin", 0, bucket=200_000)
+            train_reference_lm(pos, f"{tmp}/lm", "tiny", 4096, 256, args.lm_budget)
+            salad_aucs = word_salad(pos_test, args.salad, FastTextScorer(f"{tmp}/ft.bin"),
+                                    PerplexityScorer(f"{tmp}/lm"), args.threads)
+        print(f"\nword salad ({args.salad} passages of 120 words vs the same words shuffled; ROC AUC, prose = positive):")
+        for name, auc in salad_aucs.items():
+            print(f"  {name:40s} {auc:.3f}")
+        return
     rows, aucs = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         _, train_s = timed(train_fasttext, pos, neg, f"{tmp}/ft.bin")

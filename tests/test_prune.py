@@ -185,3 +185,13 @@ def test_prune_stage_on_gsm8k_through_tokenize_pack_and_training(client, tmp_pat
         assert masked.any() and (weights[masked] == 0).all()
         expected = losses[~masked].mean()
         assert torch.allclose(lm_loss(model, batch, True), expected, rtol=1e-5)
+
+
+def test_pools_with_nothing_to_score():
+    """No row has response tokens (empty responses): no pool, nothing kept, no crash, corpus-wide or pooled."""
+    from winnow.filters.prune import PruneParams, PruneStage
+
+    for pool_size in (0, 64):
+        quadrant, kept = PruneStage(PruneParams(pool_size=pool_size))._decide(
+            ["a", "b"], np.array([np.nan, np.inf]), np.array([np.nan, np.nan]))
+        assert not kept.any() and (quadrant == 0).all()

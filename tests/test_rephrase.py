@@ -180,17 +180,25 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     for doc, kind in zip(docs, behaviours, strict=True):
         server.kinds[split_chunks(doc["text"], 300)[0]] = kind
     out = tmp_path / "out"
+    # small shards (some with no dropped rewrite at all), a provenance column and a score column; and
+    # stages after rephrase, which see the rewrites as ordinary input rows
+    rows = [{**d, "source": "flaky-web", "quality": 0.5} for d in docs]
     config = {
-        "input": {"paths": [write_jsonl(docs, tmp_path / "docs.jsonl")]},
+        "input": {"paths": [write_jsonl(rows, tmp_path / "docs.jsonl")], "shard_size_mb": 0.002},
         "output": str(out),
         "stages": [{"rephrase": {"backend": "openai", "url": server.url, "model": "flaky-7b",
                                  "api_key_env": "WINNOW_TEST_API_KEY", "styles": ["wiki"],
-                                 "timeout_s": timeout_s, "retries": 2, "concurrency": 4}}],
+                                 "timeout_s": timeout_s, "retries": 2, "concurrency": 4}},
+                   {"exact_dedup": {}}, {"tokenize": {"vocab_size": 300}}],
     }
     run(config, client)
     stage_dir = out / "01-rephrase"
     kept, rejected = kept_rows(stage_dir), rejected_rows(stage_dir)
-    manifest = check_conservation(out)[-1]
+    manifests = check_conservation(out)
+    manifest = manifests[1]
+    assert [m["totals"]["added"] for m in manifests] == [0, len(docs), 0, 0]
+    assert manifests[3]["totals"]["rows_out"] == kept.num_rows    # every rewrite reached the tokens
+    assert len(manifest["shards"]) > 3
 
     # every source row passes through unchanged
     real = kept.filter(kept.column("synthetic").to_numpy(zero_copy_only=False) == False)  # noqa: E712
@@ -202,6 +210,8 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     assert not any(t.lower().startswith("sure") for t in synth.column("text").to_pylist())
     assert set(synth.column("model").to_pylist()) == {"openai:flaky-7b"}
     assert set(synth.column("backend").to_pylist()) == {"openai"}
+    assert set(synth.column("source").to_pylist()) == {"flaky-web"}       # where it came from carries over
+    assert set(synth.column("quality").to_pylist()) == {None}            # a score of the source's text does not
     # every failure and every dropped rewrite is on record, with its reason and source
     reasons = dict(zip(rejected.column("source_id").to_pylist(), rejected.column("reason").to_pylist(),
                        strict=True))

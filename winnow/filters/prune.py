@@ -62,9 +62,14 @@ class PruneParams(BaseModel):
     seed: int = 0
 
 
+def rows_of_column(table: pa.Table, p: PruneParams) -> str:
+    """The column scored as the response: `response_field` when the table has it, else `text`."""
+    return p.response_field if p.response_field in table.column_names else "text"
+
+
 def rows_of(table: pa.Table, p: PruneParams) -> tuple[list[str], list[int]]:
     """(training text, start of its response) per row: SFT rows when the prompt column is there."""
-    response_col = p.response_field if p.response_field in table.column_names else "text"
+    response_col = rows_of_column(table, p)
     responses = [r or "" for r in table.column(response_col).to_pylist()]
     if p.prompt_field not in table.column_names:
         return responses, [0] * len(responses)
@@ -134,7 +139,7 @@ class PruneStage(Stage):
         scorable = np.flatnonzero(np.isfinite(ppl) & np.isfinite(ent))   # rows with response tokens
         order = scorable[np.argsort([xxhash.xxh3_64_intdigest(ids[i].encode(), seed=p.seed) for i in scorable],
                                     kind="stable")]
-        size = len(order) if p.pool_size == 0 else max(p.pool_size, MIN_POOL)
+        size = max(len(order), 1) if p.pool_size == 0 else max(p.pool_size, MIN_POOL)
         bounds = list(range(0, len(order), size)) + [len(order)]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_POOL:   # a short last pool joins the one before
             bounds.pop(-2)
@@ -200,7 +205,8 @@ class PruneStage(Stage):
                 masked.append(prompt)
                 pruned.append(0)
         out = table
-        if p.prompt_field in table.column_names:   # SFT rows: the training text replaces `text`
+        if p.prompt_field in table.column_names or rows_of_column(table, p) != "text":
+            # the spans index the scored text (prompt + response, or the response column): it becomes `text`
             out = out.set_column(out.column_names.index("text"), "text", pa.array(texts, pa.string()))
         names = [QUADRANT_NAMES[q] for q, _ in decisions]
         extra = {"ppl": pa.array(ppl), "entropy": pa.array(ent), "quadrant": pa.array(names, pa.string()),

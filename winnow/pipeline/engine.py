@@ -156,17 +156,21 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     except Exception as e:
         raise ShardError(f"{type(e).__name__}: {e}", stage=stage.name, shard=ref.path) from e
     documents = stage.documents_in(kept)
-    # rows a stage created (synthetic rewrites), kept or rejected: rows in + added = kept + rejected
-    kept_added, rejected_added = created_rows(kept), created_rows(rejected)
+    # rows this stage created (synthetic rewrites), kept or rejected: rows in + added = kept + rejected.
+    # Rewrites an earlier stage made are input rows here; a stage that drops the `synthetic` column
+    # (pack) turns them into documents like any other.
+    kept_synthetic, rejected_synthetic = created_rows(kept), created_rows(rejected)
+    carries = "synthetic" in kept.column_names or "synthetic" in rejected.column_names
+    inherited = created_rows(data) if isinstance(data, pa.Table) and carries else 0
     if isinstance(data, pa.Table):
         rows_in, bytes_in = data.num_rows, text_bytes(data)
     else:  # a source stage (ingest) reads raw records: each one ends up kept or rejected
-        rows_in = documents + rejected.num_rows - rejected_added
+        rows_in = documents + rejected.num_rows - rejected_synthetic
         bytes_in = text_bytes(kept) + text_bytes(rejected)
-    stats = {k: float(v) for k, v in stage.shard_stats(kept, rejected).items()}
+    stats = {k: float(v) for k, v in stage.shard_stats(data, kept, rejected).items()}
     record = ShardRecord(
-        shard=ref.name, rows_in=rows_in, kept=documents + kept_added, rejected=rejected.num_rows,
-        added=kept_added + rejected_added, rows_out=kept.num_rows,
+        shard=ref.name, rows_in=rows_in, kept=documents + kept_synthetic, rejected=rejected.num_rows,
+        added=kept_synthetic + rejected_synthetic - inherited, rows_out=kept.num_rows,
         bytes_in=bytes_in, bytes_kept=text_bytes(kept), bytes_rejected=text_bytes(rejected),
         reasons=dict(Counter(rejected.column("reason").to_pylist())) if rejected.num_rows else {},
         config_hash=config_hash, input_fingerprint=input_fingerprint,

@@ -128,9 +128,9 @@ class Stage:
         """Model FLOPs spent on one shard (scoring stages); recorded in the manifest."""
         return 0.0
 
-    def shard_stats(self, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
-        """Numbers about one shard's output that the manifest sums over shards (e.g. generated tokens);
-        a `flops` entry is added to the shard's FLOPs."""
+    def shard_stats(self, data: Any, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
+        """Numbers about one shard's work that the manifest sums over shards (e.g. generated tokens);
+        a `flops` entry is added to the shard's FLOPs. `data` is what `load` gave `apply`."""
         return {}
 
     def task_resources(self, ctx: Context) -> dict[str, float] | None:

@@ -13,7 +13,8 @@ entropy, with alpha = beta found by bisection on [0, 0.49] (20 halvings; the pap
 which leaves a few samples of slack on pools of hundreds) so that |Q2 ∪ Q4| comes as close to
 `r_sample` x pool as it can (samples in a middle band of either axis belong to no quadrant).
 Short of the target, the pool is topped up from the rest by how far a sample sits from the
-diagonal of the min-max-normalised plane, max(PPL^ - Ent^, Ent^ - PPL^), highest first.
+diagonal of the min-max-normalised plane, max(PPL^ - Ent^, Ent^ - PPL^), highest first (with
+log PPL normalised: ours, so that one outlier does not flatten the axis).
 
 Inside a Q2 sample, token i scores s_i = (1 - lambda) PPL_i + lambda (PPL_{i-1} + PPL_{i+1}) (per-token
 perplexity exp(NLL), neighbours outside the response count as 0) and the `r_token` share of tokens
@@ -75,7 +76,9 @@ def select(ppl: np.ndarray, ent: np.ndarray, r_sample: float) -> tuple[np.ndarra
         return np.zeros(0, np.int8), np.zeros(0, bool)
     level = bisect_level(ppl, ent, r_sample)
     q = quadrants(ppl, ent, level)
-    support = np.abs(_minmax(ppl) - _minmax(ent))   # max(a - b, b - a)
+    # max(a - b, b - a) on the min-max-normalised plane; PPL is taken in log space, so one document
+    # with an absurd perplexity does not squash every other onto the same end of the axis
+    support = np.abs(_minmax(np.log(ppl)) - _minmax(ent))
     kept = np.isin(q, (2, 4))
     if kept.sum() < target:
         rest = np.flatnonzero(~kept)

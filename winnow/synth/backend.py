@@ -15,6 +15,7 @@ never the model.
 from __future__ import annotations
 
 import importlib.util
+import os
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -82,15 +83,9 @@ def resolve_kind(kind: BackendKind) -> str:
 def open_backend(spec: BackendSpec) -> Backend:
     """The backend `spec` describes, opened once per process."""
     kind = resolve_kind(spec.kind)
-    model_key = file_key(spec.model) if spec.model and _exists(spec.model) else (spec.model,)
+    model_key = file_key(spec.model) if spec.model and os.path.exists(spec.model) else (spec.model,)
     key = ("backend", kind, model_key, spec.url, spec.api_key_env, spec.device, spec.threads)
     return cached(key, lambda: _open(kind, spec))
-
-
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.exists(path)
 
 
 def _open(kind: str, spec: BackendSpec) -> Backend:

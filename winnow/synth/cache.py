@@ -4,7 +4,9 @@ Key: sha256 over (chunk text hash, style, model identity, sampling parameters, p
 version, seed). One small JSON file per key under `<root>/<2 hex>/<key>.json`, written to a
 temporary name and renamed, so concurrent workers (or machines sharing a file system) never
 read half a file, and a killed run leaves nothing half-written behind. Only successful
-generations are stored: a failure is retried on the next run. The guard's verdict is not stored
+generations are stored: a failure is retried on the next run. The key names the model file, not
+the backend: llama.cpp and transformers reading the same GGUF share entries (the row's `backend`
+column says which one wrote it). The guard's verdict is not stored
 (it is recomputed), so changing the guard needs no new generations.
 """
 

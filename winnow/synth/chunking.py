@@ -18,7 +18,8 @@ from itertools import pairwise
 
 _TOKEN = re.compile(r"\w+|[^\w\s]")
 _PARAGRAPH = re.compile(r"\n\s*\n")
-_SENTENCE_END = re.compile(r"(?<=[.!?…])[\"')\]]*\s+")
+# the whitespace after a sentence end, or after one closing quote/bracket that follows it (kept in the sentence)
+_SENTENCE_END = re.compile(r"(?<=[.!?…])\s+|(?<=[.!?…][\"')\]])\s+")
 
 
 def count_tokens(text: str) -> int:

@@ -10,6 +10,7 @@ with AMX.
 from __future__ import annotations
 
 import os
+import threading
 
 from winnow.pipeline.errors import WinnowError
 from winnow.synth.backend import Generation, GenerationParams, Request
@@ -31,11 +32,13 @@ class LlamaCppBackend:
         if not path.endswith(".gguf") or not os.path.isfile(path):
             raise WinnowError(f"backend llama_cpp needs a .gguf file, got {path!r}")
         self.model_id = model_identity(path)
+        self._lock = threading.Lock()
         self.llm = Llama(model_path=path, n_ctx=CONTEXT_TOKENS, n_threads=threads or 1, verbose=False)
         self.parameters = _parameters(self.llm, path)
 
     def generate(self, requests: list[Request], params: GenerationParams) -> list[Generation]:
-        return [self._one(r, params) for r in requests]
+        with self._lock:   # one Llama context: a worker with several threads takes turns
+            return [self._one(r, params) for r in requests]
 
     def _one(self, request: Request, params: GenerationParams) -> Generation:
         try:

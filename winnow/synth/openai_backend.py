@@ -67,7 +67,7 @@ class OpenAIBackend:
             except httpx.TimeoutException:
                 error = "timeout"
                 continue
-            except httpx.TransportError as e:
+            except httpx.HTTPError as e:   # connection, protocol, decoding, redirect errors: retried
                 error = f"connection_error: {type(e).__name__}"
                 continue
             if response.status_code != 200:
@@ -94,5 +94,11 @@ def _parse(content: bytes) -> Generation | None:
     if not isinstance(text, str):
         return None
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
-    return Generation(text=text, prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                      completion_tokens=int(usage.get("completion_tokens") or 0))
+
+    def count(key: str) -> int:
+        try:
+            return max(0, int(usage.get(key) or 0))
+        except (TypeError, ValueError):   # a server that reports nonsense: the count is unknown
+            return 0
+
+    return Generation(text=text, prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"))

@@ -11,8 +11,9 @@ For each chosen document: split it into chunks of at most `max_chunk_tokens` (ch
 model for each (chunk, style) (prompts.py), clean and check the answer (guard.py). Every source row
 passes through unchanged (`synthetic=false`). Each rewrite the guard keeps becomes a row with
 `synthetic=true`, `source_id`, `style`, `chunk_index`, `backend`, `model`, the sampling parameters,
-its token counts and `generation_flops`; the other columns are copied from its source row, and its
-id is `<source id>/rephrase/<style>/<chunk index>`. A rewrite the guard drops, or a generation that
+its token counts and `generation_flops`; its id is `<source id>/rephrase/<style>/<chunk index>`.
+Columns naming where the source came from (`source`, `url`, ...: INHERITED) are copied from it;
+every other column (scores, token ids, masks computed from the source's text) is null. A rewrite the guard drops, or a generation that
 failed, goes to `rejected/` the same way (`synthetic=true`, the reason, the source id): no source row
 is ever dropped by this stage, so a broken backend costs rewrites, never data.
 
@@ -90,6 +91,8 @@ class RephraseParams(BaseModel):
         return self
 
 
+INHERITED = ("source", "url", "domain", "dataset", "language", "lang", "source_file")  # copied from the source row
+
 SYNTHETIC_FIELDS: dict[str, pa.DataType] = {
     "synthetic": pa.bool_(), "source_id": pa.string(), "style": pa.string(), "chunk_index": pa.int32(),
     "backend": pa.string(), "model": pa.string(), "temperature": pa.float64(), "top_p": pa.float64(),
@@ -127,8 +130,8 @@ class RephraseStage(Stage):
         p = self.params
         jobs = self._plan(table)
         cache = GenerationCache(state["cache_dir"])
-        sampling = self.sampling()
-        keys = [cache_key(chunk, style, self._model_id(), sampling, prompts.TEMPLATE_VERSION, p.seed)
+        sampling, model_id = self.sampling(), self._model_id()
+        keys = [cache_key(chunk, style, model_id, sampling, prompts.TEMPLATE_VERSION, p.seed)
                 for _, _, chunk, style in jobs]
         results: list[tuple[Generation, str, int | None] | None] = [cache.get(key) for key in keys]
         misses = [i for i, r in enumerate(results) if r is None]
@@ -219,7 +222,7 @@ class RephraseStage(Stage):
         gens = [results[j] for j in which]
         n = len(which)
         fields = {
-            "synthetic": pa.array([True] * n), "source_id": pa.array(ids, pa.string()),
+            "synthetic": pa.array([True] * n, pa.bool_()), "source_id": pa.array(ids, pa.string()),
             "style": pa.array([jobs[j][3] for j in which], pa.string()),
             "chunk_index": pa.array([jobs[j][1] for j in which], pa.int32()),
             "backend": pa.array([g[1] for g in gens], pa.string()),
@@ -234,18 +237,29 @@ class RephraseStage(Stage):
                                           for g in gens], pa.float64()),
         }
         out = _with_fields(out, {"id": pa.array(new_ids, pa.string()), "text": pa.array(texts, pa.string())})
-        return _with_fields(out, fields)
+        # columns computed from the source's text (scores, token ids, loss masks, spans) do not describe
+        # the rewrite: null; only where it came from carries over
+        derived = {name: pa.nulls(n, out.schema.field(name).type) for name in out.column_names
+                   if name not in ("id", "text", *INHERITED, *SYNTHETIC_FIELDS)}
+        return _with_fields(_with_fields(out, derived), fields)
 
-    def shard_stats(self, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
-        """Generation cost of this shard's rewrites (kept and dropped): tokens, FLOPs, rewrites by style."""
+    def manifest_extra(self, state: Any) -> dict:
+        """What made the rewrites: backend, model, prompt template version, sampling and guard settings."""
+        return {"backend": resolve_kind(self.params.backend), "model": self._model_id(),
+                "template_version": prompts.TEMPLATE_VERSION, "sampling": self.sampling(),
+                "guard": self.params.guard.model_dump(), "cache_dir": state["cache_dir"]}
+
+    def shard_stats(self, data: pa.Table, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
+        """Generation cost of the rewrites this stage made on a shard (kept and dropped): tokens, FLOPs,
+        rewrites asked for. Rewrites an earlier rephrase made pass through and are not counted again."""
         stats: Counter = Counter()
-        for part in (kept, rejected):
+        for part, sign in ((kept, 1), (rejected, 1), (data, -1)):
             if part.num_rows == 0 or "synthetic" not in part.column_names:
                 continue
             synth = part.filter(pc.fill_null(part.column("synthetic"), False))
             for col in ("prompt_tokens", "completion_tokens", "generation_flops"):
-                stats[col] += float(pc.sum(synth.column(col)).as_py() or 0)
-            stats["rewrites_asked"] += synth.num_rows
+                stats[col] += sign * float(pc.sum(synth.column(col)).as_py() or 0)
+            stats["rewrites_asked"] += sign * synth.num_rows
         stats["flops"] = stats.pop("generation_flops", 0.0)
         return dict(stats)
 
@@ -256,7 +270,7 @@ def _source_rows(table: pa.Table) -> pa.Table:
     n = table.num_rows
     if "synthetic" in table.column_names:
         table = _with_fields(table, {"synthetic": pc.fill_null(table.column("synthetic"), False)})
-    missing = {name: pa.array([False] * n) if name == "synthetic" else pa.nulls(n, typ)
+    missing = {name: pa.array([False] * n, pa.bool_()) if name == "synthetic" else pa.nulls(n, typ)
                for name, typ in SYNTHETIC_FIELDS.items() if name not in table.column_names}
     return _with_fields(table, missing)
 

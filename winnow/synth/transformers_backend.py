@@ -2,12 +2,16 @@
 
 Requests are sorted by prompt length and generated in batches of `concurrency` with left padding,
 so a batch's padding stays small; on CUDA in bf16 with SDPA (../shared/GPU.md: this replaces vLLM
-on the lent GPU). Sampling uses one generator per batch seeded from its requests' seeds: with
-`temperature: 0` (greedy) a result depends only on its prompt; with sampling it also depends on
-which prompts share its batch, which is the same on every run over the same shard.
+on the lent GPU). Sampling seeds torch's global generator per batch from its requests' seeds: with `temperature: 0`
+(greedy) a result depends only on its prompt; with sampling it also depends on which prompts share
+its batch, and those are the cache misses of a shard, so a run that resumes after some rewrites
+were cached (or retries failures) may sample different text for the rest. Only greedy decoding
+is reproducible here; llama.cpp, vLLM and OpenAI-compatible servers take a seed per request.
 """
 
 from __future__ import annotations
+
+import threading
 
 from winnow.raters.scorer import resolve_device
 from winnow.synth.backend import Generation, GenerationParams, Request
@@ -30,6 +34,7 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.parameters = parameter_count(self.lm)
+        self._lock = threading.Lock()   # torch's global RNG is seeded per batch: one batch at a time
 
     def generate(self, requests: list[Request], params: GenerationParams) -> list[Generation]:
         prompts = [self.tokenizer.apply_chat_template(r.as_dicts(), tokenize=False, add_generation_prompt=True)
@@ -40,7 +45,8 @@ class TransformersBackend:
         for start in range(0, len(order), batch):
             idx = order[start:start + batch]
             try:
-                outs = self._batch([prompts[i] for i in idx], [requests[i].seed for i in idx], params)
+                with self._lock:
+                    outs = self._batch([prompts[i] for i in idx], [requests[i].seed for i in idx], params)
             except (RuntimeError, ValueError) as e:   # e.g. out of memory: every request of the batch fails
                 outs = [Generation(error=f"backend_error: {type(e).__name__}: {str(e)[:200]}") for _ in idx]
             for i, out in zip(idx, outs, strict=True):
