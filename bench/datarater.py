@@ -87,15 +87,6 @@ def curate(web: Path, out: Path, keeps: list[float], meta: dict) -> dict[str, st
     return arms
 
 
-def pm(stats: dict) -> str:
-    text = f"{stats['multiplier']:.2f}"
-    if stats["std"] is not None:
-        text += f" ± {stats['std']:.2f}"
-    if stats["interval"] is not None:
-        text += f" [{stats['interval'][0]:.2f}, {stats['interval'][1]:.2f}]"
-    return text
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
@@ -125,6 +116,7 @@ def main() -> None:
             **curate(web, out, [float(k) for k in args.keeps.split(",")], dict(meta))}
 
     from winnow.proxy.evaluate import EvalConfig, run_eval
+    from winnow.proxy.summary import describe
 
     cfg = EvalConfig(arms=arms, output=str(out / "eval"), pool_heldout_fraction=0.05, pool_tokens=args.heldout_tokens,
                      heldout={"reference": {"paths": REFERENCE_SETS, "tokens": args.heldout_tokens,
@@ -144,7 +136,7 @@ def main() -> None:
     for name, by_set in report["arms"].items():
         for eval_set, s in by_set.items():
             seeds = " ".join(f"{p['multiplier']:.2f}{'' if p['status'] == 'interpolated' else '*'}" for p in s["per_seed"])
-            print(f"{name:6} {eval_set:10} {pm(s):32} {s['net_multiplier']:6.2f} {s['net_multiplier_with_fit']:7.2f}  {seeds}")
+            print(f"{name:6} {eval_set:10} {describe(s):32} {s['net_multiplier']:6.2f} {s['net_multiplier_with_fit']:7.2f}  {seeds}")
     print("(* = a bound: the baseline's runs did not bracket that loss)")
 
     from winnow.raters.analysis import stage_scores

@@ -180,17 +180,9 @@ def guard_run(docs: list[dict], out: Path, styles: list[str], max_new: int) -> P
     return stage
 
 
-def pm(stats: dict) -> str:
-    text = f"{stats['multiplier']:.2f}"
-    if stats["std"] is not None:
-        text += f" ± {stats['std']:.2f}"
-    if stats["interval"] is not None:
-        text += f" [{stats['interval'][0]:.2f}, {stats['interval'][1]:.2f}]"
-    return text
-
-
 def multiplier(stage: Path, out: Path, seeds: int, budget: float, heldout_tokens: int) -> None:
     from winnow.proxy.evaluate import EvalConfig, run_eval
+    from winnow.proxy.summary import describe
 
     cfg = EvalConfig(arms={"real": str(stage.parent / "00-ingest"), "real_rephrased": str(stage)},
                      output=str(out / "eval"), pool_heldout_fraction=0.2, pool_tokens=heldout_tokens,
@@ -208,7 +200,7 @@ def multiplier(stage: Path, out: Path, seeds: int, budget: float, heldout_tokens
         for eval_set, s in by_set.items():
             seeds_txt = " ".join(f"{p['multiplier']:.2f}{'' if p['status'] == 'interpolated' else '*'}"
                                  for p in s["per_seed"])
-            print(f"{name:15} {eval_set:10} {pm(s):32} {s['net_multiplier']:6.2f}  {seeds_txt}")
+            print(f"{name:15} {eval_set:10} {describe(s):32} {s['net_multiplier']:6.2f}  {seeds_txt}")
             print(f"compute multiplier [{name}, {eval_set}]: {s['multiplier']:.2f} (net of generation "
                   f"{s['net_multiplier']:.2f})")
     print("(* = a bound: the baseline's runs did not bracket that loss)")

@@ -32,6 +32,16 @@ def interval(values: list[float], level: float = 0.95) -> dict:
     return {"mean": mean, "std": std, "interval": [mean - half, mean + half], "n": int(len(x))}
 
 
+def describe(stats: dict) -> str:
+    """An arm's multiplier on one set as text: `1.23 ± 0.10 [0.98, 1.48]` (std and interval when known)."""
+    text = f"{stats['multiplier']:.2f}"
+    if stats["std"] is not None:
+        text += f" ± {stats['std']:.2f}"
+    if stats["interval"] is not None:
+        text += f" [{stats['interval'][0]:.2f}, {stats['interval'][1]:.2f}]"
+    return text
+
+
 def note_for(statuses: set[str]) -> str:
     if {"not_reached", "below_range"} <= statuses:
         return "mixed bounds: some seeds beyond the baseline's largest run, some below its smallest"
