@@ -96,15 +96,14 @@ def arms(out: Path, base: Path, n_train: int | None, n_test: int, seq_len: int) 
         if not (out / name / "_run.json").exists():   # runs are kept: a rerun reuses them
             winnow_run({"input": {"paths": [src], "text_field": "answer"}, "output": str(out / name),
                         "stages": first + common}, out / f"{name}.yaml")
-    stage = 3 if (out / "qtuning" / "03-pack").exists() else 2
-    tables = {"full": packed(out / "full" / "02-pack"), "qtuning": packed(out / "qtuning" / f"0{stage}-pack")}
+    tables = {"full": packed(out / "full" / "02-pack"), "qtuning": packed(out / "qtuning" / "03-pack")}
     prune = json.loads((out / "qtuning" / "01-prune" / "_manifest.json").read_text())
     print(f"q-tuning: kept {prune['totals']['kept']} of {prune['totals']['rows_in']} samples; quadrants "
           f"{prune['quadrants']}; scoring {prune['scoring_flops']:.3g} FLOPs")
 
     # random: whole documents of the full set's tokenized rows, seeded order, up to the same targets
     tokenized = packed(out / "full" / "01-tokenize")
-    target = int(sum(sum(m) for m in packed(out / "qtuning" / f"0{stage - 1}-tokenize").column("loss_mask").to_pylist()))
+    target = int(sum(sum(m) for m in packed(out / "qtuning" / "02-tokenize").column("loss_mask").to_pylist()))
     order = np.random.default_rng(0).permutation(tokenized.num_rows)
     masks = tokenized.column("loss_mask").to_pylist()
     chosen, total = [], 0

@@ -146,7 +146,7 @@ class RephraseStage(Stage):
                 for i, gen in zip(group, backend.generate(requests, params), strict=True):
                     cache.put(keys[i], gen, backend.kind, backend.parameters)
                     results[i] = (gen, backend.kind, backend.parameters)
-        return self._rows(table, jobs, results)  # type: ignore[arg-type]
+        return self._rows(table, jobs, results, model_id)  # type: ignore[arg-type]
 
     # planning -------------------------------------------------------------------------------------
     def _plan(self, table: pa.Table) -> list[tuple[int, int, str, str]]:
@@ -188,7 +188,7 @@ class RephraseStage(Stage):
         return xxhash.xxh3_64_intdigest(f"{style}\x00{chunk}".encode(), seed=self.params.seed) & 0x7FFF_FFFF
 
     # output ---------------------------------------------------------------------------------------
-    def _rows(self, table: pa.Table, jobs: list, results: list[tuple[Generation, str, int | None]]
+    def _rows(self, table: pa.Table, jobs: list, results: list[tuple[Generation, str, int | None]], model_id: str
               ) -> tuple[pa.Table, pa.Table]:
         p = self.params
         kept_idx, kept_text, drop_idx, drop_text, reasons = [], [], [], [], []
@@ -207,13 +207,14 @@ class RephraseStage(Stage):
                 drop_text.append(gen.text)
                 reasons.append(verdict.reason)
         sources = _source_rows(table)
-        kept_synth = self._synthetic(table, jobs, results, kept_idx, kept_text)
+        kept_synth = self._synthetic(table, jobs, results, kept_idx, kept_text, model_id)
         kept = pa.concat_tables([sources, kept_synth.cast(sources.schema)]) if kept_synth.num_rows else sources
-        dropped = self._synthetic(table, jobs, results, drop_idx, drop_text)
+        dropped = self._synthetic(table, jobs, results, drop_idx, drop_text, model_id)
         rejected = self.reject(dropped, reasons)
         return kept, rejected
 
-    def _synthetic(self, table: pa.Table, jobs: list, results: list, which: list[int], texts: list[str]) -> pa.Table:
+    def _synthetic(self, table: pa.Table, jobs: list, results: list, which: list[int], texts: list[str],
+                   model_id: str) -> pa.Table:
         p = self.params
         rows = pa.array([jobs[j][0] for j in which], pa.int64())
         out = table.take(rows)
@@ -226,7 +227,7 @@ class RephraseStage(Stage):
             "style": pa.array([jobs[j][3] for j in which], pa.string()),
             "chunk_index": pa.array([jobs[j][1] for j in which], pa.int32()),
             "backend": pa.array([g[1] for g in gens], pa.string()),
-            "model": pa.array([self._model_id()] * n, pa.string()),
+            "model": pa.array([model_id] * n, pa.string()),
             "temperature": pa.array([p.temperature] * n, pa.float64()),
             "top_p": pa.array([p.top_p] * n, pa.float64()),
             "max_new_tokens": pa.array([p.max_new_tokens] * n, pa.int32()),
