@@ -215,3 +215,26 @@ def test_default_perplexity_reference_tells_word_salad_from_prose():
     salad = [" ".join(rng.permutation(p.split())) for p in prose]
     scores = PerplexityScorer(default_reference(), "cpu", max_tokens=128).score(prose + salad)
     assert roc_auc(-scores, np.array([True] * len(prose) + [False] * len(salad))) >= 0.95
+
+
+def test_fasttext_retry_in_fresh_interpreter_trains_the_same_model(tmp_path):
+    """The NaN retry path trains in a new interpreter: same file and seed, same model; a NaN there
+    still reaches the caller as fastText's own error."""
+    import numpy as np
+
+    from winnow.pipeline.documents import read_documents
+    from winnow.raters.fasttext_rater import CC, DCLM_PARAMS, HQ, FastTextScorer, _train_file, train_fasttext
+
+    _, pos = read_documents([REFERENCE], 60)
+    _, web = read_documents(web_files(1), 60)
+    train = tmp_path / "train.txt"
+    train.write_text("".join(f"{HQ} {' '.join(t.split()[:100])}\n{CC} {' '.join(w.split()[:100])}\n"
+                             for t, w in zip(pos, web, strict=False)))
+    settings = {**DCLM_PARAMS, "bucket": 20_000}
+    _train_file(str(train), str(tmp_path / "here.bin"), 3, settings, fresh_process=False)
+    _train_file(str(train), str(tmp_path / "fresh.bin"), 3, settings, fresh_process=True)
+    here = FastTextScorer(str(tmp_path / "here.bin")).score(web[:20])
+    fresh = FastTextScorer(str(tmp_path / "fresh.bin")).score(web[:20])
+    assert np.allclose(here, fresh)
+    with pytest.raises(RuntimeError, match="NaN"):  # diverges at any of the retried learning rates
+        train_fasttext(pos[:20], web[:20], str(tmp_path / "nan.bin"), bucket=10_000, lr=1e9)

@@ -11,13 +11,18 @@ fastText predicts on one line only, so texts are flattened before predicting too
 
 from __future__ import annotations
 
+import json
+import logging
 import os
+import subprocess
+import sys
 import tempfile
 
 import numpy as np
 
 from winnow.raters.scorer import Scorer, cached, file_key
 
+log = logging.getLogger(__name__)
 HQ, CC = "__label__hq", "__label__cc"
 DCLM_PARAMS = {"wordNgrams": 2, "lr": 0.1, "dim": 100, "ws": 5, "epoch": 5, "minCount": 1}
 
@@ -44,36 +49,60 @@ def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: 
     Training examples are passages of at most `passage_words` words. fastText makes one SGD update
     per line: DCLM's ~200k short positives give plenty, but a few thousand long documents (books,
     articles) as whole lines underfit at 5 epochs (bench/LOG.md: held-out AUC 0.951 whole, 0.999 in
-    passages of 50-200 words; the same tokens are read either way). 0 trains on whole documents."""
-    import fasttext
+    passages of 50-200 words; the same tokens are read either way). 0 trains on whole documents.
 
-    rng = np.random.default_rng(seed)
+    fastText sometimes aborts with "Encountered NaN" (CI saw it twice, three times in a row with
+    the lr halved each time, on data that trains cleanly here, inside a test process that had loaded
+    torch and transformers before). So a NaN is retried in a fresh interpreter, with another line
+    order and seed and half the learning rate, up to `NAN_RETRIES` times; the model saved is the first
+    that trains, and the settings it used are logged."""
     lines = [f"{HQ} {t}" for t in passages(positives, passage_words)] + \
         [f"{CC} {t}" for t in passages(negatives, passage_words)]
-    order = rng.permutation(len(lines))  # fastText reads in order: mix the classes
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=os.path.dirname(os.path.abspath(path)),
-                                     delete=False, encoding="utf-8") as f:
-        f.write("\n".join(lines[i] for i in order) + "\n")
-        train_file = f.name
     settings = {**DCLM_PARAMS, **params}
-    try:
-        for attempt in range(3):
-            try:
-                model = fasttext.train_supervised(input=train_file, seed=seed, thread=1, verbose=0, **settings)
-                break
-            except RuntimeError as e:
-                # fastText aborts with "Encountered NaN" now and then on the same data and seed (seen once in
-                # CI, never in 7 local reruns): train again with half the learning rate rather than fail the run
-                if "NaN" not in str(e) or attempt == 2:
-                    raise
-                settings["lr"] = settings.get("lr", 0.1) / 2
-    finally:
-        os.unlink(train_file)
-    tmp = f"{path}.tmp"
-    model.save_model(tmp)
-    os.replace(tmp, path)
+    for attempt in range(NAN_RETRIES + 1):
+        order = np.random.default_rng(seed + attempt).permutation(len(lines))  # fastText reads in order
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=os.path.dirname(os.path.abspath(path)),
+                                         delete=False, encoding="utf-8") as f:
+            f.write("\n".join(lines[i] for i in order) + "\n")
+            train_file = f.name
+        try:
+            _train_file(train_file, path, seed + attempt, settings, fresh_process=attempt > 0)
+            if attempt:
+                log.warning("fastText trained after %d NaN abort(s): seed %d, lr %g", attempt, seed + attempt,
+                            settings["lr"])
+            return path
+        except RuntimeError as e:
+            if "NaN" not in str(e) or attempt == NAN_RETRIES:
+                raise
+            settings["lr"] = settings.get("lr", 0.1) / 2
+        finally:
+            os.unlink(train_file)
     return path
+
+
+NAN_RETRIES = 3
+
+
+def _train_file(train_file: str, path: str, seed: int, settings: dict, fresh_process: bool) -> None:
+    """fastText on one prepared file, saved atomically at `path`; in a new interpreter when asked."""
+    tmp = f"{path}.tmp"
+    if not fresh_process:
+        import fasttext
+
+        model = fasttext.train_supervised(input=train_file, seed=seed, thread=1, verbose=0, **settings)
+        model.save_model(tmp)
+    else:
+        code = ("import json, sys, fasttext\n"
+                "a = json.loads(sys.argv[1])\n"
+                "fasttext.train_supervised(input=a['input'], seed=a['seed'], thread=1, verbose=0,"
+                " **a['settings']).save_model(a['out'])\n")
+        args = json.dumps({"input": train_file, "seed": seed, "settings": settings, "out": tmp})
+        done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
+                               f"fastText training exited with {done.returncode}")
+    os.replace(tmp, path)
 
 
 class FastTextScorer(Scorer):
