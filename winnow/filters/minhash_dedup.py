@@ -1,27 +1,33 @@
 """Fuzzy deduplication with MinHash-LSH, out of core on Dask.
 
 Steps (the same four as datatrove's MinHash pipeline, as one stage):
-1. signatures (map, per shard): word n-gram shingles of lower-cased `\\w+` words; each word is hashed
-   once, a shingle's hash is a polynomial over its n word hashes (numpy, no per-shingle Python),
-   and its `b*r` MinHash values are min over shingles of a seeded 64-bit mix (`mix64`).
+1. signatures (map, per shard): word n-gram shingles of the text after `normalize` (textnorm.py,
+   datatrove's defaults: lower case, accents removed, numbers to 0, punctuation to spaces; so two
+   copies of a page that differ in dates or prices, or in NFC vs NFD, have the same shingles); each
+   word is hashed once, a shingle's hash is a polynomial over its n word hashes (numpy, no
+   per-shingle Python), and its `b*r` MinHash values are min over shingles of a seeded 64-bit mix.
    A document shorter than n words is one shingle (all its words), so short documents only meet
    their exact copies; a document without words is keyed by its whole text.
 2. buckets (shuffle): each band's `r` values become one 64-bit key, written to files partitioned by
    `key % P`, so no process holds every signature.
 3. cluster (reduce, then connected components on the driver): every band bucket with two or more
    documents links them; the edges (only duplicates) are merged into components (scipy).
-4. filter (apply): per component one survivor by `keep` (first in input order, longest, or the
-   highest value of a column); the others are rejected with `dup_of` and `dup_cluster_size`.
+4. filter (apply): per component one survivor by `keep` (filters/keep.py: first in input order,
+   longest, or by a column); the others are rejected with `dup_of` and `dup_cluster_size`, and
+   kept rows carry `dup_count`.
 
-Optional `verify`: each candidate edge is kept only if the exact shingle Jaccard of its two
-documents reaches `threshold`, removing LSH false positives. Defaults are FineWeb's: 5-grams,
-14 bands x 8 rows (P(candidate) = 1 - (1 - s^8)^14: 0.56 at s=0.7, 0.92 at 0.8).
+Optional `verify`: a candidate pair is linked only if the exact shingle Jaccard of its two documents
+reaches `threshold`, removing LSH false positives. Without verify a bucket is a star from its first
+member (the same components); with it every pair of a bucket is compared, because a star whose
+centre is a false positive would cut its true pairs apart. Buckets above `verify_max_bucket`
+members are compared by leader rounds instead (each round, the first unlinked member against the
+rest): linear in the bucket per true group. Defaults are FineWeb's: 5-grams, 14 bands x 8 rows
+(P(candidate) = 1 - (1 - s^8)^14: 0.56 at s=0.7, 0.92 at 0.8).
 """
 
 from __future__ import annotations
 
 import math
-import re
 import shutil
 from pathlib import Path
 
@@ -29,12 +35,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores, with_dup_count
+from winnow.filters.textnorm import TextNorm, normalized_words
 from winnow.pipeline.dupfind import Duplicates
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
-WORD = re.compile(r"\w+")
 MAX_SHINGLES_PER_BATCH = 20_000  # bounds the (shingles x hashes) matrix: 20k x 112 x 8 B = 18 MB
 
 
@@ -47,8 +54,13 @@ class MinhashParams(BaseModel):
                                     "`num_hashes` (used when bands/rows are null) and the `verify` cut")
     num_hashes: int = Field(112, ge=1, description="b*r when derived from `threshold`")
     verify: bool = Field(False, description="drop candidate pairs whose exact shingle Jaccard < threshold")
-    keep: str = Field("first", description="survivor of a cluster: first | longest | column:<name> (highest)")
+    verify_max_bucket: int = Field(200, ge=2, description="with verify: buckets up to this size compare "
+                                   "every pair; larger ones use leader rounds")
+    normalize: TextNorm = Field(default_factory=TextNorm, description="text normalisation before shingling")
+    keep: str = Field("first", description=KEEP_HELP)
     seed: int = 1
+
+    _keep = field_validator("keep")(check_keep)
     partitions: int | None = Field(None, gt=0, description="shuffle partitions (default: from shard count)")
 
     @model_validator(mode="after")
@@ -59,8 +71,6 @@ class MinhashParams(BaseModel):
             self.bands, self.rows = bands_rows_for(self.threshold, self.num_hashes)
         if self.verify and self.threshold is None:
             self.threshold = (1 / self.bands) ** (1 / self.rows)  # the S-curve's midpoint
-        if not (self.keep in ("first", "longest") or self.keep.startswith("column:")):
-            raise ValueError("keep must be first, longest or column:<name>")
         return self
 
 
@@ -86,9 +96,9 @@ def _word_hashes(words: list[str]) -> np.ndarray:
     return np.fromiter((xxhash.xxh3_64_intdigest(w.encode()) for w in words), np.uint64, len(words))
 
 
-def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+def shingle_hashes(texts: list[str], ngram: int, norm: TextNorm) -> tuple[np.ndarray, np.ndarray]:
     """64-bit shingle hashes of every document, concatenated, and each document's start offset."""
-    words_per_doc = [WORD.findall(t.lower()) for t in texts]
+    words_per_doc = normalized_words(texts, norm)
     flat = [w for ws in words_per_doc for w in ws]
     counts = np.fromiter((len(ws) for ws in words_per_doc), np.int64, len(words_per_doc))
     wh = _word_hashes(flat) if flat else np.zeros(0, np.uint64)
@@ -129,7 +139,8 @@ def mix64(x: np.ndarray) -> np.ndarray:
     return x
 
 
-def minhash_signatures(texts: list[str], ngram: int, num_hashes: int, seed: int) -> np.ndarray:
+def minhash_signatures(texts: list[str], ngram: int, num_hashes: int, seed: int,
+                       norm: TextNorm | None = None) -> np.ndarray:
     """(n_docs, num_hashes) uint64 MinHash signatures."""
     gen = np.random.RandomState(seed)
     seeds = gen.randint(0, 2**63, size=num_hashes, dtype=np.uint64)
@@ -141,7 +152,7 @@ def minhash_signatures(texts: list[str], ngram: int, num_hashes: int, seed: int)
         while end < len(texts) and (total < MAX_SHINGLES_PER_BATCH or end == start):
             total += approx_shingles[end]
             end += 1
-        hashes, starts = shingle_hashes(texts[start:end], ngram)
+        hashes, starts = shingle_hashes(texts[start:end], ngram, norm or TextNorm())
         phv = mix64(hashes[:, None] ^ seeds[None, :])  # (shingles, num_hashes)
         out[start:end] = np.minimum.reduceat(phv, starts[:-1], axis=0)
         start = end
@@ -158,12 +169,13 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _bucket_map(args: tuple) -> tuple[int, np.ndarray]:
+def _bucket_map(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
     ref, shard_idx, params, workdir, n_parts = args
-    cols = ["text"] + ([params.keep.split(":", 1)[1]] if params.keep.startswith("column:") else [])
-    table = pq.read_table(ref.path, columns=cols)
+    names = pq.read_schema(ref.path).names
+    wanted = {"text", *keep_columns(params.keep)} | ({"dup_count"} & set(names))
+    table = pq.read_table(ref.path, columns=[c for c in names if c in wanted])
     texts = table.column("text").to_pylist()
-    sig = minhash_signatures(texts, params.ngram, params.bands * params.rows, params.seed)
+    sig = minhash_signatures(texts, params.ngram, params.bands * params.rows, params.seed, params.normalize)
     keys = band_keys(sig, params.bands, params.rows).ravel()           # (n_docs * bands,)
     rows = np.repeat(np.arange(len(texts), dtype=np.int64), params.bands)
     part = (keys % np.uint64(n_parts)).astype(np.int64)
@@ -177,23 +189,20 @@ def _bucket_map(args: tuple) -> tuple[int, np.ndarray]:
             sl = slice(bounds[p], bounds[p + 1])
             pq.write_table(pa.table({"key": keys[sl], "shard": np.full(sl.stop - sl.start, shard_idx, np.int64),
                                      "row": rows[sl]}), out)
-    if params.keep == "longest":
-        score = np.fromiter((len(t) for t in texts), np.float64, len(texts))
-    elif params.keep.startswith("column:"):
-        score = np.asarray(table.column(1).to_numpy(zero_copy_only=False), np.float64)
-    else:
-        score = np.zeros(len(texts))
-    return len(texts), score
+    return len(texts), keep_scores(table, params.keep), dup_weights(table)
 
 
-def _bucket_reduce(args: tuple[str, np.ndarray]) -> np.ndarray:
-    """Unique candidate edges of one key partition, each linking a bucket member to the bucket's
-    first document, as one uint64 per edge: `first << 32 | member` (global document numbers).
-    Eight bytes an edge instead of four int64s: the driver holds every edge of the corpus."""
-    folder, offsets = args
+def _bucket_reduce(args: tuple[str, np.ndarray, int]) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Unique candidate edges of one key partition as one uint64 per edge, `a << 32 | b` (global
+    document numbers; eight bytes an edge: the driver holds every edge of the corpus), and the
+    buckets too large to pair out (their members), which only verify asks for.
+
+    `complete_up_to` 0: star edges from each bucket's first document (enough for components);
+    otherwise every pair inside buckets of up to that many members."""
+    folder, offsets, complete_up_to = args
     files = sorted(Path(folder).glob("*.parquet"))
     if not files:
-        return np.zeros(0, np.uint64)
+        return np.zeros(0, np.uint64), []
     t = pa.concat_tables(pq.read_table(f) for f in files)
     key = np.asarray(t.column("key"))
     doc = offsets[np.asarray(t.column("shard"))] + np.asarray(t.column("row"))
@@ -201,13 +210,27 @@ def _bucket_reduce(args: tuple[str, np.ndarray]) -> np.ndarray:
     key, doc = key[order], doc[order].astype(np.uint64)
     first = np.ones(len(key), bool)
     first[1:] = key[1:] != key[:-1]
-    head = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
-    dup = ~first
-    return np.unique((doc[head[dup]] << np.uint64(32)) | doc[dup])
+    if not complete_up_to:
+        head = np.maximum.accumulate(np.where(first, np.arange(len(key)), 0))
+        dup = ~first
+        return np.unique((doc[head[dup]] << np.uint64(32)) | doc[dup]), []
+    starts = np.flatnonzero(first)
+    sizes = np.diff(np.append(starts, len(key)))
+    codes, big = [], []
+    for size in np.unique(sizes[sizes >= 2]).tolist():
+        at = starts[sizes == size]
+        if size > complete_up_to:
+            big.extend(doc[a:a + size].astype(np.int64) for a in at.tolist())
+            continue
+        members = doc[at[:, None] + np.arange(size)]      # (buckets, size), ascending per row
+        i, j = np.triu_indices(size, 1)
+        codes.append(((members[:, i] << np.uint64(32)) | members[:, j]).ravel())
+    return (np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)), big
 
 
 class MinhashDedupStage(Stage):
     name = "minhash_dedup"
+    version = 2  # 2: text normalisation before shingling, all-pairs verify, `dup_count`
     Params = MinhashParams
     reject_columns = {"dup_of": pa.string(), "dup_cluster_size": pa.int64()}
 
@@ -217,41 +240,65 @@ class MinhashDedupStage(Stage):
         shutil.rmtree(workdir, ignore_errors=True)
         n_parts = p.partitions or max(1, min(256, 4 * len(shards)))
         mapped = ctx.map(_bucket_map, [(ref, i, p, str(workdir), n_parts) for i, ref in enumerate(shards)])
-        offsets = np.concatenate([[0], np.cumsum([n for n, _ in mapped])]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum([m[0] for m in mapped])]).astype(np.int64)
         if offsets[-1] >= 2**32:
             raise ValueError(f"minhash_dedup packs document numbers in 32 bits; {offsets[-1]:,} documents "
                              "is more: split the input")
-        codes = ctx.map(_bucket_reduce, [(str(workdir / f"p{q:04d}"), offsets) for q in range(n_parts)])
+        complete = p.verify_max_bucket if p.verify else 0
+        reduced = ctx.map(_bucket_reduce, [(str(workdir / f"p{q:04d}"), offsets, complete) for q in range(n_parts)])
         shutil.rmtree(workdir, ignore_errors=True)
-        codes = np.unique(np.concatenate(codes)) if codes else np.zeros(0, np.uint64)  # one edge per pair
+        codes = np.unique(np.concatenate([c for c, _ in reduced])) if reduced else np.zeros(0, np.uint64)
+        big = [b for _, bs in reduced for b in bs]
+        del reduced
         pairs = np.stack([(codes >> np.uint64(32)).astype(np.int64),
                           (codes & np.uint64(0xFFFFFFFF)).astype(np.int64)])
         del codes
-        if p.verify and pairs.shape[1]:
-            pairs = self._verify(pairs, offsets, shards)
-        return self._survivors(pairs, offsets, [s for _, s in mapped], shards)
+        if p.verify and (pairs.shape[1] or big):
+            pairs = self._verify(pairs, big, offsets, shards)
+        return self._survivors(pairs, offsets, [m[1] for m in mapped], [m[2] for m in mapped], shards)
 
-    def _verify(self, pairs: np.ndarray, offsets: np.ndarray, shards: list[ShardRef]) -> np.ndarray:
-        """Keep the pairs whose exact shingle Jaccard reaches the threshold (reads only their documents)."""
-        docs = np.unique(pairs.ravel())
+    def manifest_extra(self, state: dict[str, Duplicates]) -> dict:
+        p: MinhashParams = self.params
+        return {"normalize": p.normalize.model_dump(), "bands": p.bands, "rows": p.rows, "ngram": p.ngram,
+                "verify_threshold": p.threshold if p.verify else None}
+
+    def _verify(self, pairs: np.ndarray, big: list[np.ndarray], offsets: np.ndarray,
+                shards: list[ShardRef]) -> np.ndarray:
+        """The pairs whose exact shingle Jaccard reaches the threshold, plus the links leader rounds find
+        inside the oversized buckets `big` (reads only the documents involved)."""
+        docs = np.unique(np.concatenate([pairs.ravel(), *big]))
         shard_of = np.searchsorted(offsets, docs, side="right") - 1
         shingles: dict[int, set[int]] = {}
         for s in np.unique(shard_of).tolist():
             mine = docs[shard_of == s]
             texts = pq.read_table(shards[s].path, columns=["text"]).column("text").take(pa.array(mine - offsets[s]))
-            hashes, starts = shingle_hashes(texts.to_pylist(), self.params.ngram)
+            hashes, starts = shingle_hashes(texts.to_pylist(), self.params.ngram, self.params.normalize)
             for k, d in enumerate(mine.tolist()):
                 shingles[d] = set(hashes[starts[k]:starts[k + 1]].tolist())
-        keep = []
-        for a, b in pairs.T.tolist():
+
+        def similar(a: int, b: int) -> bool:
             sa, sb = shingles[a], shingles[b]
-            keep.append(len(sa & sb) / max(len(sa | sb), 1) >= self.params.threshold)
-        return pairs[:, np.asarray(keep, bool)]
+            return len(sa & sb) / max(len(sa | sb), 1) >= self.params.threshold
+
+        keep = [similar(a, b) for a, b in pairs.T.tolist()]
+        linked = [pairs[:, np.asarray(keep, bool)]]
+        for members in big:
+            rest = members.tolist()
+            while len(rest) > 1:  # the first unlinked member against the others, until none is left
+                head, unlinked = rest[0], []
+                for m in rest[1:]:
+                    if similar(head, m):
+                        linked.append(np.array([[head], [m]], np.int64))
+                    else:
+                        unlinked.append(m)
+                rest = unlinked
+        return np.concatenate(linked, axis=1)
 
     def _survivors(self, pairs: np.ndarray, offsets: np.ndarray, scores: list[np.ndarray],
-                   shards: list[ShardRef]) -> dict[str, Duplicates]:
+                   weights: list[np.ndarray], shards: list[ShardRef]) -> dict[str, Duplicates]:
         """Connected components of the candidate pairs (2, n_edges) of global document numbers, one
-        survivor each. scipy's connected_components on arrays: memory follows the duplicates only."""
+        survivor each by `keep`; a survivor's `dup_count` sums its component's weights (documents
+        each member already stood for). scipy's connected_components: memory follows the duplicates."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -264,17 +311,16 @@ class MinhashDedupStage(Stage):
         _, label = connected_components(graph, directed=False)
         shard_of = np.searchsorted(offsets, nodes, side="right") - 1
         row_of = nodes - offsets[shard_of]
-        if self.params.keep == "first":
-            score = np.zeros(len(nodes))
-        else:
-            score = np.fromiter((scores[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)),
-                                np.float64, len(nodes))
+        score = np.fromiter((scores[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)),
+                            np.float64, len(nodes))
+        weight = np.fromiter((weights[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)),
+                             np.int64, len(nodes))
         order = np.lexsort((nodes, -score, label))  # per component: best score, then earliest document
         first = np.ones(len(order), bool)
         first[1:] = label[order][1:] != label[order][:-1]
         survivor_of_label = np.empty(label.max() + 1, np.int64)
         survivor_of_label[label[order[first]]] = order[first]
-        size = np.bincount(label)
+        size = np.bincount(label, weights=weight).astype(np.int64)
         loser = np.ones(len(nodes), bool)
         loser[order[first]] = False
         survivor = survivor_of_label[label]  # index into nodes
@@ -284,17 +330,19 @@ class MinhashDedupStage(Stage):
             ids = pq.read_table(shards[s].path, columns=["id"]).column("id").take(pa.array(row_of[idx]))
             survivor_id[idx] = ids.to_pylist()
         out = {}
-        for s in np.unique(shard_of[loser]).tolist():
+        for s in np.unique(shard_of).tolist():
             idx = np.flatnonzero(loser & (shard_of == s))  # nodes are sorted, so rows ascend
+            won = np.flatnonzero(~loser & (shard_of == s))
             out[shards[s].name] = Duplicates(row_of[idx].astype(np.int64), survivor_id[survivor[idx]].tolist(),
-                                             size[label[idx]].astype(np.int64))
+                                             size[label[idx]], row_of[won].astype(np.int64), size[label[won]])
         return out
 
     def shard_state(self, state: dict[str, Duplicates], ref: ShardRef) -> Duplicates | None:
         return state.get(ref.name)
 
     def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
-        if state is None:
+        if state is None:  # no duplicates here; every shard still carries `dup_count`
+            table = with_dup_count(table, [], [])
             return table, self.reject(table.slice(0, 0), [])
         return state.split(self, table, "near_duplicate")
 

@@ -2,27 +2,30 @@
 
 Map: each shard's keys (128-bit hashes as two uint64 columns) are split by `hi % P` into P small
 Parquet files under a work folder. Reduce: each of P tasks reads one partition, sorts it and
-returns only the duplicate rows with their survivor. No process ever holds every key; memory
-grows with the duplicates found, not the corpus. The survivor of each group is deterministic:
-the first occurrence in (shard order, row) order, whatever the worker count.
+returns only the rows of groups with duplicates: the losers with their survivor, and the survivors
+with the group's `dup_count`. No process ever holds every key; memory grows with the duplicates
+found, not the corpus. The survivor of each group is deterministic whatever the worker count: the
+highest optional `score` (the stage's `keep` rule), then the first in (shard order, row) order.
 """
 
 from __future__ import annotations
 
 import shutil
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import xxhash
 
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
 KEY_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.int64()), ("label", pa.string())])
+# optional key columns: `score` (float64, higher survives) and `weight` (int64, documents a row stands for)
 
 
 def hash128(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -36,19 +39,30 @@ def hash128(values: list[str]) -> tuple[np.ndarray, np.ndarray]:
     return hi, lo
 
 
+def _empty() -> np.ndarray:
+    return np.zeros(0, np.int64)
+
+
 @dataclass
 class Duplicates:
-    """Rows of one shard that duplicate an earlier row (ascending), the survivor's label, group size."""
+    """One shard's part of the duplicate groups: the rows that lose (ascending) with their survivor's
+    label and group size, and the rows that survive a group with the documents they now stand for."""
 
     rows: np.ndarray
     dup_of: list[str]
     cluster_size: np.ndarray
+    survivor_rows: np.ndarray = field(default_factory=_empty)
+    survivor_counts: np.ndarray = field(default_factory=_empty)
 
     def lookup(self) -> dict[int, tuple[str, int]]:
         return {int(r): (d, int(c)) for r, d, c in zip(self.rows, self.dup_of, self.cluster_size, strict=True)}
 
     def split(self, stage: Stage, table: pa.Table, reason: str) -> tuple[pa.Table, pa.Table]:
-        """(kept, rejected) of `table`: these rows (ascending) rejected with `dup_of` and `dup_cluster_size`."""
+        """(kept, rejected) of `table`: these rows (ascending) rejected with `dup_of` and `dup_cluster_size`;
+        kept rows carry `dup_count`."""
+        from winnow.filters.keep import with_dup_count
+
+        table = with_dup_count(table, self.survivor_rows, self.survivor_counts)
         mask = np.ones(table.num_rows, bool)
         mask[self.rows] = False
         rejected = stage.reject(table.take(pa.array(self.rows)), [reason] * len(self.rows),
@@ -73,6 +87,8 @@ def _map(args: tuple) -> Any:
 
 
 def _reduce(folder: str) -> pa.Table:
+    """Rows of duplicate groups in one partition: losers (`dup_of` set) and survivors (`dup_of` null),
+    each with the group's size in documents (`size`: the sum of its rows' weights)."""
     files = sorted(Path(folder).glob("*.parquet"))
     empty = pa.table({"shard": pa.array([], pa.int64()), "row": pa.array([], pa.int64()),
                       "dup_of": pa.array([], pa.string()), "size": pa.array([], pa.int64())})
@@ -81,19 +97,24 @@ def _reduce(folder: str) -> pa.Table:
     t = pa.concat_tables(pq.read_table(f) for f in files)
     hi, lo = np.asarray(t.column("hi")), np.asarray(t.column("lo"))
     shard, row = np.asarray(t.column("shard")), np.asarray(t.column("row"))
-    order = np.lexsort((row, shard, lo, hi))
-    hi, lo, shard, row = hi[order], lo[order], shard[order], row[order]
+    score = np.asarray(t.column("score")) if "score" in t.column_names else np.zeros(len(hi))
+    weight = np.asarray(t.column("weight")) if "weight" in t.column_names else np.ones(len(hi), np.int64)
+    order = np.lexsort((row, shard, -score, lo, hi))
+    hi, lo, shard, row, weight = hi[order], lo[order], shard[order], row[order], weight[order]
     new_group = np.ones(len(hi), bool)
     new_group[1:] = (hi[1:] != hi[:-1]) | (lo[1:] != lo[:-1])
     group_id = np.cumsum(new_group) - 1
-    sizes = np.bincount(group_id)
-    first = np.flatnonzero(new_group)
-    losers = np.flatnonzero(~new_group)
-    if len(losers) == 0:
+    rows_per_group = np.bincount(group_id)
+    documents = np.bincount(group_id, weights=weight).astype(np.int64)
+    in_dup = rows_per_group[group_id] > 1
+    if not in_dup.any():
         return empty
-    labels = t.column("label").take(pa.array(order[first[group_id[losers]]]))
-    return pa.table({"shard": shard[losers], "row": row[losers], "dup_of": labels,
-                     "size": sizes[group_id[losers]].astype(np.int64)})
+    first = np.flatnonzero(new_group)
+    labels = t.column("label").take(pa.array(order[first[group_id]]))
+    dup_of = pc.if_else(pa.array(new_group), pa.nulls(len(hi), pa.string()), labels)
+    keep = pa.array(in_dup)
+    return pa.table({"shard": shard[in_dup], "row": row[in_dup], "dup_of": dup_of.filter(keep),
+                     "size": documents[group_id[in_dup]]})
 
 
 def find_duplicates(ctx: Context, shards: list[ShardRef],
@@ -101,8 +122,9 @@ def find_duplicates(ctx: Context, shards: list[ShardRef],
                     n_partitions: int | None = None) -> tuple[dict[str, Duplicates], list[Any]]:
     """Duplicates of `keys_fn`'s keys across all shards, plus each shard's extra map output.
 
-    `keys_fn(ref)` runs on a worker and returns (table with KEY_SCHEMA, extra); `row` identifies
-    the record inside its shard and `label` is what `dup_of` reports for a survivor.
+    `keys_fn(ref)` runs on a worker and returns (table with KEY_SCHEMA, and optionally `score` and
+    `weight` columns; extra); `row` identifies the record inside its shard and `label` is what
+    `dup_of` reports for a survivor.
     """
     workdir = Path(ctx.workdir) / "keys"
     shutil.rmtree(workdir, ignore_errors=True)
@@ -121,6 +143,9 @@ def find_duplicates(ctx: Context, shards: list[ShardRef],
             a, b = bounds[i], bounds[i + 1]
             if b > a:
                 part = table.slice(a, b - a)
-                result[ref.name] = Duplicates(np.asarray(part.column("row")), part.column("dup_of").to_pylist(),
-                                              np.asarray(part.column("size")))
+                loser = pc.is_valid(part.column("dup_of"))
+                losers, survivors = part.filter(loser), part.filter(pc.invert(loser))
+                result[ref.name] = Duplicates(np.asarray(losers.column("row")), losers.column("dup_of").to_pylist(),
+                                              np.asarray(losers.column("size")), np.asarray(survivors.column("row")),
+                                              np.asarray(survivors.column("size")))
     return result, extras
