@@ -12,11 +12,19 @@ end in one duplicate cluster. Then semantic_dedup: the share of GSM8K standard/s
 collapses, the share of the unrelated problems (each pair's standard text alone) it removes, and
 the ROC AUC of MiniLM cosine on MSRP paraphrase labels.
 
-    python bench/dedup_quality.py
+line_dedup on the whole web sample (../shared/data/web): lines and characters removed, documents
+rejected, per source family, and the most repeated lines. The trafilatura pages carry hand-picked
+`boilerplate_snippets` (must go) and `main_content_snippets` (must stay): the share of each that
+line_dedup removes (a snippet counts as removed when it is no longer a substring of the kept text,
+or its page was rejected) is its recall on boilerplate and its damage to content.
+
+    python bench/dedup_quality.py                      # everything
+    python bench/dedup_quality.py --line-dedup-only    # the line_dedup section alone (~1 min)
 """
 
 from __future__ import annotations
 
+import argparse
 import itertools
 import json
 import os
@@ -33,6 +41,7 @@ from winnow.pipeline.measure import link_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 NEARDUP = REPO.parent / "shared" / "data" / "neardup"
+WEB = REPO.parent / "shared" / "data" / "web"
 
 
 def winnow_clusters(files: list[str], out: Path) -> list[set[str]]:
@@ -149,6 +158,7 @@ def main() -> None:
         non = per_cat.get("non", [])
         print(f"{tool:12s}{p:12.3f}{r:7.3f}{f:7.3f}   {cats}   non false pairing {sum(non) / max(len(non), 1):.3f}")
     semantic_report()
+    line_dedup_report()
     w = results["winnow"]
     print(f"winnow gutenberg recall: {w[1]:.3f} (target >= 0.95); non answers paired: {sum(w[3]['non'])}")
 
@@ -200,5 +210,95 @@ def semantic_report(eps: float = 0.15) -> None:
     print(f"MSRP: ROC AUC of embedding cosine for paraphrase vs not: {auc:.3f} ({len(msrp):,} pairs)")
 
 
+def source_family(source: str) -> str:
+    if source.startswith("julenminer/"):
+        return "usenet"
+    if source.split("/")[0] in {"adbar", "scrapinghub", "postlight", "mozilla"}:
+        return "html pages"
+    return "CC / C4"
+
+
+def line_dedup_report() -> None:
+    """line_dedup (line, keep_first; line, none kept; paragraph) on the web sample."""
+    import re
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.config import resolve
+    from winnow.pipeline.run import run_pipeline
+
+    def squash(text: str) -> str:
+        return re.sub(r"\s+", " ", text).strip()
+
+    files = sorted(str(p) for p in WEB.rglob("*.jsonl"))
+    configs = {"line (default)": {}, "line, keep_first false": {"keep_first": False},
+               "paragraph": {"unit": "paragraph"}}
+    rows, top, families = [], [], {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for label, params in configs.items():
+            out = Path(tmp) / str(len(rows))
+            cfg = resolve({"input": {"paths": files}, "output": str(out), "outputs": {"dataset": False},
+                           "engine": {"n_workers": 2, "progress": False}, "stages": [{"line_dedup": params}]})
+            run_pipeline(cfg)
+            stage = out / "01-line_dedup"
+            m = json.loads((stage / "_manifest.json").read_text())
+            inp = pa.concat_tables(pq.read_table(p) for p in sorted((out / "00-ingest").glob("train-*.parquet")))
+            kept = pa.concat_tables(pq.read_table(p) for p in sorted(stage.glob("train-*.parquet")))
+            rej = pa.concat_tables(pq.read_table(p) for p in sorted((stage / "rejected").glob("*.parquet")))
+            after = dict(zip(kept.column("id").to_pylist(), kept.column("text").to_pylist(), strict=True))
+            snippets = {"boilerplate_snippets": [0, 0], "main_content_snippets": [0, 0]}  # present, removed
+            for doc in inp.select(["id", "text", *snippets]).to_pylist():
+                before, now = squash(doc["text"]), squash(after.get(doc["id"], ""))
+                for col, counts in snippets.items():
+                    for snip in doc[col] or []:
+                        if squash(snip) in before:
+                            counts[0] += 1
+                            counts[1] += squash(snip) not in now
+            t, stats = m["totals"], m["totals"]["stats"]
+            chars_in = sum(len(x) for x in inp.column("text").to_pylist())
+            rows.append((label, t["rows_in"], int(stats["documents_changed"]), m["units_seen"],
+                         int(stats["units_removed"]), int(stats["chars_removed"]), chars_in, t["rejected"],
+                         m["frequent_units"], snippets, m["fit_seconds"], m["wall_seconds"]))
+            if not params:
+                top = m["top_units"][:10]
+                removed = pa.concat_tables([kept.select(["id", "line_dedup_removed_units", "line_dedup_removed_chars"]),
+                                            rej.select(["id", "line_dedup_removed_units", "line_dedup_removed_chars"])])
+                src = dict(zip(inp.column("id").to_pylist(), inp.column("source").to_pylist(), strict=True))
+                texts = dict(zip(inp.column("id").to_pylist(), inp.column("text").to_pylist(), strict=True))
+                rejected_ids = set(rej.column("id").to_pylist())
+                for doc_id, units, chars in zip(*(removed.column(c).to_pylist() for c in removed.column_names),
+                                                strict=True):
+                    f = families.setdefault(source_family(src[doc_id]), [0, 0, 0, 0, 0, 0])
+                    text = texts[doc_id]
+                    f[0] += 1
+                    f[1] += text.count("\n") + 1
+                    f[2] += units
+                    f[3] += len(text)
+                    f[4] += chars
+                    f[5] += doc_id in rejected_ids
+    print(f"\nline_dedup on the web sample ({len(files)} files, {rows[0][1]:,} documents; min_count 1, "
+          f"min_doc_chars 50, min_unit_chars 2, datatrove normalisation)")
+    print(f"{'':26s}{'docs changed':>13s}{'units in':>10s}{'removed':>16s}{'chars removed':>22s}{'rejected':>10s}"
+          f"{'frequent':>10s}   trafilatura snippets removed: boilerplate / main content   fit / wall s")
+    for (label, _, changed, units, removed, chars, chars_in, rejected, frequent, sn, fit_s, wall_s) in rows:
+        b, c = sn["boilerplate_snippets"], sn["main_content_snippets"]
+        print(f"{label:26s}{changed:13,d}{units:10,d}{removed:9,d} ({removed / units:4.1%}){chars:12,d} "
+              f"({chars / chars_in:4.1%}){rejected:10,d}{frequent:10,d}   {b[1] / b[0]:.3f} ({b[1]}/{b[0]})"
+              f" / {c[1] / c[0]:.3f} ({c[1]}/{c[0]}){'':14s}{fit_s:.1f} / {wall_s:.1f}")
+    print(f"\nline (default) by source: {'docs':>7s}{'lines':>10s}{'removed':>16s}{'chars removed':>16s}{'rejected':>10s}")
+    for fam, (docs, lines, units, chars_in, chars, rejected) in sorted(families.items()):
+        print(f"{fam:25s} {docs:7,d}{lines:10,d}{units:9,d} ({units / lines:4.1%})"
+              f"{chars / chars_in:15.1%}{rejected:10,d}")
+    print("\ntop 10 repeated lines (documents holding them):")
+    for u in top:
+        print(f"{u['documents']:7,d}  {u['text'][:70]!r}")
+
+
 if __name__ == "__main__":
-    main()
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--line-dedup-only", action="store_true", help="run only the line_dedup section")
+    if ap.parse_args().line_dedup_only:
+        line_dedup_report()
+    else:
+        main()

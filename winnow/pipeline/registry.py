@@ -14,6 +14,7 @@ STAGES: dict[str, str] = {
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
     "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
+    "line_dedup": "winnow.filters.line_dedup:LineDedupStage",
     "semantic_dedup": "winnow.filters.semantic_dedup:SemanticDedupStage",
     "fasttext_quality": "winnow.filters.fasttext_quality:FastTextQualityStage",
     "embedding_quality": "winnow.filters.embedding_quality:EmbeddingQualityStage",
