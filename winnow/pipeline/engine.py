@@ -5,18 +5,27 @@ data contract (kept shards, `rejected/`, `_shards/` markers, `_manifest.json`), 
 any particular stage. For each stage:
 
 1. `fit` runs once over all input shards; its state is cached under `_fit/` keyed by the
-   stage's config hash and every input fingerprint, so a rerun does not fit again.
-2. Each shard whose marker matches (config hash + input fingerprint, outputs present) is
-   skipped; every other shard becomes one Dask task that loads, applies, checks conservation,
-   writes both outputs atomically and writes its marker last.
+   stage's config hash and every input fingerprint, so a rerun does not fit again. The cache is
+   signed (HMAC, a key outside the output folder): a state file this machine did not write is
+   refitted, never unpickled.
+2. A shard's input fingerprint is its own content, the config, and the part of the fitted state
+   that shard receives, so one new input file reruns only the shards whose work changes.
+   Each shard whose marker matches (config hash + input fingerprint) and whose outputs still hash
+   to the marker's checksums is skipped; every other shard becomes one Dask task that removes the
+   old marker, loads, applies, checks conservation, writes both outputs atomically (fsynced) and
+   writes its marker last.
 3. The markers merge into `_manifest.json`; the kept shards are the next stage's input.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import logging
 import os
 import pickle
+import secrets
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -31,6 +40,7 @@ from winnow.pipeline.config import EngineConfig, stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
 from winnow.pipeline.shards import (
+    file_hash,
     kept_path,
     rejected_path,
     text_bytes,
@@ -40,6 +50,7 @@ from winnow.pipeline.shards import (
 from winnow.pipeline.stage import Context, ShardRef, Stage, created_rows
 
 REJECTED = "rejected"
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -63,6 +74,11 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
     # process per core that oversubscribes, so each worker gets the threads it was given
     threads = str(cfg.threads_per_worker)
     env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
+    if cfg.gpu_workers:
+        # CPU workers must not see the GPU: with `device: auto` each would load its own model copy
+        # onto it. Dask applies `env` in the worker process before it runs a task (so before CUDA
+        # initialises there); add_gpu_workers gives the GPU workers their device back.
+        env["CUDA_VISIBLE_DEVICES"] = ""
     with _arrow_pool_environ(cfg.arrow_memory_pool), \
             LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
                          memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env,
@@ -79,12 +95,19 @@ def add_gpu_workers(cluster: Any, client: Any, n: int) -> None:
 
     LocalCluster gives every worker the same resources; a single-GPU machine wants CPU workers for
     the rule stages plus one worker that owns the GPU (tasks that ask for {"GPU": 1} run only
-    there, one at a time). SpecCluster's worker_spec takes the extra, different spec."""
+    there, one at a time). SpecCluster's worker_spec takes the extra, different spec.
+
+    GPU worker i sees one device: the i-th of the driver's CUDA_VISIBLE_DEVICES when that is set
+    (round robin when there are more workers than devices), else device i."""
     import copy
 
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    devices = None if visible is None else [d.strip() for d in visible.split(",") if d.strip()]
     for i in range(n):
         spec = copy.deepcopy(cluster.new_spec)
-        spec["options"].update(nthreads=1, resources={"GPU": 1})
+        device = str(i) if devices is None else (devices[i % len(devices)] if devices else "")
+        env = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": device}  # CPU workers have ""
+        spec["options"].update(nthreads=1, resources={"GPU": 1}, env=env)
         cluster.worker_spec[f"gpu-{i}"] = spec
     cluster.scale(len(cluster.worker_spec))  # same count: starts the specs not yet running
     client.wait_for_workers(len(cluster.worker_spec))
@@ -179,13 +202,14 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     if not record.conserved():
         raise ShardError(f"conservation broken: {rows_in} in (+{record.added} added) != "
                          f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
+    ShardRecord.remove(stage_dir, ref.name)  # from here on the old marker would vouch for new files
     target = kept_path(stage_dir, ref.name)
     if kept.num_rows:
         record.output_fingerprint = write_parquet_atomic(kept, target)
     else:  # no file for an empty shard: `datasets` cannot read a Parquet file without rows
         target.unlink(missing_ok=True)
         record.output_fingerprint = "empty"
-    write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
+    record.rejected_fingerprint = write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
     record.seconds = round(time.perf_counter() - t0, 4)
     record.save(stage_dir)
     return record
@@ -232,12 +256,16 @@ class Engine:
 
         records: dict[str, ShardRecord] = {}
         todo = []
+        whole_state = None if type(stage).shard_state is not Stage.shard_state else state_digest(state)
         for ref in shards:
-            input_fp = stable_hash([ref.fingerprint, state_key])
+            if type(stage).fit is Stage.fit:  # no global pass: a shard depends on itself and the config only
+                input_fp = stable_hash([ref.fingerprint, config_hash])
+            else:
+                part = whole_state or state_digest(stage.shard_state(state, ref))
+                input_fp = stable_hash([ref.fingerprint, config_hash, part])
             done = None if self.force else ShardRecord.load(stage_dir, ref.name)
             if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
-                    and (done.rows_out == 0 or kept_path(stage_dir, ref.name).exists())
-                    and rejected_path(stage_dir, ref.name).exists()):
+                    and outputs_intact(done, stage_dir)):
                 records[ref.name] = done
             else:
                 todo.append((ref, input_fp))
@@ -264,12 +292,13 @@ class Engine:
             return None, state_key
         cache = stage_dir / "_fit" / f"state-{state_key}.pkl"
         if cache.exists() and not self.force:
-            with open(cache, "rb") as f:
-                return pickle.load(f), state_key
+            state = load_signed(cache)
+            if state is not None:
+                return state, state_key
         if self.console is not None and self.progress:
             self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
         state = stage.fit(shards, ctx)
-        write_bytes_atomic(pickle.dumps(state, protocol=5), cache)
+        save_signed(state, cache)
         return state, state_key
 
     def _execute(self, dirname: str, stage: Stage, state: Any, todo: list, stage_dir: Path,
@@ -341,6 +370,93 @@ class Engine:
             for path in folder.glob(pattern):
                 if "part-" + path.name.split(".")[0].split("-", 1)[1] not in names:
                     path.unlink()
+
+
+def outputs_intact(record: ShardRecord, stage_dir: str | Path) -> bool:
+    """The shard's files are the ones its marker describes: same content hashes (a truncated,
+    corrupted or foreign file is redone, never taken as complete)."""
+    rejected = rejected_path(stage_dir, record.shard)
+    kept = kept_path(stage_dir, record.shard)
+    try:
+        if not record.rejected_fingerprint or file_hash(rejected) != record.rejected_fingerprint:
+            return False
+        if record.rows_out == 0:
+            return not kept.exists()
+        return file_hash(kept) == record.output_fingerprint
+    except OSError:
+        return False
+
+
+def state_digest(state: Any) -> str:
+    """A content hash of (part of) a fitted state, equal for equal states in any process: sets are
+    sorted first (a set of strings iterates in a per-process order). Anything else pickle cannot
+    reproduce exactly costs a needless redo of the shard, never a wrong skip."""
+    return hashlib.blake2b(pickle.dumps(_canonical(state), protocol=5), digest_size=16).hexdigest()
+
+
+def _canonical(obj: Any) -> Any:
+    import dataclasses
+
+    import numpy as np
+
+    if isinstance(obj, (set, frozenset)):
+        return ("set", sorted((_canonical(v) for v in obj), key=repr))
+    if isinstance(obj, dict):
+        return ("dict", [(_canonical(k), _canonical(v)) for k, v in obj.items()])
+    if isinstance(obj, (list, tuple)):
+        return (type(obj).__name__, [_canonical(v) for v in obj])
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return (type(obj).__qualname__, [(f.name, _canonical(getattr(obj, f.name))) for f in dataclasses.fields(obj)])
+    if isinstance(obj, np.ndarray) and obj.dtype != object:
+        return ("ndarray", obj.dtype.str, obj.shape, np.ascontiguousarray(obj).tobytes())
+    if isinstance(obj, np.ndarray):
+        return ("ndarray", obj.shape, [_canonical(v) for v in obj.tolist()])
+    return obj
+
+
+SIGNATURE_BYTES = 32
+
+
+def state_key_file() -> Path:
+    """The HMAC key that signs fit states: `$WINNOW_STATE_KEY_FILE`, else under the winnow cache
+    folder, created on first use (mode 0600). It lives outside every output folder, so whoever can
+    write an output folder cannot forge a state that the next run would unpickle."""
+    explicit = os.environ.get("WINNOW_STATE_KEY_FILE")
+    if explicit:
+        return Path(explicit)
+    cache = os.environ.get("WINNOW_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "winnow")
+    return Path(cache) / "state.key"
+
+
+def _state_key() -> bytes:
+    path = state_key_file()
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another process made it first
+            return path.read_bytes()
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(32))
+        return path.read_bytes()
+
+
+def save_signed(state: Any, path: Path) -> None:
+    data = pickle.dumps(state, protocol=5)
+    write_bytes_atomic(hmac.new(_state_key(), data, hashlib.sha256).digest() + data, path)
+
+
+def load_signed(path: Path) -> Any | None:
+    """The state in `path` if this machine's key signed it, else None (the caller fits again)."""
+    blob = path.read_bytes()
+    signature, data = blob[:SIGNATURE_BYTES], blob[SIGNATURE_BYTES:]
+    if not hmac.compare_digest(signature, hmac.new(_state_key(), data, hashlib.sha256).digest()):
+        log.warning("%s is not signed by this machine's winnow key (%s): fitting again instead of "
+                    "loading it", path, state_key_file())
+        return None
+    return pickle.loads(data)
 
 
 def kept_files(stage_dir: str | Path) -> list[str]:

@@ -34,6 +34,7 @@ class ShardRecord:
     config_hash: str = ""
     input_fingerprint: str = ""
     output_fingerprint: str = ""  # content hash of the kept shard: the next stage's input fingerprint
+    rejected_fingerprint: str = ""  # content hash of the rejected shard (resume and `winnow verify` check it)
     flops: float = 0.0           # model FLOPs this shard cost (scoring stages)
     stats: dict[str, float] = field(default_factory=dict)  # the stage's own per-shard numbers (Stage.shard_stats)
 
@@ -43,6 +44,12 @@ class ShardRecord:
     def save(self, stage_dir: str | Path) -> None:
         path = Path(stage_dir) / SHARDS_DIR / f"{self.shard}.json"
         write_bytes_atomic(json.dumps(asdict(self), sort_keys=True).encode(), path)
+
+    @staticmethod
+    def remove(stage_dir: str | Path, shard: str) -> None:
+        """Drop a shard's marker: done before its outputs are rewritten, so a run killed halfway never
+        leaves an old marker vouching for new files."""
+        (Path(stage_dir) / SHARDS_DIR / f"{shard}.json").unlink(missing_ok=True)
 
     @classmethod
     def load(cls, stage_dir: str | Path, shard: str) -> ShardRecord | None:

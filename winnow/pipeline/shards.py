@@ -36,13 +36,17 @@ def rejected_path(stage_dir: str | Path, shard: str) -> Path:
 
 
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
-    """Write `table` to `path` via a temporary file and a rename; returns the file's content hash."""
+    """Write `table` to `path` via a temporary file, fsync and a rename; returns the file's content hash.
+
+    The data reaches the disk before the rename and the rename before the caller writes its marker,
+    so after a power loss a marker never points at a file the disk did not keep."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     pq.write_table(table, tmp, **WRITE_OPTIONS)
-    digest = file_hash(tmp)
+    digest = file_hash(tmp, sync=True)
     os.replace(tmp, path)
+    _sync_dir(path.parent)
     return digest
 
 
@@ -55,14 +59,32 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    _sync_dir(path.parent)
 
 
-def file_hash(path: str | Path) -> str:
-    """xxh3-128 of a file's bytes: the shard's identity for downstream resume checks."""
+def _sync_dir(folder: Path) -> None:
+    """fsync a folder so a rename inside it is durable (POSIX; a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def file_hash(path: str | Path, sync: bool = False) -> str:
+    """xxh3-128 of a file's bytes: the shard's identity for downstream resume checks. `sync`: also
+    fsync the file (it was just written; reading it back to hash is the moment to flush it)."""
     h = xxhash.xxh3_128()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 22), b""):
             h.update(block)
+        if sync:
+            os.fsync(f.fileno())
     return h.hexdigest()
 
 
