@@ -27,17 +27,11 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import os
 import statistics
-import sys
 import tempfile
 from pathlib import Path
 
-# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
-# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from winnow.pipeline.measure import link_inputs  # noqa: E402
+from winnow.pipeline.measure import link_inputs
 
 REPO = Path(__file__).resolve().parents[1]
 NEARDUP = REPO.parent / "shared" / "data" / "neardup"

@@ -18,15 +18,10 @@ H200's 989 TFLOP/s dense bf16 on CUDA), every multiplier, and ends with the full
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import time
 from pathlib import Path
-
-# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
-# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
 
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "reference"

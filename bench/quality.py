@@ -32,11 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
-# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-import numpy as np  # noqa: E402
+import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"

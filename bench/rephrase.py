@@ -29,8 +29,6 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
 REPO = Path(__file__).resolve().parents[1]
 REFERENCE = REPO.parent / "shared" / "data" / "reference"
 REFERENCE_SETS = [str(REFERENCE / s / "*.jsonl") for s in ("gutenberg_books", "wikipedia", "python_docs", "speeches")]

@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") not in (str(REPO / "bench"), str(REPO / "bench" / "gpu"))]
 sys.path.insert(0, str(REPO))
 
 import numpy as np  # noqa: E402

@@ -38,6 +38,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from winnow.pipeline.config import EngineConfig, stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
+from winnow.pipeline.faults import inject
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
 from winnow.pipeline.shards import (
     file_hash,
@@ -171,6 +172,7 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
               input_fingerprint: str) -> ShardRecord:
     """One Dask task: load → apply → check conservation → write kept, rejected, marker (in that order)."""
     t0 = time.perf_counter()
+    inject("before_apply", stage_dir, ref.name)
     try:
         data = stage.load(ref)
         kept, rejected = stage.apply(data, state)
@@ -209,8 +211,10 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     else:  # no file for an empty shard: `datasets` cannot read a Parquet file without rows
         target.unlink(missing_ok=True)
         record.output_fingerprint = "empty"
+    inject("after_kept", stage_dir, ref.name)
     record.rejected_fingerprint = write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
     record.seconds = round(time.perf_counter() - t0, 4)
+    inject("before_marker", stage_dir, ref.name)
     record.save(stage_dir)
     return record
 
@@ -230,6 +234,9 @@ class Engine:
                  retries: int = 2, progress: bool = True, console: Any = None):
         self.client, self.out_dir, self.seed = client, Path(out_dir), seed
         self.force, self.retries, self.progress, self.console = force, retries, progress, console
+        # in task keys: a rerun on the same client (a long-lived scheduler) must not be handed the
+        # result, or the error, that the scheduler still holds for an earlier run's identical key
+        self.run_token = secrets.token_hex(4)
 
     def run(self, stages: list[tuple[str, Stage, dict]]) -> list[StageResult]:
         """Run (dirname, stage, params-as-dict) in order; each stage reads the previous one's kept shards."""
@@ -299,6 +306,7 @@ class Engine:
             self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
         state = stage.fit(shards, ctx)
         save_signed(state, cache)
+        inject("after_fit", stage_dir)
         return state, state_key
 
     def _execute(self, dirname: str, stage: Stage, state: Any, todo: list, stage_dir: Path,
@@ -316,7 +324,7 @@ class Engine:
         for ref, input_fp in todo:
             shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
             fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
-                                     key=f"{dirname}-{ref.name}-{input_fp}", retries=self.retries,
+                                     key=f"{dirname}-{ref.name}-{input_fp}-{self.run_token}", retries=self.retries,
                                      resources=resources, pure=False, priority=_size_kb(ref))
             futures[fut] = ref
         records: dict[str, ShardRecord] = {}

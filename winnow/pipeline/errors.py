@@ -39,3 +39,11 @@ class ShardError(WinnowError):
     def __init__(self, message: str, *, stage: str, shard: str):
         self.stage, self.shard = stage, shard
         super().__init__(f"stage {stage!r}, shard {shard}: {message}")
+
+
+class StorageError(WinnowError):
+    """An output file could not be written (disk full, read-only folder, quota): names the file."""
+
+    def __init__(self, message: str, *, path: str):
+        self.path = path
+        super().__init__(f"{path}: {message}")

@@ -7,12 +7,16 @@ table always gives the same bytes (resume after a kill must be byte-identical).
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
+
+from winnow.pipeline.errors import StorageError
 
 WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True,
                      write_statistics=True, row_group_size=8192)
@@ -41,25 +45,37 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
     The data reaches the disk before the rename and the rename before the caller writes its marker,
     so after a power loss a marker never points at a file the disk did not keep."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    pq.write_table(table, tmp, **WRITE_OPTIONS)
-    digest = file_hash(tmp, sync=True)
-    os.replace(tmp, path)
+    with _storage_errors(path) as tmp:
+        pq.write_table(table, tmp, **WRITE_OPTIONS)
+        digest = file_hash(tmp, sync=True)
+        os.replace(tmp, path)
     _sync_dir(path.parent)
     return digest
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with _storage_errors(path) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
     _sync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def _storage_errors(path: Path) -> Iterator[Path]:
+    """A temporary name beside `path`; an OSError while writing it (disk full, read-only folder)
+    removes the partial file and becomes a StorageError naming `path` (Arrow's own messages do not)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield tmp
+    except OSError as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StorageError(f"cannot write ({e.strerror or e})", path=str(path)) from e
 
 
 def _sync_dir(folder: Path) -> None:

@@ -1,6 +1,6 @@
 """How related the documents sharing a packed row are: mean TF-IDF cosine over document pairs.
 
-Used by bench/tokenize.py and the tests to show BM25Chunk's rows are more related than concat's.
+Used by bench/tokens.py and the tests to show BM25Chunk's rows are more related than concat's.
 Written with scipy.sparse (no scikit-learn in the stack); words are lower-cased \\w+ runs.
 """
 

@@ -8,7 +8,7 @@
 3. Packs winnow's tokenized shards with concat, best_fit and bm25 (in this process): documents/s,
    padding rate, and how related the documents sharing a row are (mean TF-IDF cosine).
 
-    python bench/tokenize.py [--workers 2] [--seq-len 1024]
+    python bench/tokens.py [--workers 2] [--seq-len 1024]
 Last line: `ratio winnow/datatrove: X.XX`.
 """
 
@@ -16,17 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
-# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from winnow.pipeline.measure import link_inputs, run_measured  # noqa: E402
+from winnow.pipeline.measure import link_inputs, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
