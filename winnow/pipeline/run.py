@@ -3,7 +3,8 @@
 Final outputs, beside the stage folders:
 - `config.resolved.yaml`: the config after defaults and `--set`, as it ran;
 - `dataset/`: the last stage's documents as a `datasets` save_to_disk folder;
-- `_run.json`: which stage folder is final, its fingerprints, and the wall time.
+- `_run.json`: which stage folder is final, its fingerprints, and the wall time;
+- whatever the last stage's `finalize` writes (pack: `tokens/`, `megatron/`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from winnow.pipeline.engine import Engine, StageResult, cluster_client, kept_fil
 from winnow.pipeline.ingest import IngestStage
 from winnow.pipeline.registry import get_stage_class
 from winnow.pipeline.shards import write_bytes_atomic
+from winnow.pipeline.stage import RunOutputs
 
 
 @dataclass
@@ -54,46 +56,21 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
             return run_pipeline(config, force=force, client=own, console=console)
     engine = Engine(client, out, seed=config.pipeline.seed, force=force, retries=eng_cfg.retries,
                     progress=eng_cfg.progress and console is not None, console=console)
-    results = engine.run(build_stages(config))
+    chain = build_stages(config)
+    results = engine.run(chain)
     final_dir = out / results[-1].dirname
     fingerprints = [r.output_fingerprint for r in results[-1].records]
     if config.pipeline.outputs.dataset:
         write_dataset(final_dir, out / "dataset", fingerprints, force)
-    write_token_outputs(config, final_dir, out, fingerprints, force)
+    # stage-specific run outputs (pack: tokens/, megatron/) come from the last stage's own hook,
+    # so this module knows no stage but ingest, which every run starts with
+    chain[-1][1].finalize(RunOutputs(out, final_dir, fingerprints, config.pipeline.outputs, force))
     seconds = time.perf_counter() - t0
     summary = {"final_stage": results[-1].dirname, "stages": [r.dirname for r in results],
                "final_fingerprints": [r.output_fingerprint for r in results[-1].records],
                "wall_seconds": round(seconds, 3)}
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
     return RunResult(out, results, final_dir, seconds)
-
-
-def write_token_outputs(config: ResolvedConfig, final_dir: Path, out: Path, fingerprints: list[str],
-                        force: bool) -> None:
-    """Token files for trainers, when the final stage holds packed rows; skipped when unchanged."""
-    from winnow.tokenize.writers import is_packed
-
-    wanted = config.pipeline.outputs
-    if not (wanted.token_files or wanted.megatron) or not is_packed(final_dir):
-        return
-    marker = out / "tokens" / "_winnow_source.json"
-    key = stable_hash([fingerprints, wanted.token_files, wanted.megatron])
-    if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key:
-        return
-    import pyarrow.parquet as pq
-
-    from winnow.tokenize.pack import unpack
-    from winnow.tokenize.writers import write_megatron, write_token_files
-
-    if wanted.token_files:
-        write_token_files(final_dir, out / "tokens")
-    if wanted.megatron:
-        documents = []
-        for path in sorted(final_dir.glob("train-*.parquet")):
-            documents.extend(unpack(pq.read_table(path, columns=["input_ids", "cu_seqlens", "doc_ids",
-                                                                 "doc_offsets"])).values())
-        write_megatron(documents, out / "megatron" / "text_document")
-    write_bytes_atomic(json.dumps({"key": key}).encode(), marker)
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:

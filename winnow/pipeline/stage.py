@@ -9,6 +9,7 @@ Models load lazily, once per worker process, never in `__init__`: Dask pickles s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
@@ -34,6 +35,18 @@ class ShardRef:
     path: str
     fingerprint: str
     meta: dict = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass
+class RunOutputs:
+    """What `Stage.finalize` is given: the run's folder, the final stage's folder and kept-shard
+    fingerprints, the config's `outputs:` block, and whether the run was forced."""
+
+    out_dir: Path
+    stage_dir: Path
+    fingerprints: list[str]
+    options: Any
+    force: bool = False
 
 
 @dataclass
@@ -132,6 +145,10 @@ class Stage:
         """Numbers about one shard's work that the manifest sums over shards (e.g. generated tokens);
         a `flops` entry is added to the shard's FLOPs. `data` is what `load` gave `apply`."""
         return {}
+
+    def finalize(self, outputs: RunOutputs) -> None:
+        """Run-level files the last stage of a run writes beside the stage folders (pack writes
+        `tokens/` and `megatron/`); called once after the run, on the driver. Default: nothing."""
 
     def task_resources(self, ctx: Context) -> dict[str, float] | None:
         """Dask resources each shard task asks for; by default the class's `resources`."""

@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from winnow.pipeline.stage import Stage
+from winnow.pipeline.stage import RunOutputs, Stage
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,34 @@ class PackStage(Stage):
         if kept.num_rows == 0:
             return 0
         return int(pc.count_distinct(pc.list_flatten(kept.column("doc_ids"))).as_py())
+
+    def finalize(self, outputs: RunOutputs) -> None:
+        """Token files for trainers (`tokens/`, `megatron/`) when the run ends with packing;
+        skipped when the packed shards and the options are unchanged since they were written."""
+        import json
+
+        import pyarrow.parquet as pq
+
+        from winnow.pipeline.config import stable_hash
+        from winnow.pipeline.shards import write_bytes_atomic
+        from winnow.tokenize.writers import is_packed, write_megatron, write_token_files
+
+        wanted, final_dir, out = outputs.options, outputs.stage_dir, outputs.out_dir
+        if not (wanted.token_files or wanted.megatron) or not is_packed(final_dir):
+            return
+        marker = out / "tokens" / "_winnow_source.json"
+        key = stable_hash([outputs.fingerprints, wanted.token_files, wanted.megatron])
+        if not outputs.force and marker.exists() and json.loads(marker.read_text()).get("key") == key:
+            return
+        if wanted.token_files:
+            write_token_files(final_dir, out / "tokens")
+        if wanted.megatron:
+            documents = []
+            for path in sorted(final_dir.glob("train-*.parquet")):
+                documents.extend(unpack(pq.read_table(path, columns=["input_ids", "cu_seqlens", "doc_ids",
+                                                                     "doc_offsets"])).values())
+            write_megatron(documents, out / "megatron" / "text_document")
+        write_bytes_atomic(json.dumps({"key": key}).encode(), marker)
 
     def pack(self, lengths: np.ndarray, texts: list[str] | None, seed: int) -> list[Row]:
         p: PackParams = self.params
