@@ -348,22 +348,51 @@ class Engine:
 
     @contextlib.contextmanager
     def _progress(self, dirname: str, total: int, skipped: int):
+        """Per stage: a live bar (shards done/total, rows/s, elapsed, ETA) on a terminal; on a pipe or
+        a log file, a plain line every 10% of the shards or 10 s, whichever comes first."""
         if not self.progress:
             yield lambda rows: None
             return
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
         t0 = time.perf_counter()
-        rows = [0]
+        rows, done = [0], [skipped]
+
+        def rate() -> float:
+            return rows[0] / max(time.perf_counter() - t0, 1e-9)
+
+        if not getattr(self.console, "is_terminal", False):
+            last = [t0, skipped]
+
+            def line(n_rows: int) -> None:
+                rows[0] += n_rows
+                done[0] += 1
+                now = time.perf_counter()
+                if done[0] < total and now - last[0] < 10 and done[0] - last[1] < max(1, total // 10):
+                    return
+                last[:] = [now, done[0]]
+                worked = done[0] - skipped
+                eta = (now - t0) / worked * (total - done[0]) if worked else 0.0
+                self.console.print(f"{dirname}: {done[0]}/{total} shards, {rate():,.0f} rows/s, "
+                                   f"{now - t0:.0f} s elapsed, ETA {eta:.0f} s", highlight=False)
+
+            yield line
+            return
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+
         with Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                      TextColumn("shards  {task.fields[rate]}"), TimeElapsedColumn(),
-                      console=self.console, transient=False) as bar:
+                      TextColumn("shards  {task.fields[rate]}"), TimeElapsedColumn(), TextColumn("ETA"),
+                      TimeRemainingColumn(), console=self.console, transient=False) as bar:
             task = bar.add_task(dirname, total=total, completed=skipped, rate="")
 
             def advance(n_rows: int) -> None:
                 rows[0] += n_rows
-                rate = rows[0] / max(time.perf_counter() - t0, 1e-9)
-                bar.update(task, advance=1, rate=f"{rate:,.0f} rows/s")
+                bar.update(task, advance=1, rate=f"{rate():,.0f} rows/s")
 
             yield advance
 

@@ -190,7 +190,8 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
                            "eval": losses, "seconds": elapsed})
             log(f"  step {step:5d}/{steps}  flops {step * per_step:.3g}  train {loss.item():.3f}  "
                 + "  ".join(f"{k} {v:.3f}" for k, v in losses.items())
-                + f"  {step * batch_rows * cfg.seq_len / elapsed:,.0f} tok/s")
+                + f"  {step * batch_rows * cfg.seq_len / elapsed:,.0f} tok/s"
+                + f"  ETA {elapsed / step * (steps - step):.0f} s")
     seconds = time.perf_counter() - t0
     return {"config": asdict(cfg), "points": points, "steps": steps, "flops": steps * per_step,
             "tokens": int(seen_tokens.item()), "target_tokens": int(seen_targets.item()),
