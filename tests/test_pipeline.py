@@ -100,6 +100,7 @@ def test_sigkill_during_heuristics_then_resume_is_byte_identical(tmp_path, clien
 
     resumed = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr.decode()[-3000:]
+    assert b" shards, " not in resumed.stderr                 # --quiet: no progress lines
     heur = read_manifests(killed)[-1][1]
     assert heur["skipped_shards"] >= done_at_kill       # finished shards were not redone
     check_conservation(killed)
@@ -123,3 +124,19 @@ def test_shipped_configs_run_in_full(tmp_path, client, monkeypatch):
             assert manifests[0]["totals"]["rows_in"] == 13_255
         if name == "web-quality":  # fastText keeps the top 30% of what the rule stages left
             assert abs(manifests[-1]["totals"]["rows_out"] / manifests[-1]["totals"]["rows_in"] - 0.3) <= 0.01
+
+
+def test_progress_lines_when_output_is_not_a_terminal(tmp_path):
+    """Piped output gets plain progress lines per stage (shards, rows/s, ETA), not a live bar."""
+    cfg_path = tmp_path / "p.yaml"
+    cfg_path.write_text(yaml.safe_dump({**config(tmp_path / "out", web_files(1), shard_mb=0.1),
+                                        "engine": {"n_workers": 1}}))
+    done = subprocess.run([sys.executable, "-m", "winnow", "run", str(cfg_path)], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, timeout=300)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    lines = [ln for ln in done.stderr.decode().splitlines() if " shards, " in ln]
+    for stage in ("00-ingest", "01-normalize", "03-heuristics"):
+        last = [ln for ln in lines if ln.startswith(f"{stage}: ")][-1]
+        n = last.split(": ", 1)[1].split(" ", 1)[0]
+        assert n.split("/")[0] == n.split("/")[1] and "rows/s" in last and "ETA" in last, last
+    assert "\x1b[" not in done.stderr.decode()  # no terminal control codes in a log file
