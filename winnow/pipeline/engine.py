@@ -280,6 +280,8 @@ class Engine:
         self._remove_stale(stage_dir, {ref.name for ref in shards})
 
         records.update(self._execute(dirname, stage, state, todo, stage_dir, config_hash, len(shards), skipped))
+        for tmp in stage_dir.rglob(".*.tmp-*"):  # a worker killed mid-write leaves its temp file behind
+            tmp.unlink(missing_ok=True)
         ordered = [records[ref.name] for ref in shards]
         broken = [r.shard for r in ordered if not r.conserved()]
         if broken:

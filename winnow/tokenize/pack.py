@@ -223,6 +223,7 @@ class PackStage(Stage):
         key = stable_hash([outputs.fingerprints, wanted.token_files, wanted.megatron])
         if not outputs.force and marker.exists() and json.loads(marker.read_text()).get("key") == key:
             return
+        marker.unlink(missing_ok=True)  # from here the files change: a kill must not leave it vouching
         if wanted.token_files:
             write_token_files(final_dir, out / "tokens")
         if wanted.megatron:

@@ -60,7 +60,9 @@ def write_token_files(stage_dir: Path, target: Path, extra: dict | None = None) 
             n_rows += table.num_rows
     (target / ".tokens.bin.tmp").replace(target / "tokens.bin")
     (target / ".loss_mask.bin.tmp").replace(target / "loss_mask.bin")
-    np.save(target / "segments.npy", np.asarray(segments, np.int64).reshape(-1, 3))
+    with open(target / ".segments.npy.tmp", "wb") as f:  # np.save to a file object: no suffix added
+        np.save(f, np.asarray(segments, np.int64).reshape(-1, 3))
+    (target / ".segments.npy.tmp").replace(target / "segments.npy")
     meta = {"dtype": str(np.dtype(dtype or np.uint16)), "seq_len": seq_len or 0, "n_rows": n_rows,
             "n_segments": len(segments), "source": str(stage_dir), **(extra or {})}
     write_bytes_atomic(json.dumps(meta, indent=1).encode(), target / "index.json")
@@ -74,16 +76,21 @@ def write_megatron(documents: list[np.ndarray], prefix: Path) -> None:
     lengths = np.asarray([len(d) for d in documents], np.int32)
     pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * dtype.itemsize)[:-1]]).astype(np.int64) \
         if len(documents) else np.zeros(0, np.int64)
-    with open(prefix.with_suffix(".bin"), "wb") as f:
+    # each file under a temporary name, renamed when complete: a killed run never leaves a short file
+    # under the final name (the caller's marker, written after both, says the pair is whole)
+    bin_tmp, idx_tmp = prefix.with_name(f".{prefix.name}.bin.tmp"), prefix.with_name(f".{prefix.name}.idx.tmp")
+    with open(bin_tmp, "wb") as f:
         for d in documents:
             f.write(np.ascontiguousarray(d, dtype=dtype).tobytes())
     header = MEGATRON_HEADER + struct.pack("<Q", 1) + struct.pack("<B", MEGATRON_CODES[dtype]) + \
         struct.pack("<Q", len(lengths)) + struct.pack("<Q", len(lengths) + 1)
-    with open(prefix.with_suffix(".idx"), "wb") as f:
+    with open(idx_tmp, "wb") as f:
         f.write(header)
         f.write(lengths.tobytes())
         f.write(pointers.tobytes())
         f.write(np.arange(len(lengths) + 1, dtype=np.int64).tobytes())
+    bin_tmp.replace(prefix.with_suffix(".bin"))
+    idx_tmp.replace(prefix.with_suffix(".idx"))
 
 
 def read_megatron(prefix: Path) -> list[np.ndarray]:

@@ -11,6 +11,7 @@ from winnow.pipeline.cli.eval import eval_
 from winnow.pipeline.cli.run import run
 from winnow.pipeline.cli.stats import stats
 from winnow.pipeline.cli.validate import validate
+from winnow.pipeline.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
@@ -24,6 +25,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(validate)
 cli.add_command(stats)
+cli.add_command(verify)
 cli.add_command(eval_)
 
 
@@ -31,7 +33,10 @@ def main() -> None:
     from winnow.pipeline.errors import WinnowError
 
     try:
-        cli.main(standalone_mode=False)
+        # without standalone mode click returns a subcommand's `ctx.exit(code)` instead of exiting
+        code = cli.main(standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except click.ClickException as e:
