@@ -2,7 +2,10 @@
 
 Every raw record ends in exactly one place: a kept row, or a `rejected/` row naming the file,
 the line, the reason and the raw bytes. Reasons: blank_line, invalid_utf8, invalid_json,
-not_an_object, missing_text, text_not_string, empty_text, text_too_long, duplicate_id.
+not_an_object, too_deeply_nested, missing_text, text_not_string, empty_text, text_too_long,
+duplicate_id, unreadable_value (a Parquet value Python cannot hold, e.g. a date past 9999) and
+type_conflict (a value that does not fit its column's type across files, e.g. an integer past
+2**53 in a column that other files made float64).
 With `strict: true` the first bad record stops the run with an `InputError` naming file and line.
 
 `fit` reads every shard once to learn the union schema of the extra columns (files may differ)
@@ -22,9 +25,12 @@ import pyarrow as pa
 from winnow.pipeline.config import InputConfig, stable_hash
 from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
 from winnow.pipeline.errors import InputError
-from winnow.pipeline.readers import READERS, Part, plan
+from winnow.pipeline.readers import READERS, Part, Unreadable, plan
 from winnow.pipeline.shards import conform, shard_name
 from winnow.pipeline.stage import Context, ShardRef, Stage
+
+MAX_NESTING = 128       # JSON records nested deeper are rejected: orjson cannot write them back (255)
+MAX_COLUMN_NESTING = 32  # deeper column types are stored as JSON text: Parquet reads at most 100 schema levels
 
 REJECTED_SCHEMA = pa.schema([
     ("id", pa.string()), ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
@@ -76,16 +82,18 @@ class IngestStage(Stage):
         out = Parsed()
         source = part.path
         for loc, item in READERS[part.fmt](part):
-            if part.fmt == "txt" and isinstance(item, dict):
-                source = item.get("id", source)
-            raw = item if isinstance(item, bytes) else None
-            record, reason, detail = self._record(raw, item, p)
+            if part.fmt == "txt":
+                source = item.source if isinstance(item, Unreadable) else item.get("id", source)
+            if isinstance(item, Unreadable):
+                record, reason, detail, raw = None, item.reason, item.detail, item.raw
+            else:
+                raw = item if isinstance(item, bytes) else None
+                record, reason, detail = self._record(raw, item, p)
             if reason is not None:
                 if p.strict:
                     raise InputError(f"{reason}: {detail}", file=source, line=loc, reason=reason)
                 if raw is None:
-                    raw = orjson.dumps(item, default=_jsonable) if not isinstance(item, dict) or \
-                        "__undecodable__" not in item else item["__undecodable__"]
+                    raw = orjson.dumps(item, default=_jsonable)
                 out.rejected.append({"id": f"{source}:{loc}", "stage": self.name, "reason": reason,
                                      "detail": detail, "source_file": source, "source_line": loc, "raw": raw})
                 continue
@@ -118,8 +126,8 @@ class IngestStage(Stage):
                     return None, "invalid_json", str(e)
         if not isinstance(item, dict):
             return None, "not_an_object", f"a JSON {type(item).__name__}, not an object"
-        if "__undecodable__" in item:
-            return None, "invalid_utf8", "file is not valid UTF-8"
+        if raw is not None and raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(item) > MAX_NESTING:
+            return None, "too_deeply_nested", f"lists and objects nested more than {MAX_NESTING} deep"
         if p.text_field not in item or item[p.text_field] is None:
             return None, "missing_text", f"no {p.text_field!r} field"
         text = item.pop(p.text_field)
@@ -148,6 +156,8 @@ class IngestStage(Stage):
                 try:
                     arr = pa.array(values)
                 except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    arr = None
+                if arr is not None and not _storable(arr.type):
                     arr = None
             if arr is None:
                 as_json.add(name)
@@ -206,8 +216,66 @@ class IngestStage(Stage):
                     keep_lines.append(line)
             parsed.records, parsed.lines = keep_records, keep_lines
         table, _ = self.to_table(parsed, state.json_columns)
+        try:
+            kept = conform(table, state.schema)
+        except CAST_ERRORS:
+            kept = self._conform_rows(parsed, table, state.schema, part.path)
         parsed.rejected.sort(key=lambda r: r["source_line"])
-        return conform(table, state.schema), self.rejected_table(parsed.rejected)
+        return kept, self.rejected_table(parsed.rejected)
+
+    def _conform_rows(self, parsed: Parsed, table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+        """`conform` row by row, for a shard where some value does not fit the type its column has across
+        all files (an integer past 2**53 in a column other files made float64): those records are
+        rejected as type_conflict, the rest kept. In strict mode the InputError is raised here, in
+        `apply`, so the engine reports it inside its ShardError."""
+        rows = []
+        for i, (record, line) in enumerate(zip(parsed.records, parsed.lines, strict=True)):
+            row = table.slice(i, 1)
+            try:
+                rows.append(conform(row, schema))
+                continue
+            except CAST_ERRORS as e:
+                error = e
+            bad = [f"{f.name!r} ({row.column(f.name).type} to {f.type})" for f in schema
+                   if f.name in row.column_names and not _casts(row.column(f.name), f.type)]
+            detail = f"does not fit the column types of all input files: {', '.join(bad)}: {error}"
+            if self.params.strict:
+                raise InputError(f"type_conflict: {detail}", file=source, line=line, reason="type_conflict")
+            parsed.rejected.append({"id": record["id"], "stage": self.name, "reason": "type_conflict",
+                                    "detail": detail, "source_file": source, "source_line": line,
+                                    "raw": orjson.dumps(record, default=_jsonable)})
+        return pa.concat_tables(rows) if rows else conform(table.slice(0, 0), schema)
+
+
+CAST_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError)
+
+
+def _casts(column: pa.ChunkedArray, to: pa.DataType) -> bool:
+    try:
+        column.cast(to)
+    except CAST_ERRORS:
+        return False
+    return True
+
+
+def _nesting(value: Any) -> int:
+    """How deep lists and dicts nest in `value` (a scalar: 0), level by level: no recursion."""
+    depth, level = 0, [value]
+    while depth <= MAX_NESTING:
+        containers = [v for v in level if isinstance(v, (list, dict))]
+        if not containers:
+            break
+        depth += 1
+        level = [c for v in containers for c in (v.values() if isinstance(v, dict) else v)]
+    return depth
+
+
+def _storable(t: pa.DataType, depth: int = 0) -> bool:
+    """Whether a column of type `t` round-trips through Parquet: no struct without fields (Parquet
+    cannot write one), nesting within `MAX_COLUMN_NESTING`."""
+    if depth > MAX_COLUMN_NESTING or (pa.types.is_struct(t) and t.num_fields == 0):
+        return False
+    return all(_storable(t.field(i).type, depth + 1) for i in range(t.num_fields))
 
 
 def _jsonable(value: Any) -> Any:

@@ -1,10 +1,13 @@
 """Raw input formats: find the files, cut them into shards, and yield their records.
 
 Each format yields `(location, record)` pairs where `location` is the 1-based line (JSONL) or
-row (tabular) number, and `record` is a dict, or `RawLine` bytes for JSONL (parsed by ingest so
-that a broken line can be quarantined with its bytes). Large files are cut into byte ranges on
-line boundaries so one huge file still feeds every worker; compressed files are cut in their
-decompressed stream (each shard re-decompresses up to its start: simple, and cheap next to parsing).
+row (tabular) number, and `record` is a dict, raw line bytes for JSONL (parsed by ingest so
+that a broken line can be quarantined with its bytes), or `Unreadable` for a record the reader
+could not decode (a .txt file that is not UTF-8, a Parquet row with invalid UTF-8 or a date out of
+Python's range): ingest rejects it with the reason and the raw bytes it carries.
+Large files are cut into byte ranges on line boundaries so one huge file still feeds every
+worker; compressed files are cut in their decompressed stream (each shard re-decompresses up to
+its start: simple, and cheap next to parsing).
 """
 
 from __future__ import annotations
@@ -34,6 +37,16 @@ class Part:
     end: int | None = None
     first_line: int = 1
     files: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Unreadable:
+    """A record a reader could not turn into a dict; ingest quarantines it as it is."""
+
+    reason: str
+    detail: str
+    raw: bytes
+    source: str | None = None   # the file, where a part holds several (.txt)
 
 
 def _format_of(path: str) -> str | None:
@@ -128,6 +141,8 @@ def read_jsonl(part: Part) -> Iterator[tuple[int, bytes]]:
                         break
                     remaining -= len(skipped)
         data = f.read() if part.end is None else f.read(part.end - part.start)
+    if part.start == 0 and data.startswith(b"\xef\xbb\xbf"):
+        data = data[3:]   # a UTF-8 byte order mark (Windows tools write one) is not part of the first record
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()
@@ -150,15 +165,40 @@ def plan_parquet(path: str, shard_bytes: int) -> list[Part]:
     return parts
 
 
-def read_parquet(part: Part) -> Iterator[tuple[int, dict]]:
+def read_parquet(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     import pyarrow.parquet as pq
 
     pf = pq.ParquetFile(part.path)
     row = sum(pf.metadata.row_group(rg).num_rows for rg in range(part.start)) + 1
     for rg in range(part.start, part.end or pf.metadata.num_row_groups):
-        for record in pf.read_row_group(rg).to_pylist():
-            yield row, record
-            row += 1
+        table = pf.read_row_group(rg)
+        yield from _table_rows(table, row)
+        row += table.num_rows
+
+
+def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
+    """The rows of an Arrow table as dicts; a row Python cannot hold (a string that is not UTF-8, a
+    timestamp past year 9999) becomes `Unreadable`, its raw bytes the row as an Arrow IPC stream."""
+    import pyarrow as pa
+
+    try:
+        records = table.to_pylist()
+    except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException):
+        records = None
+    if records is not None:
+        yield from enumerate(records, first)
+        return
+    for i in range(table.num_rows):
+        one = table.slice(i, 1)
+        try:
+            record = one.to_pylist()[0]
+        except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException) as e:
+            sink = pa.BufferOutputStream()
+            with pa.ipc.new_stream(sink, one.schema) as writer:
+                writer.write_table(one)
+            reason = "invalid_utf8" if isinstance(e, UnicodeDecodeError) else "unreadable_value"
+            record = Unreadable(reason, f"{type(e).__name__}: {e}", sink.getvalue().to_pybytes())
+        yield first + i, record
 
 
 def plan_hf(path: str) -> list[Part]:
@@ -168,13 +208,12 @@ def plan_hf(path: str) -> list[Part]:
     return [Part(str(Path(path) / f["filename"]), "hf") for f in state["_data_files"]]
 
 
-def read_hf(part: Part) -> Iterator[tuple[int, dict]]:
+def read_hf(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     import pyarrow as pa
 
     with pa.memory_map(part.path) as source:
         table = pa.ipc.open_stream(source).read_all()
-    for i, record in enumerate(table.to_pylist()):
-        yield i + 1, record
+    yield from _table_rows(table, 1)
 
 
 def plan_txt(files: list[str], shard_bytes: int) -> list[Part]:
@@ -190,13 +229,14 @@ def plan_txt(files: list[str], shard_bytes: int) -> list[Part]:
     return parts
 
 
-def read_txt(part: Part) -> Iterator[tuple[int, dict | bytes]]:
+def read_txt(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     for i, path in enumerate(part.files):
         data = Path(path).read_bytes()
         try:
             text = data.decode("utf-8")
-        except UnicodeDecodeError:
-            yield i + 1, {"__undecodable__": data, "id": path}
+        except UnicodeDecodeError as e:
+            yield i + 1, Unreadable("invalid_utf8", f"file is not valid UTF-8 (byte {e.start}: {e.reason})", data,
+                                    source=path)
             continue
         yield i + 1, {"id": path, "text": text}
 
