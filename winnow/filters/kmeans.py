@@ -7,12 +7,18 @@ Backends (`auto` picks the first that applies):
   `index_add_`, centroids renormalised, seeds by k-means++; an empty cluster takes the point
   farthest from its centroid;
 - `faiss` on the CPU otherwise (faiss-cpu).
+faiss is optional: `auto` without it installed uses torch (CUDA or CPU) and logs one line saying so;
+`kmeans: faiss` without it is an error naming the package to install.
 All return the centroids (k, d), unit length. The torch path also runs on the CPU (tests check it there).
 """
 
 from __future__ import annotations
 
+import logging
+
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 CHUNK = 65_536  # rows whose similarities to all centroids are computed at once
 
@@ -71,16 +77,41 @@ def _plus_plus_init(data, k: int, seed: int):
     return pool[chosen].clone()
 
 
+_told_no_faiss = False  # the fallback is logged once per process, not once per k-means call
+
+
+def _import_faiss():
+    """The faiss module, or None when it is not installed (it is an optional dependency)."""
+    try:
+        import faiss
+    except ImportError:
+        return None
+    return faiss
+
+
 def pick_backend(backend: str) -> str:
+    """The backend `spherical_kmeans` uses for `backend` (auto | faiss | faiss-gpu | torch)."""
+    global _told_no_faiss
+    if backend in ("faiss", "faiss-gpu"):
+        if _import_faiss() is None:
+            raise ImportError(f"kmeans: {backend} needs the faiss package, which is not installed: "
+                              "`pip install faiss-cpu` (or set kmeans: torch, or auto)")
+        return backend
     if backend != "auto":
         return backend
-    import faiss
-
-    if hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
+    faiss = _import_faiss()  # imported lazily: a missing faiss must not break `auto`
+    if faiss is not None and hasattr(faiss, "get_num_gpus") and faiss.get_num_gpus() > 0:
         return "faiss-gpu"
     import torch
 
-    return "torch" if torch.cuda.is_available() else "faiss"
+    if torch.cuda.is_available():
+        return "torch"
+    if faiss is None:
+        if not _told_no_faiss:
+            log.warning("faiss is not installed: k-means runs in torch on the CPU (pip install faiss-cpu for faiss)")
+            _told_no_faiss = True
+        return "torch"
+    return "faiss"
 
 
 def spherical_kmeans(x: np.ndarray, k: int, niter: int, seed: int, backend: str = "auto") -> tuple[np.ndarray, str]:
