@@ -29,18 +29,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import re
 import sys
 import tempfile
 from pathlib import Path
 
-# bench/tokenize.py shares its name with the standard library's `tokenize`; keep this folder off
-# the import path so that `import tokenize` (inspect, dill, linecache) finds the real one.
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != os.path.dirname(os.path.abspath(__file__))]
-
-from winnow.pipeline.measure import run_measured  # noqa: E402
+from winnow.pipeline.measure import run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
