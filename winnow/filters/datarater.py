@@ -32,10 +32,10 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-import xxhash
 from pydantic import Field, model_validator
 
 from winnow.filters.quality import Positives, QualityParams, QualityStage
+from winnow.pipeline.documents import id_unit
 from winnow.pipeline.stage import Context, ShardRef
 from winnow.raters.datarater_scorer import HISTORY, DataRaterScorer, train_datarater
 
@@ -139,8 +139,7 @@ class DataRaterStage(QualityStage):
         quantile = np.interp(np.nan_to_num(scores, nan=-np.inf), values, ranks, left=0.0, right=1.0)
         drawn = int(round(p.oversample_batch / p.keep_top))
         accept = acceptance_probability(quantile, p.oversample_batch, drawn)
-        draw = np.fromiter((xxhash.xxh64_intdigest(i.encode(), seed=p.seed + 1) / 2**64
-                            for i in table.column("id").to_pylist()), np.float64, table.num_rows)
+        draw = id_unit(table.column("id").to_pylist(), p.seed, purpose="datarater_accept")
         keep = draw < accept
         table = self.with_scores(table, scores)
         dropped = np.flatnonzero(~keep)

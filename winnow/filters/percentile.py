@@ -14,13 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import xxhash
+
+from winnow.pipeline import documents
 
 SKETCH_POINTS = 2048
 
 
 def id_hashes(ids: list[str]) -> np.ndarray:
-    return np.fromiter((xxhash.xxh3_64_intdigest(i.encode()) for i in ids), np.uint64, len(ids))
+    """The tie-breaking key of each id (uint64): winnow.pipeline.documents.id_hashes, purpose "percentile"."""
+    return documents.id_hashes(ids, purpose="percentile")
 
 
 def _clean(scores: np.ndarray) -> np.ndarray:

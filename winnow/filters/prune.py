@@ -34,9 +34,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
+from winnow.pipeline.documents import id_hashes
 from winnow.pipeline.shards import write_parquet_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.eu_plane import QUADRANT_NAMES, select, spans, token_keep
@@ -137,8 +137,7 @@ class PruneStage(Stage):
         quadrant = np.zeros(len(ids), np.int8)
         kept = np.zeros(len(ids), bool)
         scorable = np.flatnonzero(np.isfinite(ppl) & np.isfinite(ent))   # rows with response tokens
-        order = scorable[np.argsort([xxhash.xxh3_64_intdigest(ids[i].encode(), seed=p.seed) for i in scorable],
-                                    kind="stable")]
+        order = scorable[np.argsort(id_hashes([ids[i] for i in scorable], p.seed, purpose="prune"), kind="stable")]
         size = max(len(order), 1) if p.pool_size == 0 else max(p.pool_size, MIN_POOL)
         bounds = list(range(0, len(order), size)) + [len(order)]
         if len(bounds) > 2 and bounds[-1] - bounds[-2] < MIN_POOL:   # a short last pool joins the one before

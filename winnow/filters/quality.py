@@ -27,10 +27,10 @@ from typing import Any, ClassVar
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from winnow.filters import percentile
+from winnow.pipeline.documents import id_hashes
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
 
@@ -73,8 +73,7 @@ def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
     """The rows of one shard whose seeded id hash is under `cutoff`: (hashes, texts)."""
     ref, cutoff, seed = args
     t = pq.read_table(ref.path, columns=["id", "text"])
-    h = np.fromiter((xxhash.xxh3_64_intdigest(i.encode(), seed=seed) for i in t.column("id").to_pylist()),
-                    np.uint64, t.num_rows)
+    h = id_hashes(t.column("id").to_pylist(), seed, purpose="negatives")
     rows = np.flatnonzero(h < np.uint64(cutoff))
     return h[rows], t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
 

@@ -6,14 +6,25 @@ that evaluate a model are never among those that train it (a classifier's positi
 training pool), whatever the order or sharding of the files. A document a stage derived from
 another (a rephrase: id `<source id>/rephrase/<style>/<chunk>`) falls in its source's slice, so a
 rewrite of an evaluation document never trains a model either.
+
+Every seeded choice or order by document id in winnow (held-out slices, negatives, rephrase and
+DataRater draws, prune pools, percentile tie-breaks, held-out samples) goes through `id_hash` /
+`id_hashes` / `id_unit`: xxh3-64 of the id's UTF-8 bytes. Each caller names its `purpose`, which
+turns (purpose, seed) into the xxh3 seed, so two choices made with the same user seed are
+independent: without it the documents a rephrase stage picks (fraction f, seed 0) would be the
+held-out slice itself, and a held-out evaluation document's rewrites never train anything.
+Content hashes (dedup keys, shingles, shard fingerprints) are not id hashes and live elsewhere.
 """
 
 from __future__ import annotations
 
 import glob
 import os
+from collections.abc import Sequence
+from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import xxhash
 
 from winnow.pipeline.errors import ConfigError
@@ -30,8 +41,39 @@ def is_derived(doc_id: str) -> bool:
     return DERIVED_MARK in doc_id
 
 
+@lru_cache(maxsize=256)
+def _hash_seed(seed: int, purpose: str) -> int:
+    """The xxh3 seed of a (seed, purpose) pair: `seed` itself without a purpose."""
+    return xxhash.xxh3_64_intdigest(purpose.encode(), seed=seed) if purpose else seed
+
+
+def id_hash(doc_id: str, seed: int = 0, purpose: str = "") -> int:
+    """The seeded hash of one document id, an int in [0, 2**64): xxh3-64 of its UTF-8 bytes."""
+    return xxhash.xxh3_64_intdigest(doc_id.encode("utf-8", "surrogatepass"), seed=_hash_seed(seed, purpose))
+
+
+def id_hashes(ids: Sequence[str], seed: int = 0, purpose: str = "") -> np.ndarray:
+    """`id_hash` of each id, as a uint64 array."""
+    key = _hash_seed(seed, purpose)
+    return np.fromiter((xxhash.xxh3_64_intdigest(i.encode("utf-8", "surrogatepass"), seed=key) for i in ids),
+                       np.uint64, len(ids))
+
+
+def hash_unit(hashes: np.ndarray | int) -> np.ndarray | float:
+    """Hashes mapped to [0, 1) (their top 53 bits: float64 holds them exactly, 1.0 is never reached)."""
+    if isinstance(hashes, int):
+        return (hashes >> 11) * 2.0**-53
+    return (np.asarray(hashes, np.uint64) >> np.uint64(11)).astype(np.float64) * 2.0**-53
+
+
+def id_unit(ids: Sequence[str], seed: int = 0, purpose: str = "") -> np.ndarray:
+    """A uniform draw in [0, 1) per id (float64), a pure function of (id, seed, purpose)."""
+    return hash_unit(id_hashes(ids, seed, purpose))
+
+
 def in_heldout_slice(doc_id: str, fraction: float) -> bool:
-    return xxhash.xxh64_intdigest(source_document(doc_id).encode()) % 10_000 < fraction * 10_000
+    """Whether `doc_id` (a rewrite: its source document) is in the held-out slice of size `fraction`."""
+    return hash_unit(id_hash(source_document(doc_id), purpose="heldout")) < fraction
 
 
 def read_documents(spec: str | list[str], max_docs: int | None = None, key: str = "paths",

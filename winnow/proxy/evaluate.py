@@ -149,10 +149,11 @@ def heldout_sets(cfg: EvalConfig, baseline: Arm, tokenizer, log=print) -> dict[s
         ids, texts, sources = read_sourced_documents(spec.paths, None, f"heldout.{name}.paths",
                                                      spec.heldout_fraction, "heldout", spec.stratify)
         if spec.max_docs and len(ids) > spec.max_docs:
-            import xxhash
+            from winnow.pipeline.documents import id_hashes
+            from winnow.proxy.heldout import HELDOUT_SAMPLE
 
-            pick = sorted(sorted(range(len(ids)), key=lambda i: xxhash.xxh64_intdigest(ids[i].encode(),
-                                                                                      seed=cfg.heldout_seed))[:spec.max_docs])
+            order = id_hashes(ids, cfg.heldout_seed, purpose=HELDOUT_SAMPLE).tolist()   # as stratified_sample
+            pick = sorted(sorted(range(len(ids)), key=order.__getitem__)[:spec.max_docs])
             ids, texts, sources = [ids[i] for i in pick], [texts[i] for i in pick], [sources[i] for i in pick]
         if not ids:
             raise ConfigError(f"held-out set {name!r} has no documents", key=f"heldout.{name}")

@@ -1,4 +1,5 @@
-"""Training FLOPs of a proxy run, with the terms that matter for small models written out.
+"""Training FLOPs of a proxy run: the proxy LM's parameter count, and thin wrappers that apply the
+shared formulas of winnow/flops.py (which owns every FLOP formula) to a ProxyConfig.
 
 Per token, training (forward + backward = 3x forward):
     6 * N                      N = non-embedding parameters (Kaplan et al. 2020, C = 6ND)
@@ -12,6 +13,7 @@ dense-mask kernel that runs on CPU; block-sparse kernels on GPU do less).
 
 from __future__ import annotations
 
+from winnow.flops import training_flops_per_token
 from winnow.proxy.model import ProxyConfig, mlp_hidden
 
 
@@ -24,9 +26,11 @@ def non_embedding_params(cfg: ProxyConfig) -> int:
 
 
 def flops_per_token(cfg: ProxyConfig, seq_len: int) -> float:
+    """Training FLOPs per row position: winnow.flops.training_flops_per_token with the tied output
+    layer (d_model x V) counted as matmul parameters and attention width heads x head dim."""
     head_dim = cfg.d_model // cfg.n_head
-    return (6 * non_embedding_params(cfg) + 12 * cfg.n_layer * cfg.n_head * head_dim * seq_len
-            + 6 * cfg.d_model * cfg.vocab_size)
+    return training_flops_per_token(non_embedding_params(cfg) + cfg.d_model * cfg.vocab_size, cfg.n_layer,
+                                    cfg.n_head * head_dim, seq_len)
 
 
 def training_flops(cfg: ProxyConfig, seq_len: int, positions: int) -> float:

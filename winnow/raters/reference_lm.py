@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from winnow.flops import batch_forward_flops
 from winnow.raters.scorer import cached, file_key, inference, length_batches, resolve_device
 
 PROXY_WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.json"
@@ -60,9 +61,10 @@ class LoadedLM:
     d_model: int
 
     def flops(self, rows: int, width: int) -> float:
-        """Forward FLOPs of a (rows, width) batch: 2 x parameters per token (the tied embedding counts
-        once, as the output matmul) + 4 x layers x width x T per token for attention."""
-        return rows * width * (2.0 * self.n_params + 4.0 * self.n_layer * self.d_model * width)
+        """Forward FLOPs of a (rows, width) batch (winnow.flops.batch_forward_flops): 2 x parameters per
+        token (the tied embedding counts once, as the output matmul) + 4 x layers x d_model x T per token
+        for attention."""
+        return batch_forward_flops(self.n_params, self.n_layer, self.d_model, rows, width)
 
 
 def _load_proxy(folder: str, device: str) -> LoadedLM:

@@ -44,7 +44,8 @@ import pyarrow.compute as pc
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from winnow.pipeline.documents import DERIVED_MARK
+from winnow.flops import generation_flops
+from winnow.pipeline.documents import DERIVED_MARK, id_unit
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.synth import prompts
 from winnow.synth.backend import BackendSpec, Generation, GenerationParams, open_backend, resolve_kind
@@ -157,10 +158,10 @@ class RephraseStage(Stage):
         texts = table.column("text").to_pylist()
         real = [True] * len(ids) if "synthetic" not in table.column_names else \
             [not s for s in pc.fill_null(table.column("synthetic"), False).to_pylist()]
-        cutoff = int(p.fraction * 2 ** 64)
+        chosen = id_unit(ids, p.seed, purpose="rephrase") < p.fraction
         jobs: list[tuple[int, int, str, str]] = []
-        for row, doc_id in enumerate(ids):
-            if not real[row] or (p.fraction < 1 and xxhash.xxh3_64_intdigest(doc_id.encode(), seed=p.seed) >= cutoff):
+        for row in range(len(ids)):
+            if not real[row] or not chosen[row]:
                 continue   # never a rewrite of a rewrite; documents chosen by seeded id hash
             text = texts[row] or ""
             budget = p.synthetic_ratio * count_tokens(text) if p.synthetic_ratio else float("inf")
@@ -234,8 +235,8 @@ class RephraseStage(Stage):
             "seed": pa.array([p.seed] * n, pa.int64()),
             "prompt_tokens": pa.array([g[0].prompt_tokens for g in gens], pa.int64()),
             "completion_tokens": pa.array([g[0].completion_tokens for g in gens], pa.int64()),
-            "generation_flops": pa.array([2.0 * g[2] * (g[0].prompt_tokens + g[0].completion_tokens) if g[2] else 0.0
-                                          for g in gens], pa.float64()),
+            "generation_flops": pa.array([generation_flops(g[2], g[0].prompt_tokens + g[0].completion_tokens)
+                                          if g[2] else 0.0 for g in gens], pa.float64()),
         }
         out = _with_fields(out, {"id": pa.array(new_ids, pa.string()), "text": pa.array(texts, pa.string())})
         # columns computed from the source's text (scores, token ids, loss masks, spans) do not describe

@@ -38,5 +38,6 @@ class VllmBackend:
 
 def _approx_parameters(config) -> int:
     """Decoder parameters from the config (12·L·d² plus the embedding), for the 2·N·tokens cost."""
-    d, layers, vocab = config.hidden_size, config.num_hidden_layers, config.vocab_size
-    return int(12 * layers * d * d + vocab * d)
+    from winnow.flops import approx_decoder_params
+
+    return approx_decoder_params(config.num_hidden_layers, config.hidden_size, config.vocab_size)
