@@ -18,7 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores, with_dup_count
+from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
@@ -61,7 +61,4 @@ class ExactDedupStage(Stage):
         return state.get(ref.name)
 
     def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
-        if state is None:  # no duplicates here; every shard still carries `dup_count`
-            table = with_dup_count(table, [], [])
-            return table, self.reject(table.slice(0, 0), [])
-        return state.split(self, table, "exact_duplicate")
+        return (state or Duplicates.none()).split(self, table, "exact_duplicate")

@@ -37,7 +37,7 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores, with_dup_count
+from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.filters.textnorm import TextNorm, normalized_words
 from winnow.pipeline.dupfind import Duplicates
 from winnow.pipeline.stage import Context, ShardRef, Stage
@@ -341,10 +341,7 @@ class MinhashDedupStage(Stage):
         return state.get(ref.name)
 
     def apply(self, table: pa.Table, state: Duplicates | None) -> tuple[pa.Table, pa.Table]:
-        if state is None:  # no duplicates here; every shard still carries `dup_count`
-            table = with_dup_count(table, [], [])
-            return table, self.reject(table.slice(0, 0), [])
-        return state.split(self, table, "near_duplicate")
+        return (state or Duplicates.none()).split(self, table, "near_duplicate")
 
 
 def describe(params: MinhashParams) -> str:

@@ -54,6 +54,11 @@ class Duplicates:
     survivor_rows: np.ndarray = field(default_factory=_empty)
     survivor_counts: np.ndarray = field(default_factory=_empty)
 
+    @classmethod
+    def none(cls) -> Duplicates:
+        """A shard without duplicates: `split` keeps every row (and still adds `dup_count`)."""
+        return cls(_empty(), [], _empty())
+
     def lookup(self) -> dict[int, tuple[str, int]]:
         return {int(r): (d, int(c)) for r, d, c in zip(self.rows, self.dup_of, self.cluster_size, strict=True)}
 

@@ -280,8 +280,7 @@ class Engine:
         self._remove_stale(stage_dir, {ref.name for ref in shards})
 
         records.update(self._execute(dirname, stage, state, todo, stage_dir, config_hash, len(shards), skipped))
-        for tmp in stage_dir.rglob(".*.tmp-*"):  # a worker killed mid-write leaves its temp file behind
-            tmp.unlink(missing_ok=True)
+        self._remove_temp_files(stage_dir)  # a worker killed mid-write leaves its temp file behind
         ordered = [records[ref.name] for ref in shards]
         broken = [r.shard for r in ordered if not r.conserved()]
         if broken:
@@ -399,11 +398,15 @@ class Engine:
             yield advance
 
     @staticmethod
+    def _remove_temp_files(stage_dir: Path) -> None:
+        for tmp in stage_dir.rglob(".*.tmp-*"):
+            tmp.unlink(missing_ok=True)
+
+    @staticmethod
     def _remove_stale(stage_dir: Path, names: set[str]) -> None:
         """Shards of an earlier run that the current input no longer has, and temporary files
         a killed run left half-written."""
-        for tmp in stage_dir.rglob(".*.tmp-*"):
-            tmp.unlink(missing_ok=True)
+        Engine._remove_temp_files(stage_dir)
         for folder, pattern in ((stage_dir, "train-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
                                 (stage_dir / SHARDS_DIR, "part-*.json")):
             for path in folder.glob(pattern):
