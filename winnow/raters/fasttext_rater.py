@@ -12,7 +12,6 @@ fastText predicts on one line only, so texts are flattened before predicting too
 from __future__ import annotations
 
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -23,7 +22,6 @@ import numpy as np
 from winnow.flops import fasttext_flops
 from winnow.raters.scorer import Scorer, cached, file_key
 
-log = logging.getLogger(__name__)
 HQ, CC = "__label__hq", "__label__cc"
 DCLM_PARAMS = {"wordNgrams": 2, "lr": 0.1, "dim": 100, "ws": 5, "epoch": 5, "minCount": 1}
 
@@ -45,64 +43,53 @@ def passages(texts: list[str], words: int) -> list[str]:
 
 def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: int = 0, passage_words: int = 100,
                    **params) -> str:
-    """Train and save the classifier at `path`; returns `path`. One thread, so a seed gives the same model.
+    """Train and save the classifier at `path`; returns `path`. A seed gives the same model in any process.
 
     Training examples are passages of at most `passage_words` words. fastText makes one SGD update
     per line: DCLM's ~200k short positives give plenty, but a few thousand long documents (books,
     articles) as whole lines underfit at 5 epochs (bench/LOG.md: held-out AUC 0.951 whole, 0.999 in
     passages of 50-200 words; the same tokens are read either way). 0 trains on whole documents.
-
-    fastText sometimes aborts with "Encountered NaN" (CI saw it twice, three times in a row with
-    the lr halved each time, on data that trains cleanly here, inside a test process that had loaded
-    torch and transformers before). So a NaN is retried in a fresh interpreter, with another line
-    order and seed and half the learning rate, up to `NAN_RETRIES` times; the model saved is the first
-    that trains, and the settings it used are logged."""
+    Lines are shuffled with `seed` because fastText reads them in file order."""
     lines = [f"{HQ} {t}" for t in passages(positives, passage_words)] + \
         [f"{CC} {t}" for t in passages(negatives, passage_words)]
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    settings = {**DCLM_PARAMS, **params}
-    for attempt in range(NAN_RETRIES + 1):
-        order = np.random.default_rng(seed + attempt).permutation(len(lines))  # fastText reads in order
-        with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=os.path.dirname(os.path.abspath(path)),
-                                         delete=False, encoding="utf-8") as f:
-            f.write("\n".join(lines[i] for i in order) + "\n")
-            train_file = f.name
-        try:
-            _train_file(train_file, path, seed + attempt, settings, fresh_process=attempt > 0)
-            if attempt:
-                log.warning("fastText trained after %d NaN abort(s): seed %d, lr %g", attempt, seed + attempt,
-                            settings["lr"])
-            return path
-        except RuntimeError as e:
-            if "NaN" not in str(e) or attempt == NAN_RETRIES:
-                raise
-            settings["lr"] = settings.get("lr", 0.1) / 2
-        finally:
-            os.unlink(train_file)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    order = np.random.default_rng(seed).permutation(len(lines))
+    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=folder, delete=False, encoding="utf-8") as f:
+        f.write("\n".join(lines[i] for i in order) + "\n")
+        train_file = f.name
+    try:
+        _train_file(train_file, path, seed, {**DCLM_PARAMS, **params})
+    finally:
+        os.unlink(train_file)
     return path
 
 
-NAN_RETRIES = 3
+# fastText 0.9.2 with thread=1 writes its random init into only the first tenth of the input matrix
+# (DenseMatrix::uniform splits the matrix into 10 blocks, one per thread); the rest is whatever
+# malloc returns. Fresh pages are zero, but memory reused inside a long-lived worker holds old
+# bytes: the model then depends on the process's history (results differ between runs, and CI saw
+# "Encountered NaN" from garbage floats). Training therefore runs in its own interpreter with glibc
+# told to zero every allocation (MALLOC_PERTURB_=255 fills with 255 ^ 0xff); bench/LOG.md has the
+# reproduction. Elsewhere than glibc the fresh interpreter alone gives the zero pages.
+_ZEROED_MALLOC = {"MALLOC_PERTURB_": "255"}
+_TRAIN_CODE = ("import json, sys, fasttext\n"
+               "a = json.loads(sys.argv[1])\n"
+               "fasttext.train_supervised(input=a['input'], seed=a['seed'], thread=1, verbose=0,"
+               " **a['settings']).save_model(a['out'])\n")
 
 
-def _train_file(train_file: str, path: str, seed: int, settings: dict, fresh_process: bool) -> None:
-    """fastText on one prepared file, saved atomically at `path`; in a new interpreter when asked."""
+def _train_file(train_file: str, path: str, seed: int, settings: dict) -> None:
+    """fastText on one prepared file in a new interpreter, saved atomically at `path`."""
     tmp = f"{path}.tmp"
-    if not fresh_process:
-        import fasttext
-
-        model = fasttext.train_supervised(input=train_file, seed=seed, thread=1, verbose=0, **settings)
-        model.save_model(tmp)
-    else:
-        code = ("import json, sys, fasttext\n"
-                "a = json.loads(sys.argv[1])\n"
-                "fasttext.train_supervised(input=a['input'], seed=a['seed'], thread=1, verbose=0,"
-                " **a['settings']).save_model(a['out'])\n")
-        args = json.dumps({"input": train_file, "seed": seed, "settings": settings, "out": tmp})
-        done = subprocess.run([sys.executable, "-c", code, args], capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(done.stderr.strip().splitlines()[-1] if done.stderr.strip() else
-                               f"fastText training exited with {done.returncode}")
+    env = {**os.environ, **_ZEROED_MALLOC}
+    tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.perturb")]
+    env["GLIBC_TUNABLES"] = ":".join([*tunables, "glibc.malloc.perturb=255"])  # outranks the variable
+    args = json.dumps({"input": train_file, "seed": seed, "settings": settings, "out": tmp})
+    done = subprocess.run([sys.executable, "-c", _TRAIN_CODE, args], capture_output=True, text=True, env=env)
+    if done.returncode:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
+        raise RuntimeError(f"fastText training on {train_file} failed: {last}")
     os.replace(tmp, path)
 
 
