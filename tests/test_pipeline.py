@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import yaml
 from click.testing import CliRunner
 from conftest import REPO, check_conservation, run, web_files
@@ -124,6 +126,37 @@ def test_shipped_configs_run_in_full(tmp_path, client, monkeypatch):
             assert manifests[0]["totals"]["rows_in"] == 13_255
         if name == "web-quality":  # fastText keeps the top 30% of what the rule stages left
             assert abs(manifests[-1]["totals"]["rows_out"] / manifests[-1]["totals"]["rows_in"] - 0.3) <= 0.01
+        if name == "quickstart":
+            check_quickstart(tmp_path / name, result, manifests)
+
+
+def check_quickstart(out, result, manifests) -> None:
+    """The embedded default shows the product: dedup at three levels, a classifier trained on rows of
+    the pool itself (the standard library's docstrings), tokens packed, and the report written."""
+    import numpy as np
+
+    from winnow.pipeline.documents import in_heldout_slice
+
+    stages = [m["stage"] for m in manifests]
+    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality", "tokenize", "pack"):
+        assert stage in stages
+    by_stage = dict(zip(stages, manifests, strict=True))
+    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality"):
+        assert by_stage[stage]["totals"]["rejected"] > 0, stage
+    assert result.report == out / "report.html" and result.report.stat().st_size > 10_000
+    assert (out / "tokens").is_dir() and (out / "megatron").is_dir()
+    # positives: the pool's stdlib rows outside the held-out slice, as many as that
+    ft_dir = out / f"{stages.index('fasttext_quality'):02d}-fasttext_quality"
+    inputs = pa.concat_tables([pq.read_table(f, columns=["id", "package"]) for f in sorted(
+        (out / f"{stages.index('fasttext_quality') - 1:02d}-heuristics").glob("train-*.parquet"))])
+    stdlib = [i for i, pkg in zip(inputs.column("id").to_pylist(), inputs.column("package").to_pylist(),
+                                  strict=True) if pkg == "python"]
+    assert by_stage["fasttext_quality"]["positives"] == sum(not in_heldout_slice(i, 0.2) for i in stdlib) > 20
+    scored = pa.concat_tables([pq.read_table(f, columns=["package", "fasttext_score"])
+                               for f in [*ft_dir.glob("train-*.parquet"), *ft_dir.glob("rejected/*.parquet")]])
+    is_std = np.array(scored.column("package").to_pylist()) == "python"
+    score = np.asarray(scored.column("fasttext_score"))
+    assert score[is_std].mean() > score[~is_std].mean() + 0.2
 
 
 def test_progress_lines_when_output_is_not_a_terminal(tmp_path):

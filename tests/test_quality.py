@@ -244,3 +244,35 @@ def test_fasttext_model_does_not_depend_on_the_callers_heap(tmp_path):
                        check=True, cwd=REPO)
         digests.append(hashlib.sha256(model.read_bytes()).hexdigest())
     assert digests[0] == digests[1]
+
+
+def test_positives_where_takes_rows_of_the_pool_and_names_what_is_wrong(tmp_path, client):
+    """`positives.where` trains on the pool's own rows (here: reference documents mixed into web
+    pages, marked by a column); those rows are never negatives, and a bad `where` says which column."""
+    from pydantic import ValidationError
+
+    from winnow.filters.fasttext_quality import FastTextParams
+    from winnow.pipeline.documents import in_heldout_slice, read_documents
+
+    with pytest.raises(ValidationError, match="exactly one of `paths`"):
+        FastTextParams(positives={"paths": [REFERENCE], "where": {"kind": "wiki"}}, keep_top=0.5)
+    with pytest.raises(ValidationError, match="exactly one of `paths`"):
+        FastTextParams(positives={}, keep_top=0.5)
+    ids, texts = read_documents([REFERENCE], 150)
+    _, web = read_documents(web_files(2), 300)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"id": f"ref-{i}", "text": t, "kind": "wiki"}) + "\n" for i, t in zip(ids, texts, strict=True))
+                    + "".join(json.dumps({"id": f"web-{i}", "text": t, "kind": "web"}) + "\n" for i, t in enumerate(web)))
+    stage = {"fasttext_quality": {"positives": {"where": {"kind": "wiki"}}, "keep_top": 0.5,   # 225 of 450 rows
+                                  "train_args": {"bucket": 20_000}}}
+    run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / "out"), "stages": [stage]}, client)
+    manifest = check_conservation(tmp_path / "out")[1]
+    pool_rows = kept_rows(tmp_path / "out" / "00-ingest")
+    wiki = [i for i, k in zip(pool_rows.column("id").to_pylist(), pool_rows.column("kind").to_pylist(), strict=True)
+            if k == "wiki"]
+    assert manifest["positives"] == sum(not in_heldout_slice(i, 0.2) for i in wiki) and manifest["negatives"] > 0
+    kept = kept_rows(tmp_path / "out" / "01-fasttext_quality")
+    assert kept.column("kind").to_pylist().count("wiki") >= 0.9 * len(wiki)   # the reference outranks the web
+    bad = {"fasttext_quality": {"positives": {"where": {"source": "wiki"}}, "keep_top": 0.3}}
+    with pytest.raises(Exception, match="no column 'source'"):
+        run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / "bad"), "stages": [bad]}, client)

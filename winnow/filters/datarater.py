@@ -84,16 +84,10 @@ class DataRaterStage(QualityStage):
 
     def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
         """(target, pool sample): the pool sample comes in seeded id-hash order, so its tail is an id-hash slice."""
-        from winnow.pipeline.documents import read_documents
-
         p = self.params
-        target = []
-        if p.target is not None:
-            _, target = read_documents(p.target.paths, p.target.max_docs, f"{self.name}/target/paths",
-                                       p.target.heldout_fraction, "train")
-            if not target:
-                raise ValueError(f"{self.name}: no target documents in {p.target.paths}")
-        return target, self._negatives(shards, rows, min(p.pool_docs, rows), ctx)
+        target = self.read_positives(p.target, shards, ctx, "target") if p.target is not None else []
+        return target, self._negatives(shards, rows, min(p.pool_docs, rows), ctx,
+                                       p.target.where if p.target is not None else None)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         p = self.params

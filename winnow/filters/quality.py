@@ -39,10 +39,22 @@ FIT_COST = ".fit.json"   # beside a trained model: its training FLOPs, charged a
 
 class Positives(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    paths: list[str] = Field(description="JSONL files/globs or a stage folder of high-quality documents")
-    max_docs: int | None = Field(20_000, gt=0, description="cap on positives read")
+    paths: list[str] | None = Field(None, description="JSONL files/globs or a stage folder of high-quality documents")
+    where: dict[str, Any] | None = Field(None, description="or: the pool's own rows whose columns hold these values "
+                                         "({column: value or [values]}), e.g. {source: wikipedia}; negatives are "
+                                         "then drawn from the other rows")
+    max_docs: int | None = Field(20_000, gt=0, description="cap on positives read (the lowest seeded id hashes when "
+                                 "`where` selects more)")
     heldout_fraction: float = Field(0.2, ge=0, lt=1, description="id-hash slice of the positives never trained "
                                     "on: `winnow eval` and bench/quality.py evaluate on it")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Positives:
+        if (self.paths is None) == (self.where is None):
+            raise ValueError("positives: give exactly one of `paths` (files) and `where` (rows of the pool)")
+        if self.where is not None and not self.where:
+            raise ValueError("positives.where: name at least one column")
+        return self
 
 
 class QualityParams(BaseModel):
@@ -69,13 +81,61 @@ class QualityParams(BaseModel):
             raise ValueError("give `model` (a saved model) or `positives` (to train one)")
         return self
 
+def where_mask(table: pa.Table, where: dict[str, Any], path: str) -> np.ndarray:
+    """Rows whose every named column holds one of the given values (a null matches nothing)."""
+    import pyarrow.compute as pc
+
+    mask = np.ones(table.num_rows, bool)
+    for column, wanted in where.items():
+        if column not in table.column_names:
+            raise ValueError(f"positives.where: {path} has no column {column!r} (it has {table.column_names})")
+        values = wanted if isinstance(wanted, list) else [wanted]
+        col = table.column(column)
+        try:
+            value_set = pa.array(values).cast(col.type)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
+            raise ValueError(f"positives.where: {values!r} do not fit column {column!r} of type {col.type} "
+                             f"in {path}: {e}") from e
+        mask &= np.asarray(pc.fill_null(pc.is_in(col, value_set=value_set), False), bool)
+    return mask
+
+
+def _read_for(ref: ShardRef, where: dict[str, Any] | None) -> pa.Table:
+    """id, text and the columns `where` names, of one shard."""
+    columns = [c for c in (where or {}) if c not in ("id", "text")]
+    names = pq.read_schema(ref.path).names
+    missing = [c for c in columns if c not in names]
+    if missing:
+        raise ValueError(f"positives.where: {ref.path} has no column {missing[0]!r} (it has {names})")
+    return pq.read_table(ref.path, columns=["id", "text", *columns])
+
+
 def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
-    """The rows of one shard whose seeded id hash is under `cutoff`: (hashes, texts)."""
-    ref, cutoff, seed = args
-    t = pq.read_table(ref.path, columns=["id", "text"])
+    """The rows of one shard whose seeded id hash is under `cutoff` (and that `where` does not
+    select as positives): (hashes, texts)."""
+    ref, cutoff, seed, where = args
+    t = _read_for(ref, where)
     h = id_hashes(t.column("id").to_pylist(), seed, purpose="negatives")
-    rows = np.flatnonzero(h < np.uint64(cutoff))
+    chosen = h < np.uint64(cutoff)
+    if where:
+        chosen &= ~where_mask(t, where, ref.path)
+    rows = np.flatnonzero(chosen)
     return h[rows], t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
+
+
+def _select_positives(args: tuple) -> tuple[np.ndarray, list[str]]:
+    """The rows of one shard that `where` selects, outside the held-out slice: (hashes, texts)."""
+    from winnow.pipeline.documents import in_heldout_slice
+
+    ref, where, heldout, seed = args
+    t = _read_for(ref, where)
+    ids = t.column("id").to_pylist()
+    chosen = where_mask(t, where, ref.path)
+    if heldout > 0:
+        chosen &= ~np.fromiter((in_heldout_slice(i, heldout) for i in ids), bool, len(ids))
+    rows = np.flatnonzero(chosen)
+    h = id_hashes([ids[r] for r in rows], seed, purpose="positives")
+    return h, t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
 
 def _train(args: tuple) -> float:
@@ -142,15 +202,32 @@ class QualityStage(Stage):
     def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
         """(positives, negatives) to train on: the positives less their held-out slice, and as many pool
         documents (or `negatives`) by seeded id hash."""
+        p = self.params
+        pos = self.read_positives(p.positives, shards, ctx, "positives")
+        neg = self._negatives(shards, rows, p.negatives or len(pos), ctx, p.positives.where) \
+            if self.needs_negatives else []
+        return pos, neg
+
+    def read_positives(self, spec: Positives, shards: list[ShardRef], ctx: Context, key: str) -> list[str]:
+        """The texts `spec` names, less its held-out slice: from its files, or from the pool's own rows
+        its `where` selects (the lowest seeded id hashes first, so sharding does not change them)."""
         from winnow.pipeline.documents import read_documents
 
-        p = self.params
-        _, pos = read_documents(p.positives.paths, p.positives.max_docs, f"{self.name}/positives/paths",
-                                p.positives.heldout_fraction, "train")
-        if not pos:
-            raise ValueError(f"{self.name}: no positives left in {p.positives.paths}")
-        neg = self._negatives(shards, rows, p.negatives or len(pos), ctx) if self.needs_negatives else []
-        return pos, neg
+        if spec.where:
+            parts = ctx.map(_select_positives, [(ref, spec.where, spec.heldout_fraction, self.params.seed)
+                                                for ref in shards])
+            hashes = np.concatenate([h for h, _ in parts]) if parts else np.zeros(0, np.uint64)
+            texts = [t for _, ts in parts for t in ts]
+            chosen = [texts[i] for i in np.argsort(hashes, kind="stable")[:spec.max_docs]]
+            if not chosen:
+                raise ValueError(f"{self.name}: {key}.where {spec.where} selects no row of the pool outside "
+                                 "its held-out slice")
+            return chosen
+        _, chosen = read_documents(spec.paths, spec.max_docs, f"{self.name}/{key}/paths", spec.heldout_fraction,
+                                   "train")
+        if not chosen:
+            raise ValueError(f"{self.name}: no {key} left in {spec.paths}")
+        return chosen
 
     def kept_band(self) -> tuple[float, float]:
         """The quantiles of the score to keep between; `keep_top` counts from the good end."""
@@ -159,11 +236,13 @@ class QualityStage(Stage):
             return tuple(p.band)
         return (1 - p.keep_top, 1.0) if self.higher_is_better else (0.0, p.keep_top)
 
-    def _negatives(self, shards: list[ShardRef], rows: int, n: int, ctx: Context) -> list[str]:
-        """`n` texts of the pool's `rows`: the lowest seeded id hashes, whatever the sharding."""
+    def _negatives(self, shards: list[ShardRef], rows: int, n: int, ctx: Context,
+                   where: dict[str, Any] | None = None) -> list[str]:
+        """`n` texts of the pool's `rows`: the lowest seeded id hashes, whatever the sharding; rows that
+        `where` selects as positives are left out."""
         fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
         cutoff = min(2**64 - 1, int(fraction * 2**64))
-        parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed) for ref in shards])
+        parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where) for ref in shards])
         hashes = np.concatenate([h for h, _ in parts])
         texts = [t for _, ts in parts for t in ts]
         return [texts[i] for i in np.argsort(hashes, kind="stable")[:n]]

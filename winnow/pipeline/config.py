@@ -62,6 +62,7 @@ class OutputsConfig(Strict):
     dataset: bool = Field(True, description="also write the final rows as a `datasets` save_to_disk folder")
     token_files: bool = Field(True, description="when the last stage packs: tokens/ (flat memmap + index)")
     megatron: bool = Field(True, description="when the last stage packs: megatron/text_document.{bin,idx}")
+    report: bool = Field(False, description="end by writing report.html (what `winnow report OUT` writes)")
 
 
 class PipelineConfig(Strict):

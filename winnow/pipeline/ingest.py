@@ -155,7 +155,10 @@ class IngestStage(Stage):
             if name not in json_columns:
                 try:
                     arr = pa.array(values)
-                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError):
+                    # pyarrow puts bytes met among str values into a string column unchecked
+                    # (e.g. a Parquet map<string, binary>): full validation catches invalid UTF-8
+                    arr.validate(full=True)
+                except (pa.ArrowInvalid, pa.ArrowTypeError, OverflowError, ValueError):
                     arr = None
                 if arr is not None and not _storable(arr.type):
                     arr = None
@@ -179,8 +182,9 @@ class IngestStage(Stage):
         json_columns = frozenset().union(*(j for _, j in extras)) if extras else frozenset()
         schema, incompatible = _unify(schemas, json_columns)
         json_columns |= incompatible
-        if self.params.strict and duplicates:
-            name, dups = next(iter(duplicates.items()))
+        losing = [(name, dups) for name, dups in duplicates.items() if len(dups.rows)]  # survivors' shards too
+        if self.params.strict and losing:
+            name, dups = losing[0]
             ref = next(r for r in shards if r.name == name)
             raise InputError(f"duplicate id (first seen at {dups.dup_of[0]})", file=ref.path,
                              line=int(dups.rows[0]), reason="duplicate_id")

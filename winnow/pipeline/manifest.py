@@ -87,9 +87,32 @@ def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: 
     return manifest
 
 
+def run_stage_dirs(out_dir: str | Path) -> list[str] | None:
+    """The stage folders of the run whose config is in OUT/config.resolved.yaml (written when a run
+    starts), in order; None when there is none. Folders left by a run of another config are not in it."""
+    import yaml
+
+    cfg = Path(out_dir) / "config.resolved.yaml"
+    if not cfg.is_file():
+        return None
+    data = yaml.safe_load(cfg.read_text()) or {}
+    return ["00-ingest", *(f"{i:02d}-{next(iter(spec))}" for i, spec in enumerate(data.get("stages") or [], 1))]
+
+
 def read_manifests(out_dir: str | Path) -> list[tuple[str, dict]]:
-    """Every stage manifest under an output folder, in stage order."""
+    """Every stage manifest of the output folder's run, in stage order (every one found when the
+    folder has no resolved config)."""
+    wanted = run_stage_dirs(out_dir)
     found = []
     for path in sorted(Path(out_dir).glob(f"[0-9][0-9]-*/{MANIFEST}")):
-        found.append((path.parent.name, json.loads(path.read_text())))
+        if wanted is None or path.parent.name in wanted:
+            found.append((path.parent.name, json.loads(path.read_text())))
     return found
+
+
+def stray_stage_dirs(out_dir: str | Path) -> list[Path]:
+    """Stage folders under OUT that its current config does not name (left by a run of another config)."""
+    wanted = run_stage_dirs(out_dir)
+    if wanted is None:
+        return []
+    return sorted(p for p in Path(out_dir).glob("[0-9][0-9]-*") if p.is_dir() and p.name not in wanted)

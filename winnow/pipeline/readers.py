@@ -185,13 +185,16 @@ def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
         records = table.to_pylist()
     except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException):
         records = None
-    if records is not None:
+    check_nat = _has_ns_timestamp(table.schema)
+    if records is not None and not (check_nat and any(_holds_nat(r) for r in records)):
         yield from enumerate(records, first)
         return
     for i in range(table.num_rows):
         one = table.slice(i, 1)
         try:
             record = one.to_pylist()[0]
+            if check_nat and _holds_nat(record):
+                raise ValueError("a nanosecond timestamp at the int64 minimum, which pandas reads as NaT")
         except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException) as e:
             sink = pa.BufferOutputStream()
             with pa.ipc.new_stream(sink, one.schema) as writer:
@@ -199,6 +202,27 @@ def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
             reason = "invalid_utf8" if isinstance(e, UnicodeDecodeError) else "unreadable_value"
             record = Unreadable(reason, f"{type(e).__name__}: {e}", sink.getvalue().to_pybytes())
         yield first + i, record
+
+
+def _has_ns_timestamp(typ) -> bool:
+    """Whether a schema or type holds nanosecond timestamps anywhere: pyarrow hands those to Python
+    as pandas Timestamps, and a stored int64 minimum comes back as NaT, a value nothing downstream
+    can serialise (found by tests/test_fuzz.py)."""
+    import pyarrow as pa
+
+    if isinstance(typ, pa.Schema):
+        return any(_has_ns_timestamp(f.type) for f in typ)
+    if pa.types.is_timestamp(typ):
+        return typ.unit == "ns"
+    return any(_has_ns_timestamp(typ.field(i).type) for i in range(typ.num_fields))
+
+
+def _holds_nat(value) -> bool:
+    if isinstance(value, dict):
+        return any(_holds_nat(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_holds_nat(v) for v in value)
+    return type(value).__name__ == "NaTType"
 
 
 def plan_hf(path: str) -> list[Part]:
@@ -266,12 +290,13 @@ def read_installed(part: Part) -> Iterator[tuple[int, dict]]:
     for name in part.files:
         if name == "<stdlib>":
             root = Path(sysconfig.get_paths()["stdlib"])
-            files = sorted(p for p in root.glob("*.py"))
+            files = sorted([*root.glob("*.py"), *root.glob("*/__init__.py")])  # modules and packages
             for path in files:
                 doc = _module_docstring(path)
                 if doc:
                     n += 1
-                    yield n, {"id": f"stdlib/{path.name}", "text": doc, "package": "python", "kind": "docstring"}
+                    yield n, {"id": f"stdlib/{path.relative_to(root).as_posix()}", "text": doc, "package": "python",
+                              "kind": "docstring"}
             continue
         try:
             dist = metadata.distribution(name)

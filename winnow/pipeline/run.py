@@ -4,7 +4,8 @@ Final outputs, beside the stage folders:
 - `config.resolved.yaml`: the config after defaults and `--set`, as it ran;
 - `dataset/`: the last stage's documents as a `datasets` save_to_disk folder;
 - `_run.json`: which stage folder is final, its fingerprints, and the wall time;
-- whatever the last stage's `finalize` writes (pack: `tokens/`, `megatron/`).
+- whatever the last stage's `finalize` writes (pack: `tokens/`, `megatron/`);
+- `report.html` when `outputs.report` is set.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ class RunResult:
     stages: list[StageResult]
     final_dir: Path
     seconds: float
+    report: Path | None = None
 
 
 def build_stages(config: ResolvedConfig) -> list[tuple[str, Any, dict]]:
@@ -70,7 +72,12 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
                "final_fingerprints": [r.output_fingerprint for r in results[-1].records],
                "wall_seconds": round(seconds, 3)}
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
-    return RunResult(out, results, final_dir, seconds)
+    report = None
+    if config.pipeline.outputs.report:
+        from winnow.report import build_report
+
+        report = Path(build_report(str(out)))
+    return RunResult(out, results, final_dir, seconds, report)
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:

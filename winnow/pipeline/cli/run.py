@@ -23,6 +23,7 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
     from rich.console import Console
 
     from winnow.pipeline.config import load_config
+    from winnow.pipeline.manifest import stray_stage_dirs
     from winnow.pipeline.report import render_funnel
     from winnow.pipeline.run import run_pipeline
 
@@ -35,3 +36,9 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
     render_funnel(result.out_dir, Console(width=max(Console().width, 110)))
     click.echo(f"final documents: {result.final_dir}  (datasets folder: {result.out_dir / 'dataset'})")
     click.echo(f"done in {result.seconds:.1f} s")
+    stray = stray_stage_dirs(result.out_dir)
+    if stray:
+        click.echo(f"note: {', '.join(p.name for p in stray)} in {result.out_dir} belong to a run of another "
+                   "config: stats and report leave them out, `winnow verify` flags them; delete them when done")
+    if result.report is not None:
+        click.echo(f"report: {result.report}  (open it in a browser)")
