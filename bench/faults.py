@@ -22,14 +22,22 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import yaml
 
-from winnow.pipeline.faults import ENV, POINTS, fired, id_counts, lost_and_duplicated, output_files, run_cli
+from winnow.pipeline.faults import (
+    ENV,
+    POINTS,
+    fired,
+    id_counts,
+    lost_and_duplicated,
+    output_files,
+    run_cli,
+    run_command,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -55,8 +63,7 @@ def write_config(folder: Path, out: Path, inputs: list[str]) -> Path:
 
 def timed_kill(config: Path, after_s: float) -> int:
     """Start `winnow run` and SIGKILL its whole process group after `after_s` seconds."""
-    proc = subprocess.Popen([sys.executable, "-m", "winnow.pipeline.cli", "run", str(config), "--quiet"],
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(run_command(config), start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             env={k: v for k, v in os.environ.items() if k != ENV})
     try:
         proc.wait(timeout=after_s)

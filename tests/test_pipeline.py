@@ -156,7 +156,8 @@ def check_quickstart(out, result, manifests) -> None:
                                for f in [*ft_dir.glob("train-*.parquet"), *ft_dir.glob("rejected/*.parquet")]])
     is_std = np.array(scored.column("package").to_pylist()) == "python"
     score = np.asarray(scored.column("fasttext_score"))
-    assert score[is_std].mean() > score[~is_std].mean() + 0.2
+    auc = (score[is_std][:, None] > score[~is_std][None, :]).mean()   # stdlib docstrings rank above the rest
+    assert auc > 0.8 and score[is_std].mean() > score[~is_std].mean() + 0.15, (auc, score[is_std].mean())
 
 
 def test_progress_lines_when_output_is_not_a_terminal(tmp_path):

@@ -49,12 +49,18 @@ def inject(point: str, stage_dir: str | Path, shard: str = "") -> None:
 
 # ---- harness: what tests/test_faults.py and bench/faults.py drive a run with ----
 
+def run_command(config_path: str | Path) -> list[str]:
+    """The argv of a quiet `winnow run CONFIG` in a new interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "winnow.pipeline.cli", "run", str(config_path), "--quiet"]
+
+
 def run_cli(config_path: str | Path, plan: dict | None = None, env: dict | None = None,
             timeout: float = 600) -> int:
     """`winnow run CONFIG` in its own process group (so `kill_run` takes down only that run),
     with `plan` as the fault plan; returns the exit status (-9 when killed)."""
     import subprocess
-    import sys
 
     environ = {**os.environ, **(env or {})}
     environ.pop(ENV, None)
@@ -63,8 +69,7 @@ def run_cli(config_path: str | Path, plan: dict | None = None, env: dict | None 
         Path(f"{plan_path}.fired").unlink(missing_ok=True)
         plan_path.write_text(json.dumps(plan))
         environ[ENV] = str(plan_path)
-    done = subprocess.run([sys.executable, "-m", "winnow.pipeline.cli", "run", str(config_path), "--quiet"],
-                          env=environ, start_new_session=True, timeout=timeout,
+    done = subprocess.run(run_command(config_path), env=environ, start_new_session=True, timeout=timeout,
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     if done.returncode not in (0, -signal.SIGKILL):
         raise RuntimeError(f"winnow run {config_path} exited {done.returncode}:\n{done.stderr[-3000:]}")
