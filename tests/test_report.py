@@ -9,8 +9,6 @@ import io
 import json
 import os
 import re
-import shutil
-import tempfile
 from pathlib import Path
 
 import pytest
@@ -120,28 +118,16 @@ def test_cli_writes_the_default_path_and_says_what_is_missing(reported, tmp_path
 
 def _chromium(tmp_path: Path):
     """Selenium driving Debian's chromium through its chromedriver; no browser is ever downloaded."""
-    missing = [name for name in ("chromium", "chromedriver") if shutil.which(name) is None]
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        missing.append("selenium (pip)")
+    from winnow.report.browser import headless_chromium, missing_tools
+
+    missing = missing_tools()
     if missing:
         why = (f"headless Chromium unavailable: {', '.join(missing)} missing "
                "(bash scripts/setup.sh --dev installs Debian's chromium and chromium-driver)")
         if os.environ.get("CI"):   # CI has shown apt-get installs them there: missing is a broken setup
             pytest.fail(why)
         pytest.skip(why)  # setup.sh --dev installs them where apt-get can; its warning says when it could not
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    # the flags this machine needs: no sandbox as root, no background connections to a closed network
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic",
-                 "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--hide-scrollbars", "--window-size=1200,900",
-                 f"--user-data-dir={tempfile.mkdtemp(dir=tmp_path, prefix='chromium-')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    return webdriver.Chrome(options=options, service=Service(shutil.which("chromedriver")))
+    return headless_chromium(tmp_path)
 
 
 def test_report_opens_cleanly_in_headless_chromium(reported, tmp_path):
