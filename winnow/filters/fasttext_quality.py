@@ -36,6 +36,15 @@ class FastTextQualityStage(QualityStage):
     def scorer(self, model: str) -> FastTextScorer:
         return FastTextScorer(model)
 
+    def manifest_extra(self, state: dict) -> dict:
+        extra = super().manifest_extra(state)
+        lo, hi = state.get("score_range") or (0.0, 1.0)
+        if hi - lo < 0.01 and state.get("positives"):   # seen with ~50 positives at DCLM's lr 0.1 x 5 epochs
+            extra["warnings"] = [f"every score lies in [{lo:.4f}, {hi:.4f}]: the classifier barely trained on "
+                                 f"{state['positives']} positives; raise train_args epoch (e.g. 25) and lr (e.g. 0.5) "
+                                 "or give more positives"]
+        return extra
+
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         train_fasttext(positives, negatives, path, self.params.seed, self.params.passage_words,
                        **self.params.train_args)

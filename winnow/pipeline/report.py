@@ -14,7 +14,7 @@ def funnel(out_dir: str | Path) -> list[dict]:
         rows.append({"stage": dirname, **{k: t[k] for k in ("rows_in", "kept", "rejected", "added", "bytes_in",
                                                                "bytes_kept", "bytes_rejected", "flops")},
                      "seconds": m.get("wall_seconds", t["seconds"]), "cpu_seconds": t["seconds"],
-                     "reasons": m["reasons"], "shards": len(m["shards"])})
+                     "reasons": m["reasons"], "shards": len(m["shards"]), "warnings": m.get("warnings", [])})
     return rows
 
 
@@ -52,6 +52,9 @@ def render_funnel(out_dir: str | Path, console, top_reasons: int = 8) -> None:
             shown = ", ".join(f"{k} {v:,}" for k, v in items[:top_reasons])
             more = f", … {len(items) - top_reasons} more" if len(items) > top_reasons else ""
             console.print(f"  [bold]{r['stage']}[/] rejected by reason: {shown}{more}")
+    for r in rows:
+        for warning in r["warnings"]:
+            console.print(f"  [bold yellow]warning[/] {r['stage']}: {warning}")
 
 
 def scoring_stages(out_dir: str | Path) -> dict[str, dict]:

@@ -248,7 +248,7 @@ def scores(stages: list[StageInfo], examples: int) -> list[dict]:
                     "missing": int((~np.isfinite(values)).sum()), "documents": kept_n + rej_n,
                     "complete": k_scan.complete and r_scan.complete,
                     "cut_lo": _cut_score(cut, "lo"), "cut_hi": _cut_score(cut, "hi"),
-                    "band": m.get("band") if cut else None, "acceptance": m.get("acceptance"),
+                    "band": m.get("band") if cut else None, "acceptance": m.get("acceptance"), "warnings": m.get("warnings", []),
                     "model": m.get("model") if cut else None,
                     "lowest": ends["lowest"], "highest": ends["highest"],
                     "plane": _plane(s) if column == "ppl" else None,

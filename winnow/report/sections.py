@@ -87,6 +87,7 @@ def scores(items: list[dict]) -> str:
         if s["model"]:
             facts.append(["model", f"<code>{esc(s['model'])}</code>"])
         body = [f"<h3>{esc(s['stage'])}: <code>{esc(s['column'])}</code></h3>", table([], facts, {1})]
+        body += [f'<p class="rejected"><b>warning:</b> {esc(w)}</p>' for w in s.get("warnings", [])]
         if len(s["values"]):
             body.append(img(figures.score_histogram(s), f"{s['stage']} {s['column']} histogram"))
         if s.get("plane") is not None:
