@@ -127,10 +127,15 @@ def main() -> None:
                 hit = timed_kill(config, after) == -signal.SIGKILL
             run_cli(config)  # resume (or, after a worker kill, a no-op rerun)
             lost, duplicated = lost_and_duplicated(ref_ids, id_counts(out))
-            identical = output_files(out) == ref_files
+            got = output_files(out)
+            differ = sorted(k for k in set(got) | set(ref_files) if got.get(k) != ref_files.get(k))
+            identical = not differ
             rows.append((kind, where, hit, lost, duplicated, identical, verify(out)))
             print(f"{trial:2d} {kind:24s} {where:40s} fired={hit} lost={lost} dup={duplicated} "
                   f"identical={identical} verify={rows[-1][-1]}", flush=True)
+            if differ:
+                print(f"   differ ({len(differ)}): {', '.join(differ[:6])}{' ...' if len(differ) > 6 else ''}",
+                      flush=True)
         print("\n| fault | trials | fired | rows lost | rows duplicated | output identical | verify ok |")
         print("|---|---|---|---|---|---|---|")
         for kind in dict.fromkeys(r[0] for r in rows):

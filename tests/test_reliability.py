@@ -154,3 +154,35 @@ def test_state_digest_is_the_same_in_every_process():
     digests = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                               env={**os.environ, "PYTHONHASHSEED": str(seed)}).stdout for seed in (1, 2, 3)}
     assert len(digests) == 1
+
+
+def test_a_kill_while_a_model_trains_leaves_only_files_the_engine_sweeps(tmp_path):
+    """fastText's training file and model are written under hidden temporary names: a SIGKILL in the
+    middle leaves nothing a resumed run would take as output (the fault sweep found a `tmpXXXX.txt`
+    left in a stage folder, which made the resumed output differ), and the engine's sweep removes it."""
+    import signal
+    import time
+
+    from winnow.pipeline.engine import Engine
+    from winnow.pipeline.shards import TEMP_GLOB
+
+    stage_dir = tmp_path / "06-fasttext_quality"
+    stage_dir.mkdir()
+    code = ("import sys\n"
+            "from winnow.pipeline.documents import read_documents\n"
+            "from winnow.raters.fasttext_rater import train_fasttext\n"
+            "texts = read_documents(sys.argv[2:], 3000)[1]\n"
+            "train_fasttext(texts[::2] * 4, texts[1::2] * 4, sys.argv[1] + '/model.bin')\n")
+    proc = subprocess.Popen([sys.executable, "-c", code, str(stage_dir), *web_files(6)], start_new_session=True,
+                            cwd=Path(__file__).resolve().parents[1])
+    deadline = time.monotonic() + 120
+    while not list(stage_dir.iterdir()) and proc.poll() is None:   # the training file is written first
+        assert time.monotonic() < deadline, "training never started"
+        time.sleep(0.05)
+    time.sleep(0.5)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    left = sorted(p.name for p in stage_dir.iterdir())
+    assert left and all(p.match(TEMP_GLOB) for p in stage_dir.iterdir()), left
+    Engine._remove_temp_files(stage_dir)
+    assert not list(stage_dir.iterdir())

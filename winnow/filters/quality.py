@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from winnow.filters import percentile
 from winnow.pipeline.documents import id_hashes
+from winnow.pipeline.shards import temp_path
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
 
@@ -252,8 +253,9 @@ class QualityStage(Stage):
         scorer = self.scorer(model)
         table = pq.read_table(ref.path, columns=["id", "text"])
         scores = np.asarray(self.score_table(scorer, ref, table), np.float64)
-        tmp = f"{out}.tmp.npy"
-        np.save(tmp, scores)
+        tmp = temp_path(out)
+        with open(tmp, "wb") as f:   # a file object: np.save adds no suffix to it
+            np.save(f, scores)
         os.replace(tmp, out)
         finite = scores[np.isfinite(scores)]
         return {"sketch": percentile.sketch(scores, percentile.id_hashes(table.column("id").to_pylist())),

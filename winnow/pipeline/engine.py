@@ -41,6 +41,7 @@ from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.faults import inject
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
 from winnow.pipeline.shards import (
+    TEMP_GLOB,
     file_hash,
     kept_path,
     rejected_path,
@@ -399,7 +400,7 @@ class Engine:
 
     @staticmethod
     def _remove_temp_files(stage_dir: Path) -> None:
-        for tmp in stage_dir.rglob(".*.tmp-*"):
+        for tmp in stage_dir.rglob(TEMP_GLOB):
             tmp.unlink(missing_ok=True)
 
     @staticmethod

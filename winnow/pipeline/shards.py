@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -64,11 +65,22 @@ def write_bytes_atomic(data: bytes, path: str | Path) -> None:
     _sync_dir(path.parent)
 
 
+def temp_path(path: str | Path) -> Path:
+    """The name a file is written under before it is renamed to `path`: hidden, unique to this
+    process and thread, and matched by `TEMP_GLOB`, so the engine sweeps away what a killed run left
+    and `winnow verify` names it."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+
+
+TEMP_GLOB = ".*.tmp-*"
+
+
 @contextlib.contextmanager
 def _storage_errors(path: Path) -> Iterator[Path]:
     """A temporary name beside `path`; an OSError while writing it (disk full, read-only folder)
     removes the partial file and becomes a StorageError naming `path` (Arrow's own messages do not)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = temp_path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp

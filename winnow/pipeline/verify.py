@@ -32,10 +32,9 @@ from typing import Any
 import numpy as np
 
 from winnow.pipeline.manifest import MANIFEST, SHARDS_DIR, ShardRecord
-from winnow.pipeline.shards import file_hash, kept_path, rejected_path
+from winnow.pipeline.shards import TEMP_GLOB, file_hash, kept_path, rejected_path
 
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
-TEMP = ".*.tmp-*"               # write_parquet_atomic / write_bytes_atomic temporary names
 RECORD_FIELDS = {f.name for f in fields(ShardRecord)}
 MAX_LISTED = 20                 # duplicate ids named one by one; the rest are counted
 
@@ -350,7 +349,7 @@ class _Verifier:
             if path.stem not in markers:
                 self.problem(st.dirname, path, f"rejected file without a marker ({SHARDS_DIR}/{path.stem}.json)",
                              "stray")
-        for path in sorted(st.path.rglob(TEMP)):
+        for path in sorted(st.path.rglob(TEMP_GLOB)):
             self.problem(st.dirname, path, "leftover temporary file of an interrupted write (the finished file "
                          "is intact; safe to delete)", "leftover")
 
@@ -441,7 +440,7 @@ class _Verifier:
         final = stages[-1]
         fingerprints = [r.output_fingerprint for r in final.records.values()]
         run_json = self.out / "_run.json"
-        leftovers = [*self.out.glob(TEMP), *self.out.glob(".dataset-*"),
+        leftovers = [*self.out.glob(TEMP_GLOB), *self.out.glob(".dataset-*"),
                      *(p for d in ("tokens", "megatron", "dataset") for p in (self.out / d).glob(".*.tmp*"))]
         for path in sorted(leftovers):
             self.problem("", path, "leftover temporary file of an interrupted write (safe to delete)", "leftover")

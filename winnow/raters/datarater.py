@@ -65,6 +65,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from winnow.flops import forward_flops_per_token, meta_step_flops, training_flops_from_forward
+from winnow.pipeline.shards import temp_path
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token
 from winnow.proxy.model import ProxyConfig, ProxyLM
@@ -572,7 +573,7 @@ class MetaTrainer:
         assert self.checkpoint_dir is not None
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         path = self.checkpoint_dir / CHECKPOINT_NAME
-        tmp = path.with_suffix(".tmp")
+        tmp = temp_path(path)
         torch.save(self._state(), tmp)
         os.replace(tmp, path)  # atomic: a kill mid-write leaves the previous checkpoint
         return path

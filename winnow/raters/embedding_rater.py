@@ -14,6 +14,7 @@ import os
 import numpy as np
 
 from winnow.flops import matmul_flops
+from winnow.pipeline.shards import temp_path
 from winnow.raters.embed import embed
 from winnow.raters.scorer import Scorer, cached, file_key
 
@@ -27,8 +28,9 @@ def train_head(positives: np.ndarray, negatives: np.ndarray, path: str, model: s
     y = np.concatenate([np.ones(len(positives)), np.zeros(len(negatives))])
     clf = LogisticRegression(C=c, max_iter=1000, class_weight="balanced", random_state=seed).fit(x, y)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp.npz"
-    np.savez(tmp, w=clf.coef_[0].astype(np.float32), b=np.float32(clf.intercept_[0]), model=np.str_(model))
+    tmp = temp_path(path)
+    with open(tmp, "wb") as f:   # a file object: np.savez adds no suffix to it
+        np.savez(f, w=clf.coef_[0].astype(np.float32), b=np.float32(clf.intercept_[0]), model=np.str_(model))
     os.replace(tmp, path)
     return path
 

@@ -15,11 +15,11 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
 
 from winnow.flops import fasttext_flops
+from winnow.pipeline.shards import temp_path
 from winnow.raters.scorer import Scorer, cached, file_key
 
 HQ, CC = "__label__hq", "__label__cc"
@@ -55,13 +55,12 @@ def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: 
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     order = np.random.default_rng(seed).permutation(len(lines))
-    with tempfile.NamedTemporaryFile("w", suffix=".txt", dir=folder, delete=False, encoding="utf-8") as f:
-        f.write("\n".join(lines[i] for i in order) + "\n")
-        train_file = f.name
+    train_file = temp_path(f"{path}.train.txt")   # a killed run leaves a name the engine sweeps away
+    train_file.write_text("\n".join(lines[i] for i in order) + "\n", encoding="utf-8")
     try:
-        _train_file(train_file, path, seed, {**DCLM_PARAMS, **params})
+        _train_file(str(train_file), path, seed, {**DCLM_PARAMS, **params})
     finally:
-        os.unlink(train_file)
+        train_file.unlink(missing_ok=True)
     return path
 
 
@@ -81,7 +80,7 @@ _TRAIN_CODE = ("import json, sys, fasttext\n"
 
 def _train_file(train_file: str, path: str, seed: int, settings: dict) -> None:
     """fastText on one prepared file in a new interpreter, saved atomically at `path`."""
-    tmp = f"{path}.tmp"
+    tmp = str(temp_path(path))
     env = {**os.environ, **_ZEROED_MALLOC}
     tunables = [t for t in env.get("GLIBC_TUNABLES", "").split(":") if t and not t.startswith("glibc.malloc.perturb")]
     env["GLIBC_TUNABLES"] = ":".join([*tunables, "glibc.malloc.perturb=255"])  # outranks the variable
