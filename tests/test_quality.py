@@ -276,6 +276,9 @@ def test_positives_where_takes_rows_of_the_pool_and_names_what_is_wrong(tmp_path
     bad = {"fasttext_quality": {"positives": {"where": {"source": "wiki"}}, "keep_top": 0.3}}
     with pytest.raises(Exception, match="no column 'source'"):
         run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / "bad"), "stages": [bad]}, client)
+    everything = {"fasttext_quality": {"positives": {"where": {"kind": ["wiki", "web"]}}, "keep_top": 0.3}}
+    with pytest.raises(Exception, match="selects every row of the pool"):
+        run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / "all"), "stages": [everything]}, client)
 
 
 def test_a_classifier_that_barely_trained_is_flagged(tmp_path, client):

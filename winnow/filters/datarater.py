@@ -85,8 +85,8 @@ class DataRaterStage(QualityStage):
     def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
         """(target, pool sample): the pool sample comes in seeded id-hash order, so its tail is an id-hash slice."""
         p = self.params
-        target = self.read_positives(p.target, shards, ctx, "target") if p.target is not None else []
-        return target, self._negatives(shards, rows, min(p.pool_docs, rows), ctx,
+        target, matched = self.read_positives(p.target, shards, ctx, "target") if p.target is not None else ([], 0)
+        return target, self._negatives(shards, rows - matched, min(p.pool_docs, rows - matched), ctx,
                                        p.target.where if p.target is not None else None)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:

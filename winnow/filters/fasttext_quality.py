@@ -40,9 +40,10 @@ class FastTextQualityStage(QualityStage):
         extra = super().manifest_extra(state)
         lo, hi = state.get("score_range") or (0.0, 1.0)
         if hi - lo < 0.01 and state.get("positives"):   # seen with ~50 positives at DCLM's lr 0.1 x 5 epochs
+            args = {**DCLM_PARAMS, **self.params.train_args}
             extra["warnings"] = [f"every score lies in [{lo:.4f}, {hi:.4f}]: the classifier barely trained on "
-                                 f"{state['positives']} positives; raise train_args epoch (e.g. 25) and lr (e.g. 0.5) "
-                                 "or give more positives"]
+                                 f"{state['positives']} positives at epoch {args['epoch']}, lr {args['lr']}; raise "
+                                 "train_args epoch and lr (25 and 0.5 train ~50 short positives) or give more"]
         return extra
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:

@@ -83,21 +83,20 @@ class QualityParams(BaseModel):
         return self
 
 def where_mask(table: pa.Table, where: dict[str, Any], path: str) -> np.ndarray:
-    """Rows whose every named column holds one of the given values (a null matches nothing)."""
+    """Rows whose every named column holds one of the given values (a null matches nothing).
+    `table` holds the columns (`_read_for` checks that); `path` names the shard in errors."""
     import pyarrow.compute as pc
 
     mask = np.ones(table.num_rows, bool)
     for column, wanted in where.items():
-        if column not in table.column_names:
-            raise ValueError(f"positives.where: {path} has no column {column!r} (it has {table.column_names})")
         values = wanted if isinstance(wanted, list) else [wanted]
         col = table.column(column)
         try:
             value_set = pa.array(values).cast(col.type)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as e:
-            raise ValueError(f"positives.where: {values!r} do not fit column {column!r} of type {col.type} "
-                             f"in {path}: {e}") from e
-        mask &= np.asarray(pc.fill_null(pc.is_in(col, value_set=value_set), False), bool)
+            raise ValueError(f"where: {values!r} do not fit column {column!r} of type {col.type} in {path}: "
+                             f"{e}") from e
+        mask &= np.asarray(pc.fill_null(pc.is_in(col, value_set=value_set, skip_nulls=True), False), bool)
     return mask
 
 
@@ -107,7 +106,7 @@ def _read_for(ref: ShardRef, where: dict[str, Any] | None) -> pa.Table:
     names = pq.read_schema(ref.path).names
     missing = [c for c in columns if c not in names]
     if missing:
-        raise ValueError(f"positives.where: {ref.path} has no column {missing[0]!r} (it has {names})")
+        raise ValueError(f"where: {ref.path} has no column {missing[0]!r} (it has {names})")
     return pq.read_table(ref.path, columns=["id", "text", *columns])
 
 
@@ -124,19 +123,21 @@ def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
     return h[rows], t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
 
 
-def _select_positives(args: tuple) -> tuple[np.ndarray, list[str]]:
-    """The rows of one shard that `where` selects, outside the held-out slice: (hashes, texts)."""
+def _select_positives(args: tuple) -> tuple[np.ndarray, list[str], int]:
+    """The rows of one shard that `where` selects, outside the held-out slice: (hashes, texts, rows
+    selected in all); at most `limit` of them, the lowest hashes, so the driver holds no more than it keeps."""
     from winnow.pipeline.documents import in_heldout_slice
 
-    ref, where, heldout, seed = args
+    ref, where, heldout, seed, limit = args
     t = _read_for(ref, where)
     ids = t.column("id").to_pylist()
-    chosen = where_mask(t, where, ref.path)
-    if heldout > 0:
-        chosen &= ~np.fromiter((in_heldout_slice(i, heldout) for i in ids), bool, len(ids))
-    rows = np.flatnonzero(chosen)
+    matched = np.flatnonzero(where_mask(t, where, ref.path))
+    rows = np.array([r for r in matched if not (heldout > 0 and in_heldout_slice(ids[r], heldout))], np.int64)
     h = id_hashes([ids[r] for r in rows], seed, purpose="positives")
-    return h, t.column("text").take(pa.array(rows, pa.int64())).to_pylist()
+    if limit is not None and len(rows) > limit:
+        best = np.argsort(h, kind="stable")[:limit]
+        rows, h = rows[best], h[best]
+    return h, t.column("text").take(pa.array(rows, pa.int64())).to_pylist(), len(matched)
 
 
 def _train(args: tuple) -> float:
@@ -204,31 +205,33 @@ class QualityStage(Stage):
         """(positives, negatives) to train on: the positives less their held-out slice, and as many pool
         documents (or `negatives`) by seeded id hash."""
         p = self.params
-        pos = self.read_positives(p.positives, shards, ctx, "positives")
-        neg = self._negatives(shards, rows, p.negatives or len(pos), ctx, p.positives.where) \
+        pos, matched = self.read_positives(p.positives, shards, ctx, "positives")
+        neg = self._negatives(shards, rows - matched, p.negatives or len(pos), ctx, p.positives.where) \
             if self.needs_negatives else []
         return pos, neg
 
-    def read_positives(self, spec: Positives, shards: list[ShardRef], ctx: Context, key: str) -> list[str]:
-        """The texts `spec` names, less its held-out slice: from its files, or from the pool's own rows
-        its `where` selects (the lowest seeded id hashes first, so sharding does not change them)."""
+    def read_positives(self, spec: Positives, shards: list[ShardRef], ctx: Context,
+                       key: str) -> tuple[list[str], int]:
+        """(the texts `spec` names less its held-out slice, how many pool rows it selects in all): from
+        its files (0 pool rows), or from the pool's own rows its `where` selects (the lowest seeded id
+        hashes first, so sharding does not change them)."""
         from winnow.pipeline.documents import read_documents
 
         if spec.where:
-            parts = ctx.map(_select_positives, [(ref, spec.where, spec.heldout_fraction, self.params.seed)
-                                                for ref in shards])
-            hashes = np.concatenate([h for h, _ in parts]) if parts else np.zeros(0, np.uint64)
-            texts = [t for _, ts in parts for t in ts]
+            parts = ctx.map(_select_positives, [(ref, spec.where, spec.heldout_fraction, self.params.seed,
+                                                 spec.max_docs) for ref in shards])
+            hashes = np.concatenate([h for h, _, _ in parts]) if parts else np.zeros(0, np.uint64)
+            texts = [t for _, ts, _ in parts for t in ts]
             chosen = [texts[i] for i in np.argsort(hashes, kind="stable")[:spec.max_docs]]
             if not chosen:
                 raise ValueError(f"{self.name}: {key}.where {spec.where} selects no row of the pool outside "
                                  "its held-out slice")
-            return chosen
+            return chosen, sum(m for _, _, m in parts)
         _, chosen = read_documents(spec.paths, spec.max_docs, f"{self.name}/{key}/paths", spec.heldout_fraction,
                                    "train")
         if not chosen:
             raise ValueError(f"{self.name}: no {key} left in {spec.paths}")
-        return chosen
+        return chosen, 0
 
     def kept_band(self) -> tuple[float, float]:
         """The quantiles of the score to keep between; `keep_top` counts from the good end."""
@@ -239,12 +242,18 @@ class QualityStage(Stage):
 
     def _negatives(self, shards: list[ShardRef], rows: int, n: int, ctx: Context,
                    where: dict[str, Any] | None = None) -> list[str]:
-        """`n` texts of the pool's `rows`: the lowest seeded id hashes, whatever the sharding; rows that
-        `where` selects as positives are left out."""
+        """`n` texts of the pool's `rows` (those `where` does not select as positives): the lowest
+        seeded id hashes, whatever the sharding."""
+        if rows <= 0:
+            raise ValueError(f"{self.name}: `where` selects every row of the pool: no negatives are left")
         fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
-        cutoff = min(2**64 - 1, int(fraction * 2**64))
-        parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where) for ref in shards])
-        hashes = np.concatenate([h for h, _ in parts])
+        while True:
+            cutoff = min(2**64 - 1, int(fraction * 2**64))
+            parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where) for ref in shards])
+            hashes = np.concatenate([h for h, _ in parts])
+            if len(hashes) >= n or fraction >= 1.0:   # short by chance: once more, over the whole pool
+                break
+            fraction = 1.0
         texts = [t for _, ts in parts for t in ts]
         return [texts[i] for i in np.argsort(hashes, kind="stable")[:n]]
 

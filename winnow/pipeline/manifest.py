@@ -95,8 +95,14 @@ def run_stage_dirs(out_dir: str | Path) -> list[str] | None:
     cfg = Path(out_dir) / "config.resolved.yaml"
     if not cfg.is_file():
         return None
-    data = yaml.safe_load(cfg.read_text()) or {}
-    return ["00-ingest", *(f"{i:02d}-{next(iter(spec))}" for i, spec in enumerate(data.get("stages") or [], 1))]
+    try:
+        data = yaml.safe_load(cfg.read_text()) or {}
+        return ["00-ingest", *(f"{i:02d}-{next(iter(spec))}" for i, spec in enumerate(data.get("stages") or [], 1))]
+    except (OSError, yaml.YAMLError, AttributeError, TypeError, StopIteration) as e:
+        import logging
+
+        logging.getLogger(__name__).warning("%s unreadable (%s): every stage folder is read", cfg, e)
+        return None
 
 
 def read_manifests(out_dir: str | Path) -> list[tuple[str, dict]]:

@@ -205,14 +205,14 @@ def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
 
 
 def _has_ns_timestamp(typ) -> bool:
-    """Whether a schema or type holds nanosecond timestamps anywhere: pyarrow hands those to Python
-    as pandas Timestamps, and a stored int64 minimum comes back as NaT, a value nothing downstream
-    can serialise (found by tests/test_fuzz.py)."""
+    """Whether a schema or type holds nanosecond timestamps or durations anywhere: pyarrow hands
+    those to Python as pandas objects, and a stored int64 minimum comes back as NaT, a value nothing
+    downstream can serialise (found by tests/test_fuzz.py)."""
     import pyarrow as pa
 
     if isinstance(typ, pa.Schema):
         return any(_has_ns_timestamp(f.type) for f in typ)
-    if pa.types.is_timestamp(typ):
+    if pa.types.is_timestamp(typ) or pa.types.is_duration(typ):   # both come back as pandas objects
         return typ.unit == "ns"
     return any(_has_ns_timestamp(typ.field(i).type) for i in range(typ.num_fields))
 

@@ -11,6 +11,7 @@ Final outputs, beside the stage folders:
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 import time
@@ -76,7 +77,11 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
     if config.pipeline.outputs.report:
         from winnow.report import build_report
 
-        report = Path(build_report(str(out)))
+        try:
+            report = Path(build_report(str(out)))
+        except Exception as e:  # every data output is written by now: the run stands, the page is retried alone
+            logging.getLogger(__name__).warning("report.html not written (%s: %s); run `winnow report %s` to retry",
+                                                type(e).__name__, e, out)
     return RunResult(out, results, final_dir, seconds, report)
 
 

@@ -88,7 +88,7 @@ def _train_file(train_file: str, path: str, seed: int, settings: dict) -> None:
     done = subprocess.run([sys.executable, "-c", _TRAIN_CODE, args], capture_output=True, text=True, env=env)
     if done.returncode:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit status {done.returncode}"
-        raise RuntimeError(f"fastText training on {train_file} failed: {last}")
+        raise RuntimeError(f"fastText training for {path} failed: {last}")
     os.replace(tmp, path)
 
 

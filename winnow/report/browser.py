@@ -27,7 +27,8 @@ def missing_tools() -> list[str]:
 
 
 def headless_chromium(profile_parent: str | Path | None = None) -> Any:
-    """A Selenium driver of Debian's chromium that records the browser console."""
+    """A Selenium driver of Debian's chromium that records the browser console; its profile folder
+    goes under `profile_parent` (a temporary folder the caller removes)."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -46,17 +47,9 @@ def screenshot(page: str | Path, out: str | Path, sections: tuple[str, ...] = ("
     import io
 
     from PIL import Image
-    from selenium.webdriver.common.by import By
 
-    driver = headless_chromium()
-    try:
-        driver.get(Path(page).resolve().as_uri())
-        height = driver.execute_script("return document.documentElement.scrollHeight")
-        driver.set_window_size(width, min(height, 16_000))
-        parts = [driver.find_element(By.TAG_NAME, "header").screenshot_as_png]
-        parts += [driver.find_element(By.ID, sid).screenshot_as_png for sid in sections]
-    finally:
-        driver.quit()
+    with tempfile.TemporaryDirectory(prefix="winnow-shot-") as profiles:
+        parts = _section_pngs(headless_chromium(profiles), page, sections, width)
     images = [Image.open(io.BytesIO(p)).convert("RGB") for p in parts]
     sheet = Image.new("RGB", (max(i.width for i in images), sum(i.height for i in images)), "white")
     y = 0
@@ -67,6 +60,19 @@ def screenshot(page: str | Path, out: str | Path, sections: tuple[str, ...] = ("
         sheet = sheet.resize((scale_to, round(sheet.height * scale_to / sheet.width)), Image.LANCZOS)
     sheet.quantize(256).save(out, optimize=True)
     return Path(out)
+
+
+def _section_pngs(driver: Any, page: str | Path, sections: tuple[str, ...], width: int) -> list[bytes]:
+    from selenium.webdriver.common.by import By
+
+    try:
+        driver.get(Path(page).resolve().as_uri())
+        height = driver.execute_script("return document.documentElement.scrollHeight")
+        driver.set_window_size(width, min(height, 16_000))
+        parts = [driver.find_element(By.TAG_NAME, "header").screenshot_as_png]
+        return parts + [driver.find_element(By.ID, sid).screenshot_as_png for sid in sections]
+    finally:
+        driver.quit()
 
 
 if __name__ == "__main__":
