@@ -31,7 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from winnow.filters import percentile
 from winnow.pipeline.documents import id_hashes
-from winnow.pipeline.shards import temp_path
+from winnow.pipeline.shards import write_npy_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
 
@@ -246,14 +246,13 @@ class QualityStage(Stage):
         seeded id hashes, whatever the sharding."""
         if rows <= 0:
             raise ValueError(f"{self.name}: `where` selects every row of the pool: no negatives are left")
-        fraction = min(1.0, 1.5 * n / rows)  # oversample, then take the n lowest hashes
-        while True:
+        # oversample, then take the n lowest hashes; short by chance: once more, over the whole pool
+        for fraction in dict.fromkeys((min(1.0, 1.5 * n / rows), 1.0)):
             cutoff = min(2**64 - 1, int(fraction * 2**64))
             parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where) for ref in shards])
             hashes = np.concatenate([h for h, _ in parts])
-            if len(hashes) >= n or fraction >= 1.0:   # short by chance: once more, over the whole pool
+            if len(hashes) >= n:
                 break
-            fraction = 1.0
         texts = [t for _, ts in parts for t in ts]
         return [texts[i] for i in np.argsort(hashes, kind="stable")[:n]]
 
@@ -262,10 +261,7 @@ class QualityStage(Stage):
         scorer = self.scorer(model)
         table = pq.read_table(ref.path, columns=["id", "text"])
         scores = np.asarray(self.score_table(scorer, ref, table), np.float64)
-        tmp = temp_path(out)
-        with open(tmp, "wb") as f:   # a file object: np.save adds no suffix to it
-            np.save(f, scores)
-        os.replace(tmp, out)
+        write_npy_atomic(scores, out)
         finite = scores[np.isfinite(scores)]
         return {"sketch": percentile.sketch(scores, percentile.id_hashes(table.column("id").to_pylist())),
                 "flops": scorer.flops,

@@ -35,7 +35,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +54,7 @@ from winnow.filters.keep import (
     with_dup_count,
 )
 from winnow.pipeline.config import stable_hash
+from winnow.pipeline.shards import write_npy_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
 BLOCK = 2048                 # rows of a cluster's similarity matrix computed at once
@@ -157,20 +157,10 @@ def shard_vectors(ref: ShardRef, p: SemanticParams) -> tuple[np.ndarray, float]:
     return _unit(np.asarray(vectors, np.float32)), flops
 
 
-def _save_npy(x: np.ndarray, path: str) -> None:
-    """Temp file + rename: a killed task never leaves a half-written .npy under its final name."""
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "wb") as f:
-        np.save(f, np.ascontiguousarray(x, np.float32))
-    os.replace(tmp, target)
-
-
 def _embed_shard(args: tuple) -> tuple[int, float, str, int]:
     ref, p, path = args
     x, flops = shard_vectors(ref, p)
-    _save_npy(x, path)
+    write_npy_atomic(np.ascontiguousarray(x, np.float32), path)
     return len(x), flops, path, x.shape[1] if x.ndim == 2 else 0
 
 

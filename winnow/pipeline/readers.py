@@ -185,7 +185,7 @@ def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
         records = table.to_pylist()
     except (UnicodeDecodeError, ValueError, OverflowError, pa.ArrowException):
         records = None
-    check_nat = _has_ns_timestamp(table.schema)
+    check_nat = _has_ns_temporal(table.schema)
     if records is not None and not (check_nat and any(_holds_nat(r) for r in records)):
         yield from enumerate(records, first)
         return
@@ -204,17 +204,17 @@ def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
         yield first + i, record
 
 
-def _has_ns_timestamp(typ) -> bool:
+def _has_ns_temporal(typ) -> bool:
     """Whether a schema or type holds nanosecond timestamps or durations anywhere: pyarrow hands
     those to Python as pandas objects, and a stored int64 minimum comes back as NaT, a value nothing
     downstream can serialise (found by tests/test_fuzz.py)."""
     import pyarrow as pa
 
     if isinstance(typ, pa.Schema):
-        return any(_has_ns_timestamp(f.type) for f in typ)
+        return any(_has_ns_temporal(f.type) for f in typ)
     if pa.types.is_timestamp(typ) or pa.types.is_duration(typ):   # both come back as pandas objects
         return typ.unit == "ns"
-    return any(_has_ns_timestamp(typ.field(i).type) for i in range(typ.num_fields))
+    return any(_has_ns_temporal(typ.field(i).type) for i in range(typ.num_fields))
 
 
 def _holds_nat(value) -> bool:

@@ -13,6 +13,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import xxhash
@@ -52,6 +53,17 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
         os.replace(tmp, path)
     _sync_dir(path.parent)
     return digest
+
+
+def write_npy_atomic(array: np.ndarray, path: str | Path) -> None:
+    """`np.save` under a temporary name, then a rename: a killed task never leaves a half-written
+    .npy under its final name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_path(path)
+    with open(tmp, "wb") as f:   # a file object: np.save adds no suffix to it
+        np.save(f, array)
+    os.replace(tmp, path)
 
 
 def write_bytes_atomic(data: bytes, path: str | Path) -> None:
