@@ -140,8 +140,9 @@ def child_semantic(files: list[str], workers: int, out: Path) -> None:
     import psutil
 
     from winnow.filters.semantic_dedup import SemanticDedupStage, SemanticParams
+    from winnow.pipeline.cluster import cluster_client
     from winnow.pipeline.config import EngineConfig
-    from winnow.pipeline.engine import Engine, cluster_client
+    from winnow.pipeline.engine import Engine
     from winnow.pipeline.shards import file_hash
     from winnow.pipeline.stage import ShardRef
 

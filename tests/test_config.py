@@ -84,7 +84,7 @@ def test_set_overrides(tmp_path):
 
 
 def test_validate_cli(tmp_path):
-    from winnow.pipeline.cli import cli
+    from winnow.cli import cli
 
     web = tmp_path / "d.jsonl"
     web.write_text('{"id": "a", "text": "hello"}\n')

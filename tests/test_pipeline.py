@@ -54,7 +54,7 @@ def test_web_subset_end_to_end_and_rerun_does_no_work(tmp_path, client):
     assert datasets.load_from_disk(str(out / "dataset")).num_rows == ds.num_rows
     assert yaml.safe_load((out / "config.resolved.yaml").read_text())["stages"][2]["heuristics"]["order"]
 
-    from winnow.pipeline.cli import cli
+    from winnow.cli import cli
 
     shown = CliRunner().invoke(cli, ["stats", str(out)])
     assert shown.exit_code == 0 and "03-heuristics" in shown.output and "gopher_quality:" in shown.output

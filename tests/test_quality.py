@@ -184,8 +184,8 @@ def test_gpu_worker_layout_takes_the_model_tasks(tmp_path):
     stage's training and scoring tasks ask for it (they run on the CPU here: device auto)."""
     from distributed import get_task_stream
 
+    from winnow.pipeline.cluster import cluster_client
     from winnow.pipeline.config import EngineConfig, resolve
-    from winnow.pipeline.engine import cluster_client
     from winnow.pipeline.run import run_pipeline
 
     with cluster_client(EngineConfig(n_workers=1, gpu_workers=1, progress=False)) as client:

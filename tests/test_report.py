@@ -96,7 +96,7 @@ def test_markup_in_documents_is_escaped_and_every_section_is_filled(reported):
 def test_cli_writes_the_default_path_and_says_what_is_missing(reported, tmp_path, monkeypatch):
     from click.testing import CliRunner
 
-    from winnow.pipeline.cli import cli
+    from winnow.cli import cli
     from winnow.report import gather
 
     out, _, _ = reported

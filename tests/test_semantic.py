@@ -338,8 +338,8 @@ def test_keep_longest_survives_and_dup_of_names_the_survivor(tmp_path, client):
 @pytest.fixture(scope="module")
 def gpu_client():
     """winnow's own cluster: one CPU worker and one worker labelled {GPU: 1} (no GPU needed)."""
+    from winnow.pipeline.cluster import cluster_client
     from winnow.pipeline.config import EngineConfig
-    from winnow.pipeline.engine import cluster_client
 
     with cluster_client(EngineConfig(n_workers=1, gpu_workers=1, memory_limit="4GiB", progress=False)) as c:
         yield c

@@ -13,7 +13,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import run, web_files
 
-from winnow.pipeline.cli import cli
+from winnow.cli import cli
 from winnow.pipeline.manifest import MANIFEST, SHARDS_DIR
 from winnow.pipeline.shards import kept_path, rejected_path, write_parquet_atomic
 from winnow.pipeline.verify import verify, verify_run

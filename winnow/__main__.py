@@ -1,3 +1,3 @@
-from winnow.pipeline.cli import main
+from winnow.cli import main
 
 main()

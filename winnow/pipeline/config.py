@@ -53,6 +53,8 @@ class EngineConfig(Strict):
     memory_limit: str = Field("auto", description="per worker, e.g. '4GiB'; auto splits system memory")
     retries: int = Field(2, ge=0, description="times a shard task is retried after a failure")
     progress: bool = Field(True, description="show a progress bar per stage")
+    dashboard: bool | str = Field(False, description="the Dask dashboard of the embedded LocalCluster: "
+                                  "false (default: none), true (:8787) or an address such as ':8790'")
     arrow_memory_pool: Literal["system", "mimalloc", "jemalloc", "default"] = Field(
         "system", description="Arrow's allocator in every process; `system` (glibc, trimmed by Dask's "
         "MALLOC_TRIM_THRESHOLD_) returns freed shard memory, mimalloc keeps it (bench/LOG.md)")

@@ -28,15 +28,13 @@ import pickle
 import secrets
 import time
 from collections import Counter
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-from distributed.diagnostics.plugin import WorkerPlugin
 
-from winnow.pipeline.config import EngineConfig, stable_hash
+from winnow.pipeline.config import stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.faults import inject
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
@@ -53,110 +51,6 @@ from winnow.pipeline.stage import Context, ShardRef, Stage, created_rows
 
 REJECTED = "rejected"
 log = logging.getLogger(__name__)
-
-
-@contextlib.contextmanager
-def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
-    """A Dask client: on an existing scheduler when `cfg.scheduler` is set, else an embedded LocalCluster."""
-    from distributed import Client, LocalCluster
-
-    if cfg.scheduler:
-        with Client(cfg.scheduler) as client:
-            use_arrow_pool(client, cfg.arrow_memory_pool)
-            yield client
-        return
-    n_workers = cfg.n_workers or os.cpu_count() or 1
-    try:
-        import bokeh  # noqa: F401
-
-        dashboard = ":0"
-    except ImportError:  # without bokeh distributed warns and serves nothing
-        dashboard = None
-    # Rust thread pools (tokenizers' Rayon) default to every core in every worker: with one worker
-    # process per core that oversubscribes, so each worker gets the threads it was given
-    threads = str(cfg.threads_per_worker)
-    env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
-    if cfg.gpu_workers:
-        # CPU workers must not see the GPU: with `device: auto` each would load its own model copy
-        # onto it. Dask applies `env` in the worker process before it runs a task (so before CUDA
-        # initialises there); add_gpu_workers gives the GPU workers their device back.
-        env["CUDA_VISIBLE_DEVICES"] = ""
-    with _arrow_pool_environ(cfg.arrow_memory_pool), \
-            LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
-                         memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env,
-                         resources=cfg.resources, silence_logs=40) as cluster, \
-            Client(cluster) as client:
-        set_arrow_pool(cfg.arrow_memory_pool)
-        if cfg.gpu_workers:
-            add_gpu_workers(cluster, client, cfg.gpu_workers)
-        yield client
-
-
-def add_gpu_workers(cluster: Any, client: Any, n: int) -> None:
-    """Start `n` more workers like the others but with one thread and the resource {GPU: 1}.
-
-    LocalCluster gives every worker the same resources; a single-GPU machine wants CPU workers for
-    the rule stages plus one worker that owns the GPU (tasks that ask for {"GPU": 1} run only
-    there, one at a time). SpecCluster's worker_spec takes the extra, different spec.
-
-    GPU worker i sees one device: the i-th of the driver's CUDA_VISIBLE_DEVICES when that is set
-    (round robin when there are more workers than devices), else device i."""
-    import copy
-
-    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-    devices = None if visible is None else [d.strip() for d in visible.split(",") if d.strip()]
-    for i in range(n):
-        spec = copy.deepcopy(cluster.new_spec)
-        device = str(i) if devices is None else (devices[i % len(devices)] if devices else "")
-        env = {**spec["options"].get("env", {}), "CUDA_VISIBLE_DEVICES": device}  # CPU workers have ""
-        spec["options"].update(nthreads=1, resources={"GPU": 1}, env=env)
-        cluster.worker_spec[f"gpu-{i}"] = spec
-    cluster.scale(len(cluster.worker_spec))  # same count: starts the specs not yet running
-    client.wait_for_workers(len(cluster.worker_spec))
-
-
-@contextlib.contextmanager
-def _arrow_pool_environ(pool: str) -> Iterator[None]:
-    """Arrow reads ARROW_DEFAULT_MEMORY_POOL once, when it loads; a spawned worker loads it while
-    re-importing the driver's main module, before Dask's `env=` is applied, so the variable must be
-    in the driver's environment when the workers start (and when a nanny restarts one)."""
-    old = os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
-    if pool != "default":
-        os.environ["ARROW_DEFAULT_MEMORY_POOL"] = pool
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("ARROW_DEFAULT_MEMORY_POOL", None)
-        else:
-            os.environ["ARROW_DEFAULT_MEMORY_POOL"] = old
-
-
-class ArrowPoolPlugin(WorkerPlugin):
-    """Worker plugin: Arrow allocates from `pool` on this worker (and on workers that join later)."""
-
-    name = "winnow-arrow-pool"
-
-    def __init__(self, pool: str) -> None:
-        self.pool = pool
-
-    def setup(self, worker: Any) -> None:
-        set_arrow_pool(self.pool)
-
-
-def set_arrow_pool(pool: str) -> None:
-    if pool != "default":
-        pa.set_memory_pool(getattr(pa, f"{pool}_memory_pool")())
-
-
-def use_arrow_pool(client: Any, pool: str) -> None:
-    """Set Arrow's allocator in the driver and on every worker of an existing cluster. mimalloc
-    (pyarrow's default) keeps the pages of freed shards; the system allocator hands them back (Dask
-    sets the workers' MALLOC_TRIM_THRESHOLD_): MinHash dedup's summed peak RSS fell ~25% (bench/LOG.md)."""
-    if pool == "default":
-        return
-    set_arrow_pool(pool)
-    client.register_plugin(ArrowPoolPlugin(pool))
 
 
 @dataclass
@@ -506,4 +400,4 @@ def kept_files(stage_dir: str | Path) -> list[str]:
     return sorted(str(p) for p in Path(stage_dir).glob("train-*.parquet"))
 
 
-__all__ = ["Engine", "cluster_client", "run_shard", "kept_files"]
+__all__ = ["Engine", "run_shard", "kept_files"]

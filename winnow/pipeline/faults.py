@@ -53,7 +53,7 @@ def run_command(config_path: str | Path) -> list[str]:
     """The argv of a quiet `winnow run CONFIG` in a new interpreter."""
     import sys
 
-    return [sys.executable, "-m", "winnow.pipeline.cli", "run", str(config_path), "--quiet"]
+    return [sys.executable, "-m", "winnow", "run", str(config_path), "--quiet"]
 
 
 def run_cli(config_path: str | Path, plan: dict | None = None, env: dict | None = None,

@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from winnow.pipeline.cluster import dashboard_address, lazy_cluster_client
 from winnow.pipeline.config import ResolvedConfig, stable_hash
-from winnow.pipeline.engine import Engine, StageResult, cluster_client, kept_files
+from winnow.pipeline.engine import Engine, StageResult, kept_files
 from winnow.pipeline.ingest import IngestStage
 from winnow.pipeline.registry import get_stage_class
 from winnow.pipeline.shards import write_bytes_atomic
@@ -53,9 +54,11 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
     write_bytes_atomic(config.to_yaml().encode(), out / "config.resolved.yaml")
     eng_cfg = config.pipeline.engine
     if client is None:
-        with cluster_client(eng_cfg) as own:
-            if console is not None and eng_cfg.progress and _has_dashboard():
-                console.print(f"Dask dashboard: {own.dashboard_link}")
+        def announce(started: Any) -> None:
+            if console is not None and eng_cfg.progress and dashboard_address(eng_cfg) and not eng_cfg.scheduler:
+                console.print(f"Dask dashboard: {started.dashboard_link}")
+
+        with lazy_cluster_client(eng_cfg, on_start=announce) as own:
             return run_pipeline(config, force=force, client=own, console=console)
     engine = Engine(client, out, seed=config.pipeline.seed, force=force, retries=eng_cfg.retries,
                     progress=eng_cfg.progress and console is not None, console=console)
@@ -110,8 +113,3 @@ def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force:
             shutil.rmtree(target)
         staging.rename(target)
 
-
-def _has_dashboard() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec("bokeh") is not None

@@ -59,7 +59,9 @@ class Context:
     config: Any = None
 
     def n_workers(self) -> int:
-        return max(1, len(self.client.scheduler_info(n_workers=-1)["workers"]))
+        hint = getattr(self.client, "worker_count_hint", None)  # a cluster not started yet knows its size
+        count = hint() if hint is not None else None
+        return max(1, count or len(self.client.scheduler_info(n_workers=-1)["workers"]))
 
     def gpu_resources(self) -> dict[str, float] | None:
         """`{"GPU": 1}` when some worker advertises a GPU resource (so model tasks go there, one at a

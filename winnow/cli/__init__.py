@@ -7,12 +7,12 @@ import sys
 import click
 
 from winnow import __version__
-from winnow.pipeline.cli.eval import eval_
-from winnow.pipeline.cli.report import report
-from winnow.pipeline.cli.run import run
-from winnow.pipeline.cli.stats import stats
-from winnow.pipeline.cli.validate import validate
-from winnow.pipeline.cli.verify import verify
+from winnow.cli.eval import eval_
+from winnow.cli.report import report
+from winnow.cli.run import run
+from winnow.cli.stats import stats
+from winnow.cli.validate import validate
+from winnow.cli.verify import verify
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
