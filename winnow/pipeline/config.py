@@ -65,6 +65,8 @@ class OutputsConfig(Strict):
     token_files: bool = Field(True, description="when the last stage packs: tokens/ (flat memmap + index)")
     megatron: bool = Field(True, description="when the last stage packs: megatron/text_document.{bin,idx}")
     report: bool = Field(False, description="end by writing report.html (what `winnow report OUT` writes)")
+    removed: bool = Field(False, description="stages that edit kept text also write what they cut out "
+                          "(id, reason, text) under <stage>/removed/, so nothing is unrecoverable")
 
 
 class PipelineConfig(Strict):
