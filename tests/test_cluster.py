@@ -1,0 +1,78 @@
+"""The embedded cluster: no dashboard unless asked (no fight over port 8787), and a rerun whose every
+shard is up to date starts no cluster at all."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+from conftest import REPO, web_files
+
+from winnow.pipeline import cluster
+from winnow.pipeline.config import EngineConfig, resolve
+from winnow.pipeline.run import run_pipeline
+
+
+def small_config(out: Path) -> dict:
+    return {"input": {"paths": web_files(1)}, "output": str(out),
+            "engine": {"n_workers": 1, "progress": False, "memory_limit": "2GiB"},
+            "stages": [{"normalize": {}}, {"exact_dedup": {}}]}
+
+
+@contextlib.contextmanager
+def port_taken(port: int):
+    """Hold `port` on all interfaces, as another program (a second Dask cluster, a notebook) would;
+    when something else already holds it, it is taken all the same."""
+    sock = socket.socket()
+    try:
+        sock.bind(("", port))
+        sock.listen()
+    except OSError:
+        pass
+    try:
+        yield
+    finally:
+        sock.close()
+
+
+def test_run_with_port_8787_taken_prints_no_port_warning(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(small_config(tmp_path / "out")))
+    env = {**os.environ, "PYTHONWARNINGS": "default"}
+    with port_taken(8787):
+        done = subprocess.run([sys.executable, "-m", "winnow", "run", str(config)], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "already in use" not in done.stderr + done.stdout
+    assert "dashboard" not in done.stdout.lower()      # none asked for, none announced
+
+
+def test_dashboard_only_when_asked():
+    assert cluster.dashboard_address(EngineConfig()) is None
+    assert cluster.dashboard_address(EngineConfig(dashboard=True)) == ":8787"
+    assert cluster.dashboard_address(EngineConfig(dashboard=":8790")) == ":8790"
+
+
+def test_up_to_date_rerun_starts_no_cluster(tmp_path, monkeypatch):
+    started: list[EngineConfig] = []
+    real = cluster.cluster_client
+
+    @contextlib.contextmanager
+    def counting(cfg: EngineConfig):   # the real cluster, counted
+        started.append(cfg)
+        with real(cfg) as client:
+            yield client
+
+    monkeypatch.setattr(cluster, "cluster_client", counting)
+    config = resolve(small_config(tmp_path / "out"))
+    first = run_pipeline(config)
+    assert len(started) == 1 and all(s.skipped == 0 for s in first.stages)
+    again = run_pipeline(config)
+    assert len(started) == 1, "a rerun with every shard up to date started a cluster"
+    assert all(s.skipped == len(s.records) for s in again.stages)
+    assert again.final_dir == first.final_dir
