@@ -2,7 +2,7 @@
 
 The key is the text case-folded with whitespace runs collapsed (`key: text` hashes it as is).
 Keys are 128-bit xxh3 hashes, found duplicate by the hash-partitioned shuffle in
-`winnow.pipeline.dupfind`; the survivor follows `keep` (filters/keep.py: the first copy in input
+`winnow.pipeline.dupfind`; the survivor follows `keep` (pipeline/keep.py: the first copy in input
 order by default, or the longest, or the best by a column), ties to the earliest, so the result
 does not depend on the number of workers. Rejected rows carry `dup_of` (the survivor's id) and
 `dup_cluster_size`; kept rows carry `dup_count`, the documents each stands for.
@@ -18,8 +18,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
+from winnow.pipeline.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
 

@@ -12,7 +12,7 @@ Steps (the same four as datatrove's MinHash pipeline, as one stage):
    `key % P`, so no process holds every signature.
 3. cluster (reduce, then connected components on the driver): every band bucket with two or more
    documents links them; the edges (only duplicates) are merged into components (scipy).
-4. filter (apply): per component one survivor by `keep` (filters/keep.py: first in input order,
+4. filter (apply): per component one survivor by `keep` (pipeline/keep.py: first in input order,
    longest, or by a column); the others are rejected with `dup_of` and `dup_cluster_size`, and
    kept rows carry `dup_count`.
 
@@ -37,9 +37,9 @@ import pyarrow.parquet as pq
 import xxhash
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from winnow.filters.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.filters.textnorm import TextNorm, normalized_words
 from winnow.pipeline.dupfind import Duplicates
+from winnow.pipeline.keep import KEEP_HELP, check_keep, dup_weights, keep_columns, keep_scores
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
 MAX_SHINGLES_PER_BATCH = 20_000  # bounds the (shingles x hashes) matrix: 20k x 112 x 8 B = 18 MB

@@ -22,7 +22,7 @@ workers one shard, one k-means sample or one group of clusters at a time.
 
 The ordering key is the `keep` rule: `prototypicality` (SemDeDup's: ascending cosine to the own
 centroid, so the least prototypical member of a duplicate group stays) or the rules every dedup
-stage shares (filters/keep.py: first, longest, a priority column), best first. A removed document's
+stage shares (pipeline/keep.py: first, longest, a priority column), best first. A removed document's
 partner is earlier in that order, so following partners ends at a kept document: rejected rows carry
 `dup_of` (that survivor's id), `semantic_cosine` and `dup_cluster_size`; kept rows carry `dup_count`
 (the documents each stands for, counts from earlier dedup stages summed).
@@ -44,7 +44,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from winnow.filters.keep import (
+from winnow.pipeline.config import stable_hash
+from winnow.pipeline.keep import (
     DUP_COUNT,
     KEEP_HELP,
     check_keep,
@@ -53,7 +54,6 @@ from winnow.filters.keep import (
     keep_scores,
     with_dup_count,
 )
-from winnow.pipeline.config import stable_hash
 from winnow.pipeline.shards import write_npy_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
 

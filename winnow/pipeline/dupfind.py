@@ -65,7 +65,7 @@ class Duplicates:
     def split(self, stage: Stage, table: pa.Table, reason: str) -> tuple[pa.Table, pa.Table]:
         """(kept, rejected) of `table`: these rows (ascending) rejected with `dup_of` and `dup_cluster_size`;
         kept rows carry `dup_count`."""
-        from winnow.filters.keep import with_dup_count
+        from winnow.pipeline.keep import with_dup_count
 
         table = with_dup_count(table, self.survivor_rows, self.survivor_counts)
         mask = np.ones(table.num_rows, bool)
