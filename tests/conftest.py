@@ -20,7 +20,7 @@ assert os.environ.get("HF_HUB_OFFLINE") == "1", "run the tests with HF_HUB_OFFLI
 def client():
     from distributed import Client, LocalCluster
 
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       silence_logs=40) as cluster, Client(cluster) as c:
         yield c
 

@@ -55,7 +55,7 @@ def test_worker_killed_mid_shard_on_local_cluster(tmp_path, reference):
                                  "action": "kill_worker"})
     os.environ[ENV] = plan  # the workers inherit it when they start
     try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                           silence_logs=50) as cluster, Client(cluster) as c:
             run(chain(web_files(1), tmp_path / "out", tokens=True), c)
     finally:

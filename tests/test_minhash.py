@@ -74,7 +74,7 @@ def test_clusters_do_not_depend_on_worker_count_or_run(tmp_path, client):
     cfg = lambda out: {"input": {"paths": [str(tmp_path / "in" / "*.jsonl")]}, "output": str(out),  # noqa: E731
                        "stages": [{"minhash_dedup": {"keep": "longest"}}]}
     run(cfg(tmp_path / "a"), client)
-    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       silence_logs=40) as cluster, Client(cluster) as one:
         run(cfg(tmp_path / "b"), one)
     a = {p.name: p.read_bytes() for p in (tmp_path / "a" / "01-minhash_dedup").rglob("*.parquet")}
