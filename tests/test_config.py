@@ -95,3 +95,109 @@ def test_validate_cli(tmp_path):
     bad = write(tmp_path, "input: {paths: [a]}\noutput: o\nstages: [{nope: {}}]\n")
     result = CliRunner().invoke(cli, ["validate", str(bad)])
     assert result.exit_code != 0 and "unknown stage 'nope'" in str(result.exception)
+
+
+# ---------------------------------------------------------------- input paths that read nothing
+
+PATHS_AT_LINE_3 = """\
+input:
+  paths:
+    - "{path}"
+output: {out}
+"""
+
+
+def run_cli(*args: str):
+    from winnow.cli import cli
+
+    return CliRunner().invoke(cli, list(args))
+
+
+@pytest.mark.parametrize("kind", ["empty folder", "folder of unreadable suffixes", "missing file", "glob"])
+def test_input_that_reads_nothing_fails_validate_and_run_at_its_line(tmp_path, kind):
+    from winnow.pipeline.errors import InputError
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    if kind == "folder of unreadable suffixes":
+        (folder / "notes.csv").write_text("a,b\n")
+    path = {"missing file": folder / "gone.jsonl", "glob": folder / "*.jsonl"}.get(kind, folder)
+    config = write(tmp_path, PATHS_AT_LINE_3.format(path=path, out=tmp_path / "out"))
+    for command in ("validate", "run"):
+        result = run_cli(command, str(config))
+        assert result.exit_code != 0, (command, result.output)
+        e = result.exception
+        assert isinstance(e, ConfigError) and isinstance(e, InputError), (command, repr(e))
+        assert (e.path, e.line, e.key) == (str(config), 3, "input.paths[0]"), (command, str(e))
+        assert str(e).startswith(f"{config}:3 [input.paths[0]]: ") and str(path) in str(e)
+    assert not list((tmp_path / "out").glob("*/train-*.parquet"))   # run stopped before any stage wrote
+
+
+def test_input_path_from_set_says_so_instead_of_a_line(tmp_path):
+    config = write(tmp_path, PATHS_AT_LINE_3.format(path=tmp_path, out=tmp_path / "out"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli("validate", str(config), "--set", f"input.paths=[{empty}]")
+    e = result.exception
+    assert isinstance(e, ConfigError) and e.line is None and e.key == "input.paths[0]", repr(e)
+    assert f"(from --set input.paths=[{empty}])" in str(e) and ":3" not in str(e)
+
+
+# ---------------------------------------------------------------- unknown keys at any depth
+
+TYPOS = """\
+input:
+  paths: [a.jsonl]
+  text_feild: body
+output: o
+outptus: {dataset: false}
+engine:
+  n_worker: 2
+outputs:
+  datset: false
+stages:
+  - normalize:
+      form: NFC
+      strip_line: true
+  - minhash_dedup:
+      normalize:
+        lowercas: false
+"""
+
+
+def test_every_unknown_key_gets_its_line_and_the_nearest_names(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, TYPOS))
+    found = [(err.key, err.line, err.reason) for err in (e.value, *e.value.also)]
+    expected = [("input.text_feild", 3, "text_field"), ("outptus", 5, "outputs"), ("engine.n_worker", 7, "n_workers"),
+                ("outputs.datset", 9, "dataset"), ("stages[0].normalize.strip_line", 13, "strip_lines"),
+                ("stages[1].minhash_dedup.normalize.lowercas", 16, "lowercase")]
+    assert [(k, line) for k, line, _ in found] == [(k, line) for k, line, _ in expected], found
+    for (_, _, reason), (key, _, suggestion) in zip(found, expected, strict=True):
+        assert f"did you mean '{suggestion}'" in reason, (key, reason)
+    text = str(e.value).splitlines()
+    assert text[0].endswith("c.yaml:3 [input.text_feild]: unknown key 'text_feild'; did you mean 'text_field'?")
+    assert len(text) == len(expected)   # each on its own line
+
+
+def test_unknown_key_without_a_near_name_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, "input: {paths: [a]}\noutput: o\nengine:\n  zzz: 1\n"))
+    assert (e.value.key, e.value.line) == ("engine.zzz", 4)
+    assert "valid keys here:" in e.value.reason and "n_workers" in e.value.reason
+
+
+def test_unknown_key_set_by_override_names_the_override(tmp_path):
+    path = write(tmp_path, GOOD.format(web="x.jsonl", out="o"))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, ["engine.n_worker=3"])
+    assert (e.value.key, e.value.line, e.value.setting) == ("engine.n_worker", None, "engine.n_worker=3")
+    assert "did you mean 'n_workers'" in str(e.value)
+
+
+def test_datatrove_filter_argument_typo_is_reported_at_its_own_line(tmp_path):
+    text = GOOD.format(web="x.jsonl", out="o").replace("min_doc_words: 20", "min_doc_word: 20")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert (e.value.key, e.value.line) == ("stages[1].heuristics.gopher_quality.min_doc_word", 8), str(e.value)
+    assert "did you mean 'min_doc_words'" in e.value.reason

@@ -140,3 +140,55 @@ def test_text_and_id_fields_are_mapped(tmp_path, client):
     assert kept.column("id").to_pylist() == ["k1", "k2"]
     assert kept.column("text").to_pylist() == ["first body", "second body"]
     assert kept.column("input_text").to_pylist() == ["an input column named text", None]  # kept, renamed
+
+
+def rejected_by_line(out) -> dict[int, dict]:
+    return {r["source_line"]: r for r in all_rows(out / "00-ingest", rejected=True).to_pylist()}
+
+
+def test_rejected_records_keep_their_own_id_and_a_reason_that_reads_right(tmp_path, client):
+    path = tmp_path / "ids.jsonl"
+    path.write_bytes(b'{"id": "n1", "text": null}\n'
+                     b'{"id": 5, "text": 42}\n'
+                     b'{"id": "e1", "text": "  "}\n'
+                     b'{"id": "m1", "body": "no text"}\n'
+                     b'{"text": null}\n'
+                     b'{"id": "l1", "text": ["a", "list"]}\n'
+                     b'{"id": "ok", "text": "kept"}\n')
+    out, _ = ingest(tmp_path, client, paths=[str(path)])
+    got = {line: (r["id"], r["reason"], r["detail"]) for line, r in rejected_by_line(out).items()}
+    assert got == {
+        1: ("n1", "null_text", "'text' is null"),
+        2: ("5", "text_not_string", "'text' is an integer (42), not a string"),
+        3: ("e1", "empty_text", "'text' is empty or whitespace"),
+        4: ("m1", "missing_text", "no 'text' field"),
+        5: (f"{path}:5", "null_text", "'text' is null"),            # no id of its own: where it was
+        6: ("l1", "text_not_string", "'text' is a list, not a string"),
+    }
+
+
+def test_parquet_rows_rejected_keep_their_id_and_their_whole_row(tmp_path, client):
+    path = tmp_path / "rows.parquet"
+    pq.write_table(pa.table({"doc_key": ["p1", "p2", "p3"], "body": [None, "kept", "  "], "n": [1, 2, 3]}), path)
+    out, _ = ingest(tmp_path, client, paths=[str(path)], text_field="body", id_field="doc_key")
+    got = rejected_by_line(out)
+    assert {line: (r["id"], r["reason"]) for line, r in got.items()} == {1: ("p1", "null_text"), 3: ("p3", "empty_text")}
+    # raw is the row as it was read, text field included (not a copy with the text taken out)
+    assert json.loads(got[3]["raw"]) == {"doc_key": "p3", "body": "  ", "n": 3}
+
+
+def test_duplicate_id_keeps_the_original_bytes_of_its_line(tmp_path, client):
+    path = tmp_path / "dups.jsonl"
+    copy = b'{ "text" : "caf\\u00e9 again",   "id":"a", "n": 1.50 }'   # spacing, escapes and order of its own
+    path.write_bytes(b'{"id": "a", "text": "first"}\n' + copy + b"\r\n")
+    out, _ = ingest(tmp_path, client, paths=[str(path)])
+    row = rejected_by_line(out)[2]
+    assert (row["reason"], row["id"], row["raw"]) == ("duplicate_id", "a", copy)
+
+
+def test_duplicate_id_in_parquet_keeps_the_row_as_read(tmp_path, client):
+    path = tmp_path / "dups.parquet"
+    pq.write_table(pa.table({"doc_key": ["a", "a"], "body": ["first", "second"]}), path)
+    out, _ = ingest(tmp_path, client, paths=[str(path)], text_field="body", id_field="doc_key")
+    row = rejected_by_line(out)[2]
+    assert row["reason"] == "duplicate_id" and json.loads(row["raw"]) == {"doc_key": "a", "body": "second"}

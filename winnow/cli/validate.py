@@ -16,12 +16,11 @@ def validate(config: str, overrides: tuple[str, ...], show: bool) -> None:
     """Check CONFIG: YAML syntax, every key and type (stage blocks too), stage names, and that the
     input paths match at least one file. Errors name the file, line and key path."""
     from winnow.pipeline.config import load_config
-    from winnow.pipeline.readers import plan
+    from winnow.pipeline.ingest import plan_input
 
     resolved = load_config(config, overrides)
-    inp = resolved.pipeline.input
     workers = resolved.pipeline.engine.n_workers or os.cpu_count() or 1
-    parts = plan(inp.paths, inp.format, int(inp.shard_size_mb * 2**20) if inp.shard_size_mb else None, workers)
+    parts = plan_input(resolved.pipeline.input, workers)   # a path that reads nothing fails at its line
     if show:
         click.echo(resolved.to_yaml())
     names = " → ".join(["ingest"] + [s.name for s in resolved.stages])

@@ -3,19 +3,50 @@
 Precedence: `--set a.b=c` > YAML > the defaults written here. Unknown keys and wrong types are
 rejected with the file, the line and the key path (`stages[2].heuristics.gopher_quality.min_doc_words`).
 Each stage's own block is validated by that stage's `Params` model, found through the registry.
+Unknown keys are found at every depth before validation, each with its own line and the nearest
+valid names; a `Params` model names the keys its free-form mappings accept (e.g. a datatrove
+filter's constructor arguments) through an optional classmethod `accepted_keys(field) -> list | None`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import difflib
 import hashlib
 import json
+import types
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
 
-from winnow.pipeline.errors import ConfigError
+from winnow.pipeline.errors import ConfigError, InputPathError
+
+
+@dataclass
+class Locator:
+    """Where each key path of a config came from: a line of its YAML file, or a `--set` assignment
+    (which has no line; the YAML lines under an overridden key no longer apply)."""
+
+    source: str
+    lines: dict[tuple, int] = field(default_factory=dict)
+    overrides: dict[tuple, str] = field(default_factory=dict)
+
+    def where(self, loc: tuple) -> tuple[int | None, str | None]:
+        """(line, None) or (None, the `--set` assignment) for the nearest located key at or above `loc`."""
+        for cut in range(len(loc), -1, -1):
+            if loc[:cut] in self.overrides:
+                return None, self.overrides[loc[:cut]]
+            if loc[:cut] in self.lines:
+                return self.lines[loc[:cut]], None
+        return None, None
+
+    def error(self, message: str, loc: tuple, also: tuple[ConfigError, ...] = ()) -> ConfigError:
+        line, setting = self.where(loc)
+        return ConfigError(message, path=self.source, key=key_path(loc), line=line, setting=setting, also=also)
 
 
 class Strict(BaseModel):
@@ -26,8 +57,9 @@ class InputConfig(Strict):
     """Where the raw corpus is and how to read it."""
 
     paths: list[str] = Field(default_factory=list, description="files, folders or glob patterns (`**` recurses)")
-    format: Literal["auto", "jsonl", "parquet", "hf", "txt", "installed_packages"] = Field(
-        "auto", description="auto: by file suffix; hf: a `datasets` save_to_disk folder; "
+    format: Literal["auto", "jsonl", "parquet", "hf", "txt", "warc", "wet", "installed_packages"] = Field(
+        "auto", description="auto: by file suffix; hf: a `datasets` save_to_disk folder; warc: one row per "
+        "HTTP response (html, url, …; text comes from the `extract` stage); wet: Common Crawl's extracted text; "
         "installed_packages: documentation shipped inside the installed Python packages")
     text_field: str = Field("text", description="input field holding the document text")
     id_field: str = Field("id", description="input field holding a unique id; missing ids become `path:line`")
@@ -37,6 +69,16 @@ class InputConfig(Strict):
     utf8_errors: Literal["reject", "replace"] = Field(
         "reject", description="invalid UTF-8: reject the line, or replace bad bytes with U+FFFD and keep it")
     strict: bool = Field(False, description="stop at the first bad record instead of quarantining it")
+    # where this block came from, so that ingest planning can point a path that reads nothing at its line
+    _locator: Locator | None = PrivateAttr(None)
+
+    def locate(self, error: InputPathError) -> InputPathError:
+        """`error` (raised by the readers at `input.paths[i]`) with the config's file and line, or the
+        `--set` assignment the paths came from."""
+        locator = self._locator or Locator("<config>")
+        line, setting = locator.where(_parse_key(error.key))
+        return InputPathError(error.reason, file=error.file, key=error.key, path=locator.source, line=line,
+                              setting=setting)
 
 
 class EngineConfig(Strict):
@@ -171,22 +213,17 @@ def apply_override(data: dict, assignment: str) -> None:
 
 def load_model(path: str | Path, model: type[BaseModel], overrides: list[str] | tuple[str, ...] = ()) -> BaseModel:
     """Read a YAML file into any strict pydantic model, with `--set` overrides and located errors."""
-    data, lines = _read_yaml(Path(path), overrides)
-    try:
-        return model.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        raise ConfigError(_describe(err), path=str(path), key=key_path(loc), line=_line_for(lines, loc)) from e
+    data, locator = _read_yaml(Path(path), overrides)
+    return _validate(model, data, (), locator)
 
 
 def load_config(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> ResolvedConfig:
     """Read, override and validate a config; every error names the file, line and key path."""
-    data, lines = _read_yaml(Path(path), overrides)
-    return resolve(data, source=str(path), lines=lines)
+    data, locator = _read_yaml(Path(path), overrides)
+    return resolve(data, source=str(path), lines=locator.lines, overrides=locator.overrides)
 
 
-def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict, dict[tuple, int]]:
+def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict, Locator]:
     if not path.is_file():
         raise ConfigError(f"config file not found: {path.resolve()}", path=str(path))
     text = path.read_text(encoding="utf-8")
@@ -199,55 +236,150 @@ def _read_yaml(path: Path, overrides: list[str] | tuple[str, ...]) -> tuple[dict
                           line=mark.line + 1 if mark else None) from e
     if not isinstance(data, dict):
         raise ConfigError("YAML root must be a mapping", path=str(path), line=1)
-    lines = _line_map(node) if node is not None else {}
+    locator = Locator(str(path), _line_map(node) if node is not None else {})
     for assignment in overrides:
         apply_override(data, assignment)
-    return data, lines
+        loc = _parse_key(assignment.split("=", 1)[0].strip())
+        # the file's lines at and under an overridden key describe a value that no longer runs
+        locator.lines = {k: v for k, v in locator.lines.items() if k[:len(loc)] != loc}
+        locator.overrides = {k: v for k, v in locator.overrides.items() if k[:len(loc)] != loc}
+        locator.overrides[loc] = assignment.strip()
+    return data, locator
 
 
-def _line_for(lines: dict[tuple, int], loc: tuple) -> int | None:
-    for cut in range(len(loc), -1, -1):
-        if loc[:cut] in lines:
-            return lines[loc[:cut]]
-    return None
+def _parse_key(dotted: str) -> tuple:
+    """'stages.1.x' or 'stages[1].x' -> ('stages', 1, 'x'): the inverse of `key_path`."""
+    parts = dotted.replace("[", ".").replace("]", "").split(".")
+    return tuple(int(p) if p.isdigit() else p for p in parts if p != "")
 
 
-def resolve(data: dict, source: str = "<dict>", lines: dict[tuple, int] | None = None) -> ResolvedConfig:
-    """Validate a config mapping and each stage's parameters against its registered `Params`."""
+def resolve(data: dict, source: str = "<dict>", lines: dict[tuple, int] | None = None,
+            overrides: dict[tuple, str] | None = None) -> ResolvedConfig:
+    """Validate a config mapping and each stage's parameters against its registered `Params`.
+    `lines` and `overrides` (from `load_config`) locate errors: key path -> line or `--set` assignment."""
     from winnow.pipeline.registry import get_stage_class
 
-    lines = lines or {}
-    try:
-        pipeline = PipelineConfig.model_validate(data)
-    except ValidationError as e:
-        err = e.errors()[0]
-        loc = tuple(err["loc"])
-        raise ConfigError(_describe(err), path=source, key=key_path(loc), line=_line_for(lines, loc)) from e
+    locator = Locator(source, dict(lines or {}), dict(overrides or {}))
+    unknown = _unknown_keys(PipelineConfig, data, ())
+    stages = data.get("stages") if isinstance(data, dict) else None
+    for i, item in enumerate(stages if isinstance(stages, list) else []):
+        if isinstance(item, dict) and len(item) == 1:   # every stage's block, so one pass reports them all
+            name, block = next(iter(item.items()))
+            with contextlib.suppress(KeyError):   # an unknown stage name is reported below, at its line
+                unknown += _unknown_keys(get_stage_class(name).Params, block, ("stages", i, name))
+    _raise_unknown(unknown, locator)
+    pipeline = _validate(PipelineConfig, data, (), locator)
+    pipeline.input._locator = locator
     specs = []
     for i, item in enumerate(pipeline.stages):
         loc: tuple = ("stages", i)
         if len(item) != 1:
-            raise ConfigError("each stage is a one-key mapping, like `- heuristics: {}`",
-                              path=source, key=key_path(loc), line=_line_for(lines, loc))
+            raise locator.error("each stage is a one-key mapping, like `- heuristics: {}`", loc)
         name, block = next(iter(item.items()))
         try:
             cls = get_stage_class(name)
         except KeyError as e:
-            raise ConfigError(e.args[0], path=source, key=key_path(loc + (name,)),
-                              line=_line_for(lines, loc + (name,))) from None
-        try:
-            params = cls.Params.model_validate(block or {})
-        except ValidationError as e:
-            err = e.errors()[0]
-            sub = loc + (name,) + tuple(err["loc"])
-            raise ConfigError(_describe(err), path=source, key=key_path(sub), line=_line_for(lines, sub)) from e
+            raise locator.error(e.args[0], loc + (name,)) from None
+        params = _validate(cls.Params, block or {}, loc + (name,), locator)
         specs.append(StageSpec(name=name, index=i + 1, params=params))
     return ResolvedConfig(source=source, pipeline=pipeline, stages=specs)
 
 
+def _validate(model: type[BaseModel], data: Any, loc: tuple, locator: Locator) -> Any:
+    """`model.model_validate(data)`, after reporting every unknown key at any depth (each at its own
+    line, with the nearest valid names); then the first other problem pydantic finds."""
+    _raise_unknown(_unknown_keys(model, data, loc), locator)
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise locator.error(_describe(err), loc + tuple(err["loc"])) from e
+
+
+# ---------------------------------------------------------------- unknown keys at any depth
+
+
+def _raise_unknown(unknown: list[tuple[tuple, list[str]]], locator: Locator) -> None:
+    """One ConfigError for all unknown keys: the first in its fields, each on its own line."""
+    if not unknown:
+        return
+    errors = [locator.error(_unknown_message(loc[-1], names), loc) for loc, names in unknown]
+    first = errors[0]
+    raise ConfigError(first.reason, path=first.path, key=first.key, line=first.line, setting=first.setting,
+                      also=tuple(errors[1:]))
+
+
+def _unknown_keys(model: type[BaseModel], data: Any, loc: tuple) -> list[tuple[tuple, list[str]]]:
+    """(key path, the valid names beside it) for every key of `data` that `model` would refuse, at
+    any depth: nested models, lists and mappings of models, and free-form mappings whose keys the
+    model names through `accepted_keys(field)`."""
+    if not isinstance(data, dict):
+        return []
+    names = _field_names(model)
+    accepted_keys = getattr(model, "accepted_keys", None)
+    found: list[tuple[tuple, list[str]]] = []
+    for key, value in data.items():
+        if key not in names:
+            if model.model_config.get("extra") == "forbid":
+                found.append((loc + (key,), sorted(names)))
+            continue
+        field_name = names[key]
+        accepted = accepted_keys(field_name) if callable(accepted_keys) else None
+        if accepted is not None and isinstance(value, dict):
+            found += [(loc + (key, k), sorted(accepted)) for k in value if k not in accepted]
+            continue
+        found += _unknown_in(model.model_fields[field_name].annotation, value, loc + (key,))
+    return found
+
+
+def _unknown_in(annotation: Any, value: Any, loc: tuple) -> list[tuple[tuple, list[str]]]:
+    """Descend into `value` along its type: a model, `X | None`, `list[X]`, `dict[str, X]`."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return _unknown_keys(annotation, value, loc)
+    origin, args = typing.get_origin(annotation), typing.get_args(annotation)
+    if origin is typing.Annotated:
+        return _unknown_in(args[0], value, loc)
+    if origin in (typing.Union, types.UnionType):
+        # follow the one member of the union that a value of this shape can be (a mapping: a model or
+        # a dict type); with several candidates pydantic's own error says which failed
+        shape = dict if isinstance(value, dict) else list if isinstance(value, list) else None
+        fits = [a for a in args if shape is not None and _shape_of(a) is shape]
+        return _unknown_in(fits[0], value, loc) if len(fits) == 1 else []
+    if origin is list and args and isinstance(value, list):
+        return [u for i, item in enumerate(value) for u in _unknown_in(args[0], item, loc + (i,))]
+    if origin is dict and len(args) == 2 and isinstance(value, dict):
+        return [u for k, item in value.items() for u in _unknown_in(args[1], item, loc + (k,))]
+    return []
+
+
+def _shape_of(annotation: Any) -> type | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return dict
+    origin = typing.get_origin(annotation) or annotation
+    return origin if origin in (dict, list) else None
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, str]:
+    """Every name a key may use (field names and string aliases) -> the field it sets."""
+    names = {}
+    for name, info in model.model_fields.items():
+        names[name] = name
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                names[alias] = name
+    return names
+
+
+def _unknown_message(key: Any, valid: list[str]) -> str:
+    close = difflib.get_close_matches(str(key), valid, n=3, cutoff=0.6)
+    if close:
+        return f"unknown key {key!r}; did you mean {' or '.join(repr(c) for c in close)}?"
+    return f"unknown key {key!r}; valid keys here: {', '.join(valid) or '(none)'}"
+
+
 def _describe(err: dict) -> str:
     if err["type"] == "extra_forbidden":
-        return "unknown key"
+        return f"unknown key {err['loc'][-1]!r}" if err["loc"] else "unknown key"
     if err["type"] == "missing":
         return "required key is missing"
     got = err.get("input")

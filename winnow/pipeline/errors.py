@@ -14,14 +14,24 @@ class ConfigError(WinnowError):
     """A config that cannot run: bad YAML, unknown key, wrong type, unknown stage."""
 
     def __init__(self, message: str, *, path: str | None = None, key: str | None = None,
-                 line: int | None = None):
+                 line: int | None = None, setting: str | None = None, also: tuple[ConfigError, ...] = ()):
+        # setting: the `--set` assignment the key came from (it has no line); also: further problems
+        # found in the same pass, each printed on its own line
         self.path, self.key, self.line, self.reason = path, key, line, message
-        where = path or "<config>"
-        if line is not None:
-            where += f":{line}"
-        if key:
-            where += f" [{key}]"
-        super().__init__(f"{where}: {message}")
+        self.setting, self.also = setting, also
+        # not super(): in InputPathError the next class is InputError, whose fields differ
+        Exception.__init__(self, "\n".join([self.located(), *(e.located() for e in also)]))
+
+    def located(self) -> str:
+        """`file:line [key]: message`, or `file [key] (--set k=v): message` for an override."""
+        where = self.path or "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        if self.key:
+            where += f" [{self.key}]"
+        if self.setting:
+            where += f" (from --set {self.setting})"
+        return f"{where}: {self.reason}"
 
 
 class InputError(WinnowError):
@@ -31,6 +41,17 @@ class InputError(WinnowError):
         self.file, self.line, self.reason = file, line, reason
         where = file if line is None else f"{file}:{line}"
         super().__init__(f"{where}: {message}")
+
+
+class InputPathError(ConfigError, InputError):
+    """An input path of the config that names no readable file (missing, a glob or folder matching
+    nothing winnow reads): a config error at `input.paths[i]`, and an input error about `file`.
+    `line` is the config's line; readers raise it unlocated and ingest planning adds the location."""
+
+    def __init__(self, message: str, *, file: str, key: str, path: str | None = None, line: int | None = None,
+                 setting: str | None = None):
+        self.file = file
+        ConfigError.__init__(self, message, path=path, key=key, line=line, setting=setting)
 
 
 class ShardError(WinnowError):

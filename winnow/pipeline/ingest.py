@@ -2,10 +2,12 @@
 
 Every raw record ends in exactly one place: a kept row, or a `rejected/` row naming the file,
 the line, the reason and the raw bytes. Reasons: blank_line, invalid_utf8, invalid_json,
-not_an_object, too_deeply_nested, missing_text, text_not_string, empty_text, text_too_long,
-duplicate_id, unreadable_value (a Parquet value Python cannot hold, e.g. a date past 9999) and
+not_an_object, too_deeply_nested, missing_text, null_text, text_not_string, empty_text,
+text_too_long, duplicate_id, unreadable_value (a Parquet value Python cannot hold, e.g. a date past 9999) and
 type_conflict (a value that does not fit its column's type across files, e.g. an integer past
 2**53 in a column that other files made float64).
+A rejected record that names its own id keeps it as `id` (else `file:line`), and `raw` holds the
+line's original bytes (a table row: the row as JSON; an unreadable one: an Arrow IPC stream).
 With `strict: true` the first bad record stops the run with an `InputError` naming file and line.
 
 `fit` reads every shard once to learn the union schema of the extra columns (files may differ)
@@ -16,6 +18,7 @@ later copies of a duplicate id. Parsing JSON twice costs little next to any filt
 from __future__ import annotations
 
 import os
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -24,8 +27,8 @@ import pyarrow as pa
 
 from winnow.pipeline.config import InputConfig, stable_hash
 from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
-from winnow.pipeline.errors import InputError
-from winnow.pipeline.readers import READERS, Part, Unreadable, plan
+from winnow.pipeline.errors import InputError, InputPathError
+from winnow.pipeline.readers import CRAWL_FORMATS, READERS, Part, Unreadable, plan
 from winnow.pipeline.shards import conform, shard_name
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
@@ -38,6 +41,16 @@ REJECTED_SCHEMA = pa.schema([
 ])
 
 
+def plan_input(p: InputConfig, n_workers: int) -> list[Part]:
+    """The input's parts; a path that reads nothing (missing, or a folder or glob with no file
+    winnow reads) fails here, before any work, at its config line: `c.yaml:3 [input.paths[0]]: …`."""
+    shard_bytes = int(p.shard_size_mb * 2**20) if p.shard_size_mb else None
+    try:
+        return plan(p.paths, p.format, shard_bytes, n_workers)
+    except InputPathError as e:
+        raise p.locate(e) from None
+
+
 @dataclass
 class Parsed:
     """One shard read: good records (with their line numbers) and quarantined ones."""
@@ -45,6 +58,8 @@ class Parsed:
     records: list[dict] = field(default_factory=list)
     lines: list[int] = field(default_factory=list)
     rejected: list[dict] = field(default_factory=list)
+    raws: dict[int, bytes] = field(default_factory=dict)   # original bytes of the records asked for
+    skipped: Counter = field(default_factory=Counter)      # crawl records that are not documents, by type
 
 
 @dataclass
@@ -63,8 +78,7 @@ class IngestStage(Stage):
     # ---------------------------------------------------------------- planning
     def inputs(self, upstream: list[ShardRef], ctx: Context) -> list[ShardRef]:
         p: InputConfig = self.params
-        shard_bytes = int(p.shard_size_mb * 2**20) if p.shard_size_mb else None
-        parts = plan(p.paths, p.format, shard_bytes, ctx.n_workers())
+        parts = plan_input(p, ctx.n_workers())
         refs = []
         for i, part in enumerate(parts):
             stat = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in (part.files or (part.path,))
@@ -77,26 +91,36 @@ class IngestStage(Stage):
         return ref.meta["part"]  # ingest is the reader: apply() parses the part itself
 
     # ---------------------------------------------------------------- parsing
-    def parse(self, part: Part) -> Parsed:
+    def parse(self, part: Part, raw_for: frozenset[int] = frozenset()) -> Parsed:
+        """Read and check every record of `part`. `raw_for`: locations whose original bytes (the JSONL
+        line as it is in the file; a table row as JSON) `Parsed.raws` keeps, for rows rejected later."""
         p: InputConfig = self.params
         out = Parsed()
         source = part.path
-        for loc, item in READERS[part.fmt](part):
+        crawl = part.fmt in CRAWL_FORMATS
+        for loc, item in (READERS[part.fmt](part, out.skipped) if crawl else READERS[part.fmt](part)):
             if part.fmt == "txt":
                 source = item.source if isinstance(item, Unreadable) else item.get("id", source)
+            own_id = None
             if isinstance(item, Unreadable):
                 record, reason, detail, raw = None, item.reason, item.detail, item.raw
+            elif crawl:   # the reader built the row (a WARC response's `text` stays null until `extract`)
+                record, reason, detail, raw = dict(item), None, None, None
             else:
                 raw = item if isinstance(item, bytes) else None
-                record, reason, detail = self._record(raw, item, p)
+                record, reason, detail, own_id = self._record(raw, item, p)
             if reason is not None:
                 if p.strict:
                     raise InputError(f"{reason}: {detail}", file=source, line=loc, reason=reason)
                 if raw is None:
                     raw = orjson.dumps(item, default=_jsonable)
-                out.rejected.append({"id": f"{source}:{loc}", "stage": self.name, "reason": reason,
-                                     "detail": detail, "source_file": source, "source_line": loc, "raw": raw})
+                # a record that names its own id is found by it; one that does not, by where it was
+                out.rejected.append({"id": f"{source}:{loc}" if own_id is None else own_id, "stage": self.name,
+                                     "reason": reason, "detail": detail, "source_file": source,
+                                     "source_line": loc, "raw": raw})
                 continue
+            if loc in raw_for:
+                out.raws[loc] = raw if raw is not None else orjson.dumps(item, default=_jsonable)
             if record.get("id") is None:
                 record["id"] = f"{source}:{loc}"
             elif not isinstance(record["id"], str):
@@ -106,10 +130,13 @@ class IngestStage(Stage):
         return out
 
     @staticmethod
-    def _record(raw: bytes | None, item: Any, p: InputConfig) -> tuple[dict | None, str | None, str | None]:
+    def _record(raw: bytes | None, item: Any, p: InputConfig) -> tuple[dict | None, str | None, str | None,
+                                                                       str | None]:
+        """(record with `id` and `text`, None, None, None), or (None, reason, detail, the record's own
+        id as a string when it has one). `item` (a reader's dict) is left as it came."""
         if raw is not None:
             if not raw.strip():
-                return None, "blank_line", "empty line in a JSONL file"
+                return None, "blank_line", "empty line in a JSONL file", None
             try:
                 item = orjson.loads(raw)
             except orjson.JSONDecodeError as e:
@@ -117,31 +144,36 @@ class IngestStage(Stage):
                     raw.decode("utf-8")
                 except UnicodeDecodeError as ue:
                     if p.utf8_errors == "reject":
-                        return None, "invalid_utf8", f"byte {ue.start}: {ue.reason}"
+                        return None, "invalid_utf8", f"byte {ue.start}: {ue.reason}", None
                     try:
                         item = orjson.loads(raw.decode("utf-8", "replace"))
                     except orjson.JSONDecodeError as e2:
-                        return None, "invalid_json", str(e2)
+                        return None, "invalid_json", str(e2), None
                 else:
-                    return None, "invalid_json", str(e)
+                    return None, "invalid_json", str(e), None
         if not isinstance(item, dict):
-            return None, "not_an_object", f"a JSON {type(item).__name__}, not an object"
+            return None, "not_an_object", f"{_kind(item)}, not a JSON object", None
         if raw is not None and raw.count(b"[") + raw.count(b"{") > MAX_NESTING and _nesting(item) > MAX_NESTING:
-            return None, "too_deeply_nested", f"lists and objects nested more than {MAX_NESTING} deep"
-        if p.text_field not in item or item[p.text_field] is None:
-            return None, "missing_text", f"no {p.text_field!r} field"
-        text = item.pop(p.text_field)
+            return None, "too_deeply_nested", f"lists and objects nested more than {MAX_NESTING} deep", None
+        own_id = item.get(p.id_field)
+        own_id = None if own_id is None else own_id if isinstance(own_id, str) else str(own_id)
+        if p.text_field not in item:
+            return None, "missing_text", f"no {p.text_field!r} field", own_id
+        text = item[p.text_field]
+        if text is None:
+            return None, "null_text", f"{p.text_field!r} is null", own_id
         if not isinstance(text, str):
-            return None, "text_not_string", f"{p.text_field!r} is a {type(text).__name__}"
+            return None, "text_not_string", f"{p.text_field!r} is {_kind(text)}, not a string", own_id
         if not text.strip():
-            return None, "empty_text", f"{p.text_field!r} is empty or whitespace"
+            return None, "empty_text", f"{p.text_field!r} is empty or whitespace", own_id
         if len(text) > p.max_text_bytes // 4 and len(text.encode("utf-8", "surrogatepass")) > p.max_text_bytes:
-            return None, "text_too_long", f"{len(text.encode('utf-8', 'surrogatepass'))} bytes > max_text_bytes"
-        ident = item.pop(p.id_field, None)
+            return (None, "text_too_long", f"{len(text.encode('utf-8', 'surrogatepass'))} bytes > max_text_bytes",
+                    own_id)
+        rest = {k: v for k, v in item.items() if k not in (p.text_field, p.id_field)}
         for reserved in ("id", "text"):
-            if reserved in item:  # keep a colliding input column under another name, never overwrite
-                item[f"input_{reserved}"] = item.pop(reserved)
-        return {"id": ident, "text": text, **item}, None, None
+            if reserved in rest:  # keep a colliding input column under another name, never overwrite
+                rest[f"input_{reserved}"] = rest.pop(reserved)
+        return {"id": item.get(p.id_field), "text": text, **rest}, None, None, None
 
     def to_table(self, parsed: Parsed, json_columns: frozenset[str] = frozenset()) -> tuple[pa.Table, set[str]]:
         """Kept records as a table; columns whose values do not share one Arrow type are stored as JSON."""
@@ -204,8 +236,8 @@ class IngestStage(Stage):
         return IngestState(state.schema, state.json_columns, {ref.name: dups} if dups else {})
 
     def apply(self, part: Part, state: IngestState) -> tuple[pa.Table, pa.Table]:
-        parsed = self.parse(part)
         dups = next(iter(state.duplicates.values())).lookup() if state.duplicates else {}
+        parsed = self.parse(part, raw_for=frozenset(dups))
         if dups:
             keep_records, keep_lines = [], []
             for record, line in zip(parsed.records, parsed.lines, strict=True):
@@ -214,7 +246,7 @@ class IngestStage(Stage):
                     parsed.rejected.append({
                         "id": record["id"], "stage": self.name, "reason": "duplicate_id",
                         "detail": f"id also at {first} (kept there; {size} copies)", "source_file": part.path,
-                        "source_line": line, "raw": orjson.dumps(record, default=_jsonable)})
+                        "source_line": line, "raw": parsed.raws[line]})
                 else:
                     keep_records.append(record)
                     keep_lines.append(line)
@@ -223,15 +255,21 @@ class IngestStage(Stage):
         try:
             kept = conform(table, state.schema)
         except CAST_ERRORS:
-            kept = self._conform_rows(parsed, table, state.schema, part.path)
+            kept = self._conform_rows(parsed, table, state.schema, part)
         parsed.rejected.sort(key=lambda r: r["source_line"])
+        self._skipped = parsed.skipped   # for shard_stats, which the engine calls next in the same task
         return kept, self.rejected_table(parsed.rejected)
 
-    def _conform_rows(self, parsed: Parsed, table: pa.Table, schema: pa.Schema, source: str) -> pa.Table:
+    def shard_stats(self, data: Any, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
+        """WARC records that are not documents (request, warcinfo, metadata, revisit…), by type."""
+        return {f"warc_{kind}_records": n for kind, n in sorted(getattr(self, "_skipped", {}).items())}
+
+    def _conform_rows(self, parsed: Parsed, table: pa.Table, schema: pa.Schema, part: Part) -> pa.Table:
         """`conform` row by row, for a shard where some value does not fit the type its column has across
         all files (an integer past 2**53 in a column other files made float64): those records are
         rejected as type_conflict, the rest kept. In strict mode the InputError is raised here, in
         `apply`, so the engine reports it inside its ShardError."""
+        source, raws = part.path, None
         rows = []
         for i, (record, line) in enumerate(zip(parsed.records, parsed.lines, strict=True)):
             row = table.slice(i, 1)
@@ -245,9 +283,11 @@ class IngestStage(Stage):
             detail = f"does not fit the column types of all input files: {', '.join(bad)}: {error}"
             if self.params.strict:
                 raise InputError(f"type_conflict: {detail}", file=source, line=line, reason="type_conflict")
+            if raws is None:   # the original bytes of the records, read again on this rare path only
+                raws = self.parse(part, raw_for=frozenset(parsed.lines)).raws
             parsed.rejected.append({"id": record["id"], "stage": self.name, "reason": "type_conflict",
                                     "detail": detail, "source_file": source, "source_line": line,
-                                    "raw": orjson.dumps(record, default=_jsonable)})
+                                    "raw": raws[line]})
         return pa.concat_tables(rows) if rows else conform(table.slice(0, 0), schema)
 
 
@@ -260,6 +300,17 @@ def _casts(column: pa.ChunkedArray, to: pa.DataType) -> bool:
     except CAST_ERRORS:
         return False
     return True
+
+
+def _kind(value: Any) -> str:
+    """How a message names a value's type: 'an integer (42)', 'a list', 'an object'."""
+    words = {bool: "a boolean", int: "an integer", float: "a number", list: "a list", dict: "an object",
+             bytes: "bytes", str: "a string"}
+    word = words.get(type(value), f"a {type(value).__name__}")
+    if isinstance(value, (list, dict)):
+        return word
+    shown = repr(value) if not isinstance(value, bool) else str(value).lower()
+    return f"{word} ({shown[:40]}{'…' if len(shown) > 40 else ''})"
 
 
 def _nesting(value: Any) -> int:

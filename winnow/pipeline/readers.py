@@ -17,14 +17,19 @@ import gzip
 import io
 import os
 import re
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from winnow.pipeline.errors import InputError
+from winnow.pipeline.errors import InputPathError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl.zstd")
-FORMAT_BY_SUFFIX = {".parquet": "parquet", ".txt": "txt", ".md": "txt"} | {s: "jsonl" for s in JSONL_SUFFIXES}
+WARC_SUFFIXES = (".warc", ".warc.gz", ".arc", ".arc.gz")
+WET_SUFFIXES = (".wet", ".wet.gz", ".warc.wet", ".warc.wet.gz")
+FORMAT_BY_SUFFIX = ({".parquet": "parquet", ".txt": "txt", ".md": "txt"} | {s: "jsonl" for s in JSONL_SUFFIXES}
+                    | {s: "warc" for s in WARC_SUFFIXES} | {s: "wet" for s in WET_SUFFIXES})
+CRAWL_FORMATS = ("warc", "wet")   # read by winnow.pipeline.warc; their readers also count skipped record types
 
 
 @dataclass(frozen=True)
@@ -58,27 +63,39 @@ def _format_of(path: str) -> str | None:
 
 
 def discover(paths: list[str], fmt: str) -> list[tuple[str, str]]:
-    """Expand files, folders and globs into a sorted list of (file, format)."""
+    """Expand files, folders and globs into a sorted list of (file, format). Every entry must yield
+    at least one file: a missing file, a glob or a folder with nothing to read raises `InputPathError`
+    at `input.paths[i]` (a run that reads nothing is a mistake, not an empty result)."""
     found: list[tuple[str, str]] = []
-    for pattern in paths:
+    for i, pattern in enumerate(paths):
+        key = f"input.paths[{i}]"
         if fmt == "hf" or (os.path.isdir(pattern) and os.path.exists(os.path.join(pattern, "state.json"))):
             found.append((pattern, "hf"))
             continue
         matches = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else [pattern]
         if not matches:
-            raise InputError("no input matches this pattern", file=pattern)
+            raise InputPathError(f"no file matches the pattern {pattern!r}", file=pattern, key=key)
+        before, skipped = len(found), 0
         for m in matches:
             if os.path.isdir(m):
                 candidates = sorted(str(p) for p in Path(m).rglob("*") if p.is_file())
-                found.extend((c, f) for c in candidates
-                             if (f := fmt if fmt != "auto" else _format_of(c)) and _format_of(c))
+                readable = [(c, f) for c in candidates if (f := fmt if fmt != "auto" else _format_of(c)) and _format_of(c)]
+                skipped += len(candidates) - len(readable)
+                found.extend(readable)
             elif not os.path.exists(m):
-                raise InputError("input file does not exist", file=m)
+                raise InputPathError(f"input file does not exist: {m!r}", file=m, key=key)
             else:
                 f = fmt if fmt != "auto" else _format_of(m)
                 if f is None:
-                    raise InputError("cannot tell the format from the name; set input.format", file=m)
+                    raise InputPathError(f"cannot tell the format of {m!r} from its name; set input.format",
+                                         file=m, key=key)
                 found.append((m, f))
+        if len(found) == before:   # folders (or a glob of folders) holding nothing to read
+            if skipped:
+                raise InputPathError(f"{pattern!r} holds {skipped} file(s), none with a suffix winnow reads "
+                                     f"({' '.join(sorted(FORMAT_BY_SUFFIX))})",
+                                     file=pattern, key=key)
+            raise InputPathError(f"{pattern!r} holds no file", file=pattern, key=key)
     seen, unique = set(), []
     for path, f in found:
         if path not in seen:
@@ -147,7 +164,7 @@ def read_jsonl(part: Part) -> Iterator[tuple[int, bytes]]:
     if lines and lines[-1] == b"":
         lines.pop()
     for i, raw in enumerate(lines):
-        yield part.first_line + i, raw.rstrip(b"\r")
+        yield part.first_line + i, raw[:-1] if raw.endswith(b"\r") else raw   # CRLF: the line less its ending
 
 
 def plan_parquet(path: str, shard_bytes: int) -> list[Part]:
@@ -351,8 +368,12 @@ def plan(paths: list[str], fmt: str, shard_bytes: int | None, n_workers: int = 1
     if fmt == "installed_packages":
         return plan_installed()
     if not paths:
-        raise InputError("input.paths is empty", file="<config>")
+        raise InputPathError("input.paths is empty: name at least one file, folder or glob", file="<config>",
+                             key="input.paths")
     files = discover(paths, fmt)
+    # a crawl file is a natural shard (Common Crawl's ~1 GB WARCs hold ~35k pages): cut one only when
+    # asked to, since finding record starts in a .gz file means reading it through once on the driver
+    crawl_shard_bytes = shard_bytes or float("inf")
     if shard_bytes is None:
         shard_bytes = auto_shard_bytes(sum(os.path.getsize(p) for p, f in files if f != "hf"), n_workers)
     parts: list[Part] = []
@@ -364,9 +385,21 @@ def plan(paths: list[str], fmt: str, shard_bytes: int | None, n_workers: int = 1
             parts.extend(plan_parquet(path, shard_bytes))
         elif f == "hf":
             parts.extend(plan_hf(path))
+        elif f in CRAWL_FORMATS:
+            from winnow.pipeline import warc
+
+            parts.extend(warc.plan_warc(path, crawl_shard_bytes, f))
     parts.extend(plan_txt(txt_files, shard_bytes))
     return parts
 
 
+def read_crawl(part: Part, skipped: Counter | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
+    """WARC (`response` records) or WET (`conversion` records); other record types counted in `skipped`."""
+    from winnow.pipeline import warc
+
+    reader = warc.read_warc if part.fmt == "warc" else warc.read_wet
+    yield from reader(part, skipped)
+
+
 READERS = {"jsonl": read_jsonl, "parquet": read_parquet, "hf": read_hf, "txt": read_txt,
-           "installed_packages": read_installed}
+           "installed_packages": read_installed, "warc": read_crawl, "wet": read_crawl}
