@@ -41,7 +41,7 @@ FUZZ = settings(max_examples=30, deadline=None, derandomize=True, database=None,
                                        HealthCheck.large_base_example])
 
 REASONS = {"blank_line", "invalid_utf8", "invalid_json", "not_an_object", "too_deeply_nested", "missing_text",
-           "text_not_string", "empty_text", "text_too_long", "duplicate_id", "unreadable_value", "type_conflict"}
+           "null_text", "text_not_string", "empty_text", "text_too_long", "duplicate_id", "unreadable_value", "type_conflict"}
 BOM = b"\xef\xbb\xbf"
 
 
@@ -220,6 +220,32 @@ def jsonl_records(data: bytes) -> int:
     return data.count(b"\n") + (0 if data == b"" or data.endswith(b"\n") else 1)
 
 
+def jsonl_lines(data: bytes) -> set[bytes]:
+    """The records of a JSONL file as ingest splits them (module docstring), as bytes."""
+    lines = data.removeprefix(BOM).split(b"\n")
+    return {line.removesuffix(b"\r") for line in (lines[:-1] if lines[-1] == b"" else lines)}
+
+
+# reasons found after a record parsed into an object: the record's own id (if any) names the rejected row
+OWN_ID_REASONS = {"missing_text", "null_text", "text_not_string", "empty_text", "text_too_long", "duplicate_id"}
+
+
+def check_rejected_jsonl(rejected: pa.Table | None, files: dict[str, bytes]) -> None:
+    """Every rejected row's `raw` is its line's original bytes; its `id` is the record's own id when
+    the line is an object that has one, else `file:line`."""
+    for row in [] if rejected is None else rejected.to_pylist():
+        assert row["raw"] in jsonl_lines(files[row["source_file"]]), row
+        record = None
+        for text in (row["raw"], row["raw"].decode("utf-8", "replace")):   # utf8_errors: replace parses the latter
+            with contextlib.suppress(orjson.JSONDecodeError):
+                record = orjson.loads(text)
+                break
+        own = record.get("id") if isinstance(record, dict) and row["reason"] in OWN_ID_REASONS else None
+        expected = f"{row['source_file']}:{row['source_line']}" if own is None else own if isinstance(own, str) \
+            else str(own)
+        assert row["id"] == expected, row
+
+
 def write_jsonl(path: Path, data: bytes) -> None:
     if path.name.endswith(".gz"):
         path.write_bytes(gzip.compress(data, mtime=0))
@@ -269,6 +295,8 @@ def test_fuzzed_jsonl_is_kept_or_rejected_never_lost(client, files, shard_size_m
         by_id, _ = ingest_and_check(client, tmp, sorted(records), records, shard_size_mb=shard_size_mb,
                                     utf8_errors=utf8_errors, max_text_bytes=max_text_bytes)
         check_good_rows(by_id, good, max_text_bytes)
+        check_rejected_jsonl(read_rows(tmp / "out" / "00-ingest" / "rejected", "*.parquet"),
+                             {str(tmp / "in" / name): data for name, data in files})
 
 
 # ---------------------------------------------------------------- Parquet
@@ -508,12 +536,14 @@ def assert_pure(stage, data: pa.Table, state) -> tuple[pa.Table, pa.Table]:
 
     worker_copy = pickle.loads(pickle.dumps(stage))
     data_before, state_before = table_copy(data), pickle.dumps(state)
-    kept, rejected = stage.apply(data, state)
+    first = stage.apply(data, state)   # (kept, rejected), or (kept, rejected, removed) for a stage editing text
+    kept, rejected = first[0], first[1]
     assert same(data, data_before), f"{stage.name}: apply changed its input table"
     assert pickle.dumps(state) == state_before, f"{stage.name}: apply changed its state"
     for again in (stage.apply(data, state), worker_copy.apply(table_copy(data_before), pickle.loads(state_before))):
-        assert same(again[0], kept), f"{stage.name}: the same input gave other kept rows"
-        assert same(again[1], rejected), f"{stage.name}: the same input gave other rejected rows"
+        assert len(again) == len(first), f"{stage.name}: apply returned {len(again)} tables, then {len(first)}"
+        for got, was, what in zip(again, first, ("kept", "rejected", "removed"), strict=False):
+            assert same(got, was), f"{stage.name}: the same input gave other {what} rows"
     assert same(data, data_before), f"{stage.name}: apply changed its input table"
     assert stage.documents_in(kept) + rejected.num_rows - created_rows(rejected) == data.num_rows, \
         f"{stage.name}: {data.num_rows} rows in, {kept.num_rows} kept + {rejected.num_rows} rejected"
@@ -645,6 +675,13 @@ def chat_server():
     server.close()
 
 
+@pytest.fixture
+def flagged_list(tmp_path):
+    path = tmp_path / "flagged-en.txt"
+    path.write_text("# a test list\nspam\nfree money\n")
+    return path
+
+
 def stage_recipe(name: str, request) -> tuple[dict, str | None]:
     """(params, the stage whose output is its input) for each registered stage: defaults where they run
     without a download or minutes of work, else the small settings the stage's own tests use. None
@@ -673,6 +710,12 @@ def stage_recipe(name: str, request) -> tuple[dict, str | None]:
                           None),
         "tokenize": lambda: ({"vocab_size": 300}, None),
         "pack": lambda: ({"seq_len": 64}, "tokenize"),
+        "language_id": lambda: ({}, None),
+        # the fuzz corpus has no html or url column: extract reads `text` as HTML, url_filter the source
+        "extract": lambda: ({"html_column": "text", "extractor": "resiliparse", "min_chars": 0}, None),
+        "url_filter": lambda: ({"url_column": "source", "banned_words": ["web"]}, None),
+        "pii": lambda: ({}, None),
+        "flagged_words": lambda: ({"lists": {"en": str(request.getfixturevalue("flagged_list"))}}, None),
     }
     if name not in recipes:
         pytest.fail(f"stage {name!r} is registered but has no recipe here: add how to build it cheaply")

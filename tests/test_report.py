@@ -80,10 +80,15 @@ def test_markup_in_documents_is_escaped_and_every_section_is_filled(reported):
     assert "id planted-xss-copy" in sections["dedup"] and "id planted-near" in sections["dedup"]
     assert sections["dedup"].count("id planted-xss<") >= 2
     assert "padding fraction" in sections["packing"] and "documents per row" in sections["packing"]
-    assert "Compute multipliers" in sections["eval"] and re.search(r"fasttext</td><td>ref</td><td[^>]*>[≥≤ ]*\d+\.\d\d ± ",
-                                                                    sections["eval"])
+    # a multiplier with its spread over seeds, or (a seed bounded it: eval.json has no std) the bound and why
+    assert "Compute multipliers" in sections["eval"] and re.search(
+        r"fasttext</td><td>ref</td><td[^>]*>(?:\d+\.\d\d ± |[≥≤] \d+\.\d\d</td>.*?seeds? [\d, ]+.*?no interval)",
+        sections["eval"])
     assert "piqa" in sections["eval"]
-    assert "not recorded" in sections["timings"] and "training_flops" in sections["timings"]
+    # every stage's manifest records its workers' peak memory (engine.py): shown in human units, none missing
+    assert "not recorded" not in sections["timings"] and "training_flops" in sections["timings"]
+    assert len(re.findall(r'<td class="n">\d[\d,.]* (?:MB|GB)</td>', sections["timings"])) >= 8
+    assert "bytes removed" in sections["funnel"]
     assert "fasttext_quality:" in sections["config"] and "flop_budget" in sections["config"]
     images = re.findall(r'<img class="plot" src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == page.count("<img ") >= 7
@@ -108,7 +113,7 @@ def test_cli_writes_the_default_path_and_says_what_is_missing(reported, tmp_path
     sections = _sections(target.read_text())
     assert list(sections) == list(SECTIONS)
     assert "No eval folder given" in sections["eval"]
-    assert "examples from the first 5 rejected rows" in sections["rejections"]
+    assert "Examples from the first 5 rejected rows" in sections["rejections"]
     assert "a sample" in sections["scores"]
     helped = CliRunner().invoke(cli, ["report", "--help"])
     assert helped.exit_code == 0 and "--eval" in helped.output and "report.html" in helped.output
@@ -143,6 +148,14 @@ def test_report_opens_cleanly_in_headless_chromium(reported, tmp_path):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         assert len(images) >= 7 and all(ok for _, ok in images), images
+        # each stage's reasons fold: only the first stage's table shows until a reader opens another
+        folds = driver.execute_script(
+            "return Array.from(document.querySelectorAll('#rejections details')).map(d => [d.open, "
+            "Array.from(d.querySelectorAll('table')).some(t => t.checkVisibility())])")
+        assert len(folds) >= 4 and folds[0] == [True, True], folds
+        assert all(f == [False, False] for f in folds[1:]), folds
+        height = driver.execute_script("return document.getElementById('rejections').offsetHeight")
+        assert height < 2 * 900, height   # was four screens with every stage's examples open
         height = driver.execute_script("return document.documentElement.scrollHeight")
         driver.set_window_size(1200, min(height, 16_000))
         shot = tmp_path / "report.png"
@@ -154,6 +167,174 @@ def test_report_opens_cleanly_in_headless_chromium(reported, tmp_path):
         assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     finally:
         driver.quit()
+
+
+def _figure_of(draw, item: dict, monkeypatch):
+    """The matplotlib Figure a figures.py function builds (caught where it becomes a data URI)."""
+    from winnow.report import figures
+
+    caught = []
+    monkeypatch.setattr(figures, "data_uri", lambda fig: caught.append(fig) or "data:image/png;base64,")
+    draw(item)
+    return caught[0]
+
+
+def _x_tick_labels(fig) -> list[tuple[float, float, str]]:
+    """(left, right, text) in pixels of every drawn x tick label inside the axes' range, left to right."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    out = []
+    for ax in fig.axes:
+        lo, hi = sorted(ax.get_xlim())
+        for tick in ax.xaxis.get_major_ticks() + ax.xaxis.get_minor_ticks():
+            label = tick.label1
+            if label.get_visible() and label.get_text() and lo <= tick.get_loc() <= hi:
+                box = label.get_window_extent(renderer)
+                out.append((box.x0, box.x1, label.get_text()))
+    return sorted(out)
+
+
+@pytest.mark.parametrize("case", ["adjacent sizes", "log sizes", "log scores"])
+def test_histogram_tick_labels_are_plain_numbers_that_never_overlap(case, monkeypatch):
+    """Cluster sizes 30..40 each got a label (they ran together: "3031323334"), and log axes printed
+    10^1-style labels; every label must now be a plain number clear of its neighbours."""
+    import numpy as np
+
+    from winnow.report import figures
+
+    rng = np.random.default_rng(0)
+    if case == "adjacent sizes":
+        fig = _figure_of(figures.cluster_histogram, {"stage": "02-exact_dedup", "cluster_sizes":
+                                                     np.asarray([2] * 60 + [3] * 9 + list(range(16, 18)) +
+                                                                list(range(30, 41)))}, monkeypatch)
+    elif case == "log sizes":
+        fig = _figure_of(figures.cluster_histogram, {"stage": "03-minhash_dedup", "cluster_sizes":
+                                                     np.asarray([2] * 13 + [3] * 3 + [16, 17, 60, 61, 122])},
+                         monkeypatch)
+    else:
+        fig = _figure_of(figures.score_histogram, {"stage": "04-perplexity_quality", "column": "perplexity",
+                                                   "values": np.exp(rng.uniform(np.log(12), np.log(1500), 300)),
+                                                   "cut_lo": None, "cut_hi": 400.0}, monkeypatch)
+    labels = _x_tick_labels(fig)
+    texts = [t for _, _, t in labels]
+    assert len(labels) >= 4, texts
+    assert all(re.fullmatch(r"\d+(?:\.\d+)?k?", t) for t in texts), texts   # no mathtext such as 10^{1}
+    overlapping = [(a[2], b[2]) for a, b in zip(labels, labels[1:], strict=False) if b[0] < a[1] + 1]
+    assert not overlapping, texts
+
+
+def _manifest_keys(stage_dir: Path, set_top: dict, set_totals: dict, drop_totals: tuple[str, ...] = (),
+                   drop_top: tuple[str, ...] = (), shard_peak: int | None = None) -> None:
+    """Give a hand-written manifest exactly the keys a run of a given age writes: those the engine records
+    now (peak_rss, bytes_removed, removed_reasons, driver_peak_rss, flat_scores) or none of them."""
+    path = stage_dir / "_manifest.json"
+    m = json.loads(path.read_text())
+    m.update(set_top)
+    m["totals"].update(set_totals)
+    for k in drop_totals:
+        m["totals"].pop(k, None)
+    for k in drop_top:
+        m.pop(k, None)
+    for shard in m["shards"]:
+        shard.pop("peak_rss", None)
+        if shard_peak is not None:
+            shard["peak_rss"] = shard_peak
+    path.write_text(json.dumps(m))
+
+
+def test_memory_removed_bytes_and_flat_scores_from_the_manifests(tmp_path):
+    """Peak memory in human units where a manifest records it ("not recorded" only where not), bytes
+    removed beside rejected ones with the removal reasons and removed text, each stage's reasons folded
+    (the first open), and flat quality scores flagged: "nothing cut" or "cut on noise"."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.manifest import ShardRecord, write_manifest
+    from winnow.report import build_report
+
+    n = 20
+    ids = [f"d{i}" for i in range(n)]
+    texts = [f"<b>document {i}</b>\nline two" for i in range(n)]
+
+    def stage(dirname: str, kind: str, columns: dict, keep: np.ndarray, extra: dict) -> Path:
+        folder = tmp_path / dirname
+        (folder / "rejected").mkdir(parents=True)
+        table = pa.table({"id": ids, "text": texts, **columns})
+        pq.write_table(table.filter(pa.array(keep)), folder / "train-00000.parquet")
+        rejected = table.filter(pa.array(~keep))
+        rejected = rejected.append_column("stage", pa.array([kind] * rejected.num_rows)).append_column(
+            "reason", pa.array([f"{kind}_low"] * rejected.num_rows))
+        pq.write_table(rejected, folder / "rejected" / "part-00000.parquet")
+        record = ShardRecord("part-00000", n, int(keep.sum()), int((~keep).sum()), rows_out=int(keep.sum()),
+                             bytes_in=10_000, bytes_kept=4_000, bytes_rejected=1_000,
+                             reasons={f"{kind}_low": int((~keep).sum())} if (~keep).any() else {})
+        write_manifest(folder, kind, "h", {}, [record], 0.1, extra)
+        return folder
+
+    everything, half = np.ones(n, bool), np.arange(n) < n // 2
+    ingest = stage("00-ingest", "ingest", {}, half, {})
+    _manifest_keys(ingest, {"driver_peak_rss": 456_000_000, "removed_reasons": {}},
+                   {"peak_rss": 123_456_789, "bytes_removed": 0, "bytes_kept": 9_000}, shard_peak=123_456_789)
+    normalize = stage("01-normalize", "normalize", {}, half, {})
+    _manifest_keys(normalize, {"removed_reasons": {"whitespace": 1_000, "c4_no_terminal_punct": 4_000}},
+                   {"peak_rss": 2_500_000_000, "bytes_removed": 5_000}, shard_peak=2_500_000_000)
+    (normalize / "removed").mkdir()
+    pq.write_table(pa.table({"id": ["d1", "d2"], "reason": ["c4_no_terminal_punct", "whitespace"],
+                             "text": ["<i>a removed line</i> without a stop", "   "]}),
+                   normalize / "removed" / "part-00000.parquet")
+    flat = {"spread": 0.0004, "kept_all": True, "message": "every fasttext_score lies in [0.5, 0.5004]: kept all"}
+    ft = stage("02-fasttext_quality", "fasttext_quality", {"fasttext_score": np.full(n, 0.5)}, everything,
+               {"score_column": "fasttext_score", "band": [0.5, 1.0], "cut": {"lo": None, "hi": None},
+                "score_range": [0.5, 0.5004], "flat_scores": flat, "warnings": [flat["message"]]})
+    _manifest_keys(ft, {"removed_reasons": {}}, {"peak_rss": 50_000_000, "bytes_removed": 0,
+                                                 "bytes_kept": 9_000}, shard_peak=50_000_000)
+    noisy = {"spread": 0.002, "kept_all": False, "message": "allow_flat_scores: true, so the stage cut on noise"}
+    emb_scores = 0.3 + np.linspace(0, 0.002, n)
+    emb = stage("03-embedding_quality", "embedding_quality", {"embedding_score": emb_scores}, ~half,
+                {"score_column": "embedding_score", "band": [0.5, 1.0], "score_range": [0.3, 0.302],
+                 "cut": {"lo": {"score": float(np.median(emb_scores)), "id_hash": 0}, "hi": None},
+                 "flat_scores": noisy})
+    _manifest_keys(emb, {"removed_reasons": {}}, {"peak_rss": 50_000_000, "bytes_removed": 0})
+    old = stage("04-heuristics", "heuristics", {}, half, {})   # a manifest from before memory and byte records
+    _manifest_keys(old, {}, {}, drop_totals=("peak_rss", "bytes_removed", "bytes_added"),
+                   drop_top=("removed_reasons", "driver_peak_rss"))
+    page = build_report(tmp_path).read_text()
+    assert "<script" not in page and not re.findall(r'(?:src|href)="(?!data:image/png;base64,|#)', page)
+    sections = _sections(page)
+
+    timing_rows = dict(re.findall(r"<tr><td>(\d\d-[a-z_]+)</td>(.*?)</tr>", sections["timings"]))
+    assert "123.5 MB" in timing_rows["00-ingest"] and "2.5 GB" in timing_rows["01-normalize"]
+    assert "not recorded" in timing_rows["04-heuristics"]
+    assert all("not recorded" not in timing_rows[s] for s in ("00-ingest", "01-normalize", "02-fasttext_quality"))
+    assert "456.0 MB" in sections["timings"]   # the driver's peak
+
+    funnel_rows = dict(re.findall(r"<tr><td>(\d\d-[a-z_]+)[^<]*(?:<span[^>]*>[^<]*</span>)?</td>(.*?)</tr>",
+                                  sections["funnel"]))
+    assert re.search(r"<th>bytes rejected</th><th>bytes removed</th>", sections["funnel"])
+    assert funnel_rows["01-normalize"].endswith('<td class="n">1.0 KB</td><td class="n">5.0 KB</td>')
+    assert funnel_rows["00-ingest"].endswith('<td class="n">0 B</td>')
+    # the old manifest: not recorded, and the 5 KB that neither kept nor rejected rows hold is named
+    assert "—" in funnel_rows["04-heuristics"] and "5.0 KB unaccounted" in funnel_rows["04-heuristics"]
+    assert "scores flat: nothing cut" in sections["funnel"]
+
+    rej = sections["rejections"]
+    folds = re.findall(r"<details[^>]*>", rej)
+    assert len(folds) == 4 and "open" in folds[0] and not any("open" in f for f in folds[1:]), folds
+    normalize_fold = rej[rej.index("<b>01-normalize</b>"):].split("</details>")[0]
+    assert "5.0 KB removed from kept documents" in normalize_fold
+    assert normalize_fold.index("c4_no_terminal_punct") < normalize_fold.index("whitespace")   # most bytes first
+    assert "4.0 KB" in normalize_fold and "40.0%" in normalize_fold   # of the stage's 10 KB input
+    assert "&lt;i&gt;a removed line&lt;/i&gt;" in normalize_fold and "<i>a removed" not in page
+
+    scores = sections["scores"]
+    ft_part = scores[scores.index("02-fasttext_quality: <code>"):scores.index("03-embedding_quality: <code>")]
+    assert 'class="flat kept-all"' in ft_part and "scores flat: nothing cut" in ft_part and "0.0004" in ft_part
+    assert ft_part.count("kept all") == 1   # the manifest's message once, not again as a warning
+    emb_part = scores[scores.index("03-embedding_quality: <code>"):]
+    assert 'class="flat noise"' in emb_part and "scores flat: cut on noise" in emb_part
 
 
 def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):

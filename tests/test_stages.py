@@ -16,7 +16,7 @@ def test_normalize_rules():
     stage = NormalizeStage()
     table = pa.table({"id": ["a", "b", "c"],
                       "text": ["Cafe\u0301\r\nline\u00a0two  \t\n\n\n\nend\u200b\x07", "  \u200b \n ", "    indented code"]})
-    kept, rejected = stage.apply(table, None)
+    kept, rejected, _ = stage.apply(table, None)
     assert kept.column("text").to_pylist() == ["Caf\u00e9\nline two\n\nend", "indented code"]
     assert rejected.column("id").to_pylist() == ["b"]
     assert rejected.column("reason").to_pylist() == ["empty_after_normalize"]
@@ -68,7 +68,7 @@ def test_heuristics_match_datatrove_pipeline(tmp_path):
             reference[doc["id"]] = doc["text"]
 
     table = pa.table({"id": [r["id"] for r in rows], "text": [r["text"] for r in rows]})
-    kept, rejected = HeuristicsStage().apply(table, None)
+    kept, rejected, _ = HeuristicsStage().apply(table, None)
     assert dict(zip(kept.column("id").to_pylist(), kept.column("text").to_pylist(), strict=True)) == reference
     assert kept.num_rows + rejected.num_rows == len(rows)
     assert 0 < kept.num_rows < len(rows)
@@ -95,6 +95,6 @@ def test_each_heuristic_reason_is_triggered():
     stage = HeuristicsStage()
     table = pa.table({"id": ["short", "curly"],
                       "text": ["Too short.", CURLY_DOC]})
-    _, rejected = stage.apply(table, None)
+    _, rejected, _ = stage.apply(table, None)
     assert dict(zip(rejected.column("id").to_pylist(), rejected.column("reason").to_pylist(), strict=True)) == {
         "short": "gopher_quality:gopher_short_doc", "curly": "c4_quality:curly_bracket"}

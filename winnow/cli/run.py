@@ -33,8 +33,11 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
         resolved.pipeline.engine.progress = False
     console.print(f"winnow: {len(resolved.stages) + 1} stages → {resolved.pipeline.output}")
     result = run_pipeline(resolved, force=force, console=console)
-    render_funnel(result.out_dir, Console(width=max(Console().width, 110)))
-    click.echo(f"final documents: {result.final_dir}  (datasets folder: {result.out_dir / 'dataset'})")
+    render_funnel(result.out_dir, Console(width=max(Console().width, 140)))
+    documents = result.documents_dir or result.final_dir
+    click.echo(f"final documents: {documents}  (datasets folder: {result.out_dir / 'dataset'})")
+    if documents != result.final_dir:
+        click.echo(f"packed rows: {result.final_dir}  (datasets folder: {result.out_dir / 'packed'})")
     click.echo(f"done in {result.seconds:.1f} s")
     stray = stray_stage_dirs(result.out_dir)
     if stray:

@@ -11,7 +11,8 @@ import click
 @click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
 @click.option("--json", "as_json", is_flag=True, help="print the funnel as JSON")
 def stats(out_dir: str, as_json: bool) -> None:
-    """Per stage: rows and bytes in, kept and rejected (by reason), and seconds. For every stage that
+    """Per stage: rows and bytes in, kept and rejected (by reason), bytes removed from kept rows (by
+    reason), and seconds. For every stage that
     scored its rows (fastText, embedding, perplexity, DataRater): the score histogram, the lowest- and
     highest-scored documents' first lines, and the score's rank correlation with length, the
     non-alphanumeric fraction, mean word length and line repetition."""
@@ -22,6 +23,6 @@ def stats(out_dir: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps({"funnel": funnel(out_dir), "scores": scoring_stages(out_dir)}, indent=1))
     else:
-        console = Console(width=max(Console().width, 110))
+        console = Console(width=max(Console().width, 140))
         render_funnel(out_dir, console)
         render_scores(out_dir, console)

@@ -4,7 +4,18 @@ The rules are datatrove's own classes (not re-implementations), so results match
 pipeline with the same arguments; each YAML block is passed to the class constructor as is
 (`null` disables a filter). Filters run in the order listed; the first one that drops a document
 names the reason as `<filter>:<rule>`, e.g. `gopher_quality:gopher_short_doc`. C4's filter also
-removes lines from kept documents (its line rules), exactly as in datatrove, so `text` may change.
+removes lines from kept documents (its line rules), exactly as in datatrove, so `text` may change:
+each removed line is a cut named by the rule that removed it (`c4_quality:no_terminal_punct`,
+`c4_quality:too_few_words`, …, read from datatrove's own per-line counters), and the rest of the
+change (line breaks, stripped indentation, citations) `c4_quality:whitespace_and_citations`; kept
+rows carry `heuristics_bytes_removed`, rejected rows the text they came in with.
+
+`line_unit: paragraph` is for hard-wrapped text (documentation, docstrings, e-mail, plain-text
+books), where a sentence runs over several lines and C4's line rules (terminal punctuation, three
+words a line) would cut most sentences in half. The filters then see each paragraph (a run of lines
+between blank lines) as one line, its line breaks turned into spaces; a paragraph a line rule drops
+is removed whole, and every kept paragraph keeps its original lines and indentation. The
+separators that went with removed paragraphs are cut as `<filter>:paragraph_breaks`.
 
 References: Gopher (Rae et al. 2021, arXiv 2112.11446, App. A), C4 (Raffel et al. 2020, JMLR 21,
 sec. 2.2), FineWeb (Penedo et al. 2024, arXiv 2406.17557).
@@ -13,13 +24,19 @@ sec. 2.2), FineWeb (Penedo et al. 2024, arXiv 2406.17557).
 from __future__ import annotations
 
 import inspect
-from typing import Any
+import re
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from winnow.pipeline.stage import Stage
+from winnow.pipeline.stage import Cuts, Stage
+
+# a blank line (spaces or tabs only) ends a paragraph; the same rule as line_dedup's `unit: paragraph`
+PARAGRAPH_SEP = re.compile(r"(\n(?:[ \t\r\f\v]*\n)+)")
+# datatrove's per-line counters (C4) → the reason a line was removed
+LINE_RULES = {"no_terminal_punc": "no_terminal_punct"}
 
 FILTERS = {
     "gopher_quality": "datatrove.pipeline.filters.gopher_quality_filter:GopherQualityFilter",
@@ -48,6 +65,17 @@ class HeuristicsParams(BaseModel):
                              description="the order filters run in; the first to drop names the reason")
     warm_tokenizer: bool = Field(True, description="English filters share winnow's faster spaCy word "
                                  "splitter (same tokens as datatrove's); false: datatrove's own")
+    line_unit: Literal["line", "paragraph"] = Field(
+        "line", description="what the filters' line rules see as a line: `line` (web pages, as the papers) "
+        "or `paragraph` (hard-wrapped text: lines between blank lines joined; dropped paragraphs go whole)")
+
+    @classmethod
+    def accepted_keys(cls, field: str) -> list[str] | None:
+        """The constructor arguments a filter's block accepts; the config loader reports any other key
+        at its own line with the nearest of these (pipeline/config.py)."""
+        if field not in FILTERS:
+            return None
+        return sorted(set(inspect.signature(filter_class(field).__init__).parameters) - {"self", "exclusion_writer"})
 
     @model_validator(mode="after")
     def _check_arguments(self) -> HeuristicsParams:
@@ -58,7 +86,7 @@ class HeuristicsParams(BaseModel):
             kwargs = getattr(self, key)
             if not kwargs:
                 continue
-            accepted = set(inspect.signature(filter_class(key).__init__).parameters) - {"self", "exclusion_writer"}
+            accepted = set(self.accepted_keys(key) or ())
             bad = sorted(set(kwargs) - accepted)
             if bad:
                 raise ValueError(f"{key}: unknown argument(s) {bad}; accepted: {sorted(accepted)}")
@@ -68,6 +96,7 @@ class HeuristicsParams(BaseModel):
 class HeuristicsStage(Stage):
     name = "heuristics"
     Params = HeuristicsParams
+    edits_text = True
 
     def __init__(self, params: HeuristicsParams | None = None):
         super().__init__(params)
@@ -91,10 +120,12 @@ class HeuristicsStage(Stage):
                 if shared is not None and kwargs.get("language", "en") == "en":
                     # datatrove accepts a WordTokenizer wherever it takes a language
                     kwargs = {**kwargs, "language": shared}
-                self._filters.append((key, filter_class(key)(**kwargs)))
+                flt = filter_class(key)(**kwargs)
+                flt.stat_update = _LineEvents(flt.stat_update)  # which line each line rule removed
+                self._filters.append((key, flt))
         return self._filters
 
-    def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table]:
+    def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table, pa.Table]:
         from datatrove.data import Document
 
         texts = table.column("text").to_pylist()
@@ -102,16 +133,80 @@ class HeuristicsStage(Stage):
         keep = np.ones(len(texts), bool)
         reasons: list[str | None] = [None] * len(texts)
         new_texts = list(texts)
+        cuts = Cuts()
+        paragraphs = self.params.line_unit == "paragraph"
         for i, (doc_id, text) in enumerate(zip(ids, texts, strict=True)):
-            doc = Document(text=text, id=doc_id)
+            text = text or ""
+            units, seps = _paragraphs(text) if paragraphs else ([], [])
+            alive = [u for u, unit in enumerate(units) if unit.strip()]  # the paragraph behind each line of the view
+            doc = Document(text="\n".join(" ".join(units[u].split()) for u in alive) if paragraphs else text,
+                           id=doc_id)
             for key, flt in self.filters:
+                before = doc.text
+                flt.stat_update.lines = []
                 result = flt.filter(doc)
                 ok, why = result if isinstance(result, tuple) else (result, None)
                 if not ok:
                     keep[i], reasons[i] = False, f"{key}:{why or 'dropped'}"
                     break
-            new_texts[i] = doc.text
-        dropped = np.flatnonzero(~keep)  # rejected rows keep their original text
-        rejected = self.reject(table.take(pa.array(dropped, pa.int64())), [reasons[i] for i in dropped])
-        table = table.set_column(table.schema.get_field_index("text"), "text", pa.array(new_texts, pa.string()))
-        return table.filter(pa.array(keep)), rejected
+                if doc.text != before:
+                    alive = self._cut_lines(cuts, i, key, before, doc.text, flt.stat_update.lines,
+                                            units if paragraphs else None, alive)
+            if not keep[i]:
+                continue
+            new_texts[i] = _join(units, seps, alive) if paragraphs else doc.text
+            residue = len(text.encode()) - len(new_texts[i].encode()) - cuts.row_total(i)
+            cuts.add(i, "heuristics:paragraph_breaks" if paragraphs else "heuristics:whitespace_and_citations",
+                     residue)
+        return self.split_edited(table, pa.array(new_texts, pa.string()), keep, reasons, cuts)
+
+
+    @staticmethod
+    def _cut_lines(cuts: Cuts, i: int, key: str, before: str, after: str, outcomes: list[str],
+                   units: list[str] | None, alive: list[int]) -> list[int]:
+        """Declare the lines (or, with `units`, the original paragraphs) a filter removed from row i,
+        each under the rule that removed it; returns the paragraphs still alive. Without a per-line
+        account (a filter that edits text but keeps no line counters) the whole change is one cut."""
+        lines = before.splitlines()
+        if len(outcomes) != len(lines):
+            if units is None:
+                cuts.add(i, f"{key}:edited", len(before.encode()) - len(after.encode()))
+            return alive   # paragraphs: the original text stands, only line rules remove paragraphs
+        for line, u, o in zip(lines, alive if units is not None else lines, outcomes, strict=True):
+            if o != "kept":
+                piece = units[u] if units is not None else line
+                cuts.add(i, f"{key}:{LINE_RULES.get(o, o)}", len(piece.encode()), piece)
+        return [u for u, o in zip(alive, outcomes, strict=True) if o == "kept"] if units is not None else alive
+
+
+class _LineEvents:
+    """Wraps a datatrove filter's `stat_update`: records, per line it looked at (`line-total`), what
+    happened to it (`kept`, or the rule that removed it: `line-filter-<rule>`), then passes the
+    update on to datatrove's own counters."""
+
+    def __init__(self, inner: Any):
+        self.inner, self.lines = inner, []
+
+    def __call__(self, *labels: str, **kwargs: Any) -> Any:
+        for label in labels:
+            if label == "line-kept":
+                self.lines.append("kept")
+            elif label.startswith("line-filter-"):
+                self.lines.append(label.removeprefix("line-filter-"))
+        return self.inner(*labels, **kwargs)
+
+
+def _paragraphs(text: str) -> tuple[list[str], list[str]]:
+    """(paragraphs, the blank-line runs between them): text == p0 + s0 + p1 + s1 + …"""
+    parts = PARAGRAPH_SEP.split(text)
+    return parts[0::2], parts[1::2]
+
+
+def _join(units: list[str], seps: list[str], alive: list[int]) -> str:
+    """The kept paragraphs, each after the separator that preceded it in the original."""
+    out: list[str] = []
+    for u in alive:
+        if out:
+            out.append(seps[u - 1])
+        out.append(units[u])
+    return "".join(out)

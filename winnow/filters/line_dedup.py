@@ -18,9 +18,12 @@ share buttons), while the rest of each page stays.
 3. apply (per shard, pure): each frequent unit is removed from every document but the first
    (`keep_first: true`) or from all of them; kept units are joined by their original separators
    ("\\n", or the blank-line run before them). A document that lost a unit and keeps fewer than
-   `min_doc_chars` characters (whitespace stripped) is rejected as `too_short_after_line_dedup`;
-   one that lost nothing is never rejected here. Every row carries `line_dedup_removed_units`
-   and `line_dedup_removed_chars` (characters of the removed units, separators not counted).
+   `min_doc_chars` characters (whitespace stripped) is rejected as `too_short_after_line_dedup`,
+   with the text it came in with; one that lost nothing is never rejected here. Every row carries
+   `line_dedup_removed_units` and `line_dedup_removed_chars` (characters of the removed units,
+   separators not counted); kept rows carry `line_dedup_bytes_removed`, the UTF-8 bytes cut: each
+   removed unit is a cut `line_dedup:duplicate_line` (or `duplicate_paragraph`) with its text, and
+   the separators that went with them one cut `line_dedup:line_breaks`.
 
 Units that normalise to nothing (blank lines, lines of punctuation) are never counted or removed.
 A document holding a frequent unit several times keeps or loses all its copies together:
@@ -43,7 +46,7 @@ import xxhash
 from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.filters.textnorm import TextNorm, normalize_texts
-from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage
 
 REASON = "too_short_after_line_dedup"
 REMOVED_UNITS = "line_dedup_removed_units"
@@ -156,6 +159,7 @@ class LineDedupStage(Stage):
     name = "line_dedup"
     Params = LineDedupParams
     version = 1
+    edits_text = True
 
     def _units(self, texts: list[str | None]
                ) -> tuple[list[tuple[list[str], list[str] | None]], np.ndarray, np.ndarray, np.ndarray]:
@@ -258,12 +262,14 @@ class LineDedupStage(Stage):
                 out["documents_changed"] += float((units > 0).sum())
         return out
 
-    def apply(self, table: pa.Table, state: ShardUnits | None) -> tuple[pa.Table, pa.Table]:
+    def apply(self, table: pa.Table, state: ShardUnits | None) -> tuple[pa.Table, pa.Table, pa.Table]:
         p: LineDedupParams = self.params
         n = table.num_rows
         removed_units = np.zeros(n, np.int64)
         removed_chars = np.zeros(n, np.int64)
         too_short = np.zeros(n, bool)
+        cuts = Cuts()
+        text = table.column("text")
         if state is not None and len(state.hashes) and n:
             texts = table.column("text").to_pylist()
             split, row, hashes, counted = self._units(texts)
@@ -275,13 +281,18 @@ class LineDedupStage(Stage):
             offsets = np.concatenate([[0], np.cumsum([len(units) for units, _ in split])])
             index = np.arange(len(row)) - offsets[row]
             changed = np.unique(row[remove])
+            reason = f"{self.name}:duplicate_{p.unit}"
             for d in changed.tolist():
                 gone = set(index[offsets[d]:offsets[d + 1]][remove[offsets[d]:offsets[d + 1]]].tolist())
                 units, seps = split[d]
                 out: list[str] = []
+                cut = 0
                 for i, u in enumerate(units):
                     if i in gone:
                         removed_chars[d] += len(u)
+                        piece = len(u.encode("utf-8", "surrogatepass"))
+                        cuts.add(d, reason, piece, u)
+                        cut += piece
                         continue
                     if out:  # the separator just before this unit in the original
                         out.append("\n" if seps is None else seps[i - 1])
@@ -290,15 +301,14 @@ class LineDedupStage(Stage):
                 new = "".join(out)
                 left = len(new.strip())
                 too_short[d] = left == 0 or left < p.min_doc_chars
-                if not too_short[d]:
+                if not too_short[d]:  # separators dropped with the units
+                    lost = len(texts[d].encode("utf-8", "surrogatepass")) - len(new.encode("utf-8", "surrogatepass"))
+                    cuts.add(d, f"{self.name}:line_breaks", lost - cut)
                     texts[d] = new
             if len(changed):
-                col = table.schema.get_field_index("text")
-                table = table.set_column(col, table.schema.field(col), pa.array(texts, table.schema.field(col).type))
+                text = pa.array(texts, table.schema.field("text").type)
         for name, values in ((REMOVED_UNITS, removed_units), (REMOVED_CHARS, removed_chars)):
             if name in table.column_names:  # an earlier line_dedup stage: these columns describe this one
                 table = table.drop_columns([name])
             table = table.append_column(name, pa.array(values, pa.int64()))
-        kept = table.filter(pa.array(~too_short))
-        rejected = self.reject(table.filter(pa.array(too_short)), [REASON] * int(too_short.sum()))
-        return kept, rejected
+        return self.split_edited(table, text, ~too_short, [REASON] * n, cuts)

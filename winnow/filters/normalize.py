@@ -1,16 +1,24 @@
 """Text normalisation: Unicode NFC, control characters out, whitespace tidied, all in pyarrow compute.
 
-Rows whose text is empty after normalising are rejected as `empty_after_normalize`.
-Leading indentation is kept (code and poetry need it); runs of blank lines shrink to one.
+Rows whose text is empty after normalising are rejected as `empty_after_normalize`, with the text
+they came in with. Leading indentation is kept (code and poetry need it); runs of blank lines shrink
+to one. Each step's byte change per row is a cut with its own reason (`normalize:control`,
+`normalize:line_endings`, `normalize:unicode_form`, `normalize:spaces`, `normalize:blank_lines`,
+`normalize:trailing_spaces`, `normalize:trim`), counted in `normalize_bytes_removed`; an NFKC
+expansion (a ligature written out) is a negative cut. The pieces are whitespace and control
+characters, so `removed/` holds their byte counts, not their text.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from winnow.pipeline.stage import Stage
+from winnow.pipeline.stage import Cuts, Stage, utf8_bytes
 
 # C0/C1 controls except \t and \n, plus zero-width and byte-order marks (RE2 syntax)
 CONTROL = r"[\x00-\x08\x0B\x0C\x0E-\x1F\x7F-\x9F\x{200B}\x{200C}\x{200D}\x{2060}\x{FEFF}]"
@@ -33,27 +41,40 @@ class NormalizeStage(Stage):
 
     name = "normalize"
     Params = NormalizeParams
+    edits_text = True
 
-    def normalize(self, text: pa.ChunkedArray) -> pa.ChunkedArray:
+    def steps(self) -> list[tuple[str, Callable]]:
+        """(reason, text -> text) in the order they run."""
         p: NormalizeParams = self.params
-        text = pc.replace_substring_regex(text, r"\r\n?", "\n")
+        out = [("line_endings", lambda t: pc.replace_substring_regex(t, r"\r\n?", "\n"))]
         if p.form:
-            text = pc.utf8_normalize(text, p.form)
+            out.append(("unicode_form", lambda t: pc.utf8_normalize(t, p.form)))
         if p.remove_control:
-            text = pc.replace_substring_regex(text, CONTROL, "")
+            out.append(("control", lambda t: pc.replace_substring_regex(t, CONTROL, "")))
         if p.unify_spaces:
-            text = pc.replace_substring_regex(text, SPACE, " ")
+            out.append(("spaces", lambda t: pc.replace_substring_regex(t, SPACE, " ")))
         if p.collapse_spaces:
-            text = pc.replace_substring_regex(text, r"([^\n ]) {2,}", r"\1 ")
+            out.append(("spaces", lambda t: pc.replace_substring_regex(t, r"([^\n ]) {2,}", r"\1 ")))
         if p.strip_lines:
-            text = pc.replace_substring_regex(text, r"[ \t]+\n", "\n")
-        text = pc.replace_substring_regex(text, rf"\n{{{p.max_blank_lines + 2},}}",
-                                          "\n" * (p.max_blank_lines + 1))
-        return pc.utf8_trim_whitespace(text)
+            out.append(("trailing_spaces", lambda t: pc.replace_substring_regex(t, r"[ \t]+\n", "\n")))
+        out.append(("blank_lines", lambda t: pc.replace_substring_regex(t, rf"\n{{{p.max_blank_lines + 2},}}",
+                                                                        "\n" * (p.max_blank_lines + 1))))
+        out.append(("trim", pc.utf8_trim_whitespace))
+        return out
 
-    def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table]:
-        text = self.normalize(table.column("text"))
-        table = table.set_column(table.schema.get_field_index("text"), "text", text)
-        empty = pc.equal(pc.utf8_length(text), 0)
-        rejected = table.filter(empty)
-        return table.filter(pc.invert(empty)), self.reject(rejected, ["empty_after_normalize"] * rejected.num_rows)
+    def normalize(self, text: pa.ChunkedArray, cuts: Cuts | None = None) -> pa.ChunkedArray:
+        before = utf8_bytes(text) if cuts is not None else None
+        rows = np.arange(len(text))
+        for reason, step in self.steps():
+            text = step(text)
+            if cuts is not None:
+                after = utf8_bytes(text)
+                cuts.add_many(rows, f"{self.name}:{reason}", before - after)
+                before = after
+        return text
+
+    def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table, pa.Table]:
+        cuts = Cuts()
+        text = self.normalize(table.column("text"), cuts)
+        keep = np.asarray(pc.greater(pc.fill_null(pc.utf8_length(text), 0), 0))
+        return self.split_edited(table, text, keep, ["empty_after_normalize"] * table.num_rows, cuts)

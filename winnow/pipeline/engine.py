@@ -15,6 +15,23 @@ any particular stage. For each stage:
    old marker, loads, applies, checks conservation, writes both outputs atomically (fsynced) and
    writes its marker last.
 3. The markers merge into `_manifest.json`; the kept shards are the next stage's input.
+
+Two conservation rules are checked for every shard (the run stops on a broken one) and again by
+`winnow verify` from the markers:
+- rows: rows in + added = kept + rejected (added: rows the stage created, `synthetic=true`);
+- bytes (UTF-8 bytes of `text`): bytes_in + bytes_added = bytes_kept + bytes_rejected + bytes_removed.
+  bytes_added is the text of the rows the stage created (rephrase's synthetic rows, kept or not);
+  bytes_removed is what a text-editing stage (`Stage.edits_text`) declared it cut from rows it
+  kept, by reason (`removed`), and must equal the sum of the kept rows' `<stage>_bytes_removed`. It
+  is signed: a rewrite that grows text (NFKC expanding a ligature) is a negative cut. Rejected rows
+  hold the text they came in with, so they count in full. A stage whose kept rows are not text
+  (pack: token rows, no `text` column) keeps its documents in another form: its bytes_kept is the
+  text bytes of the documents it packed (bytes in + added - rejected), and it removes nothing.
+  Source stages (ingest) read raw records: their bytes_in is what they kept plus what they rejected.
+With `outputs.removed`, a text-editing stage's cuts (id, reason, bytes, text) are written to
+`removed/part-NNNNN.parquet`, fsynced and hashed into the marker like the kept and rejected files.
+
+Each shard also records the peak RSS of its worker process while it ran (sampled every 20 ms).
 """
 
 from __future__ import annotations
@@ -26,6 +43,7 @@ import logging
 import os
 import pickle
 import secrets
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -43,13 +61,15 @@ from winnow.pipeline.shards import (
     file_hash,
     kept_path,
     rejected_path,
+    removed_path,
     text_bytes,
     write_bytes_atomic,
     write_parquet_atomic,
 )
-from winnow.pipeline.stage import Context, ShardRef, Stage, created_rows
+from winnow.pipeline.stage import Context, ShardRef, Stage, bytes_removed_column, created_rows
 
 REJECTED = "rejected"
+REMOVED = "removed"
 log = logging.getLogger(__name__)
 
 
@@ -63,14 +83,60 @@ class StageResult:
     outputs: list[ShardRef]
 
 
+class PeakRSS:
+    """The peak resident memory of this process while the block runs, sampled by a daemon thread
+    (psutil; 0 where it is missing). The RSS at entry and exit are samples too."""
+
+    def __init__(self, interval: float = 0.02):
+        self.interval, self.peak = interval, 0
+        self._stop = threading.Event()
+
+    def _sample(self) -> None:
+        self.peak = max(self.peak, self._process.memory_info().rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def __enter__(self) -> PeakRSS:
+        try:
+            import psutil
+
+            self._process = psutil.Process()
+        except ImportError:
+            return self
+        self._sample()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="winnow-peak-rss")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if hasattr(self, "_thread"):
+            self._stop.set()
+            self._thread.join()
+            self._sample()
+
+
 def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_hash: str,
-              input_fingerprint: str) -> ShardRecord:
-    """One Dask task: load → apply → check conservation → write kept, rejected, marker (in that order)."""
+              input_fingerprint: str, write_removed: bool = False) -> ShardRecord:
+    """One Dask task: load → apply → check conservation → write kept, rejected, removed, marker (in
+    that order)."""
+    with PeakRSS() as rss:
+        record = _run_shard(stage, state, ref, stage_dir, config_hash, input_fingerprint, write_removed)
+        record.peak_rss = rss.peak
+        inject("before_marker", stage_dir, ref.name)
+        record.save(stage_dir)
+    return record
+
+
+def _run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_hash: str,
+               input_fingerprint: str, write_removed: bool) -> ShardRecord:
     t0 = time.perf_counter()
     inject("before_apply", stage_dir, ref.name)
     try:
         data = stage.load(ref)
-        kept, rejected = stage.apply(data, state)
+        out = stage.apply(data, state)
+        kept, rejected, removed = out if len(out) == 3 else (*out, None)
     except WinnowError:
         raise
     except Exception as e:
@@ -99,6 +165,7 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
     if not record.conserved():
         raise ShardError(f"conservation broken: {rows_in} in (+{record.added} added) != "
                          f"{kept.num_rows} kept + {rejected.num_rows} rejected", stage=stage.name, shard=ref.path)
+    _account_bytes(stage, record, data, kept, rejected, removed, ref)
     ShardRecord.remove(stage_dir, ref.name)  # from here on the old marker would vouch for new files
     target = kept_path(stage_dir, ref.name)
     if kept.num_rows:
@@ -108,10 +175,47 @@ def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_ha
         record.output_fingerprint = "empty"
     inject("after_kept", stage_dir, ref.name)
     record.rejected_fingerprint = write_parquet_atomic(rejected, rejected_path(stage_dir, ref.name))
+    if write_removed and removed is not None:
+        record.removed_fingerprint = write_parquet_atomic(removed, removed_path(stage_dir, ref.name))
+        record.removed_rows = removed.num_rows
+    else:  # a file from an earlier run with outputs.removed would describe other cuts
+        removed_path(stage_dir, ref.name).unlink(missing_ok=True)
     record.seconds = round(time.perf_counter() - t0, 4)
-    inject("before_marker", stage_dir, ref.name)
-    record.save(stage_dir)
     return record
+
+
+def _account_bytes(stage: Stage, record: ShardRecord, data: Any, kept: pa.Table, rejected: pa.Table,
+                   removed: pa.Table | None, ref: ShardRef) -> None:
+    """Fill bytes_added, bytes_removed and removed-by-reason and check the byte rule (module docstring)."""
+    def created_bytes(t: pa.Table) -> int:
+        if "synthetic" not in t.column_names or t.num_rows == 0:
+            return 0
+        import pyarrow.compute as pc
+
+        return text_bytes(t.filter(pc.fill_null(t.column("synthetic"), False)))
+
+    if record.added:
+        inherited = created_bytes(data) if isinstance(data, pa.Table) else 0
+        record.bytes_added = created_bytes(kept) + created_bytes(rejected) - inherited
+    if removed is not None and removed.num_rows:
+        import pyarrow.compute as pc
+
+        record.bytes_removed = int(pc.sum(removed.column("bytes")).as_py() or 0)
+        grouped = removed.group_by("reason").aggregate([("bytes", "sum")]).to_pylist()
+        record.removed = {g["reason"]: int(g["bytes_sum"]) for g in sorted(grouped, key=lambda g: g["reason"])}
+        column = bytes_removed_column(stage.name)
+        per_row = int(pc.sum(kept.column(column)).as_py() or 0) if column in kept.column_names else 0
+        if per_row != record.bytes_removed:
+            raise ShardError(f"kept rows' {column} sum to {per_row:,}, its removed pieces to "
+                             f"{record.bytes_removed:,}", stage=stage.name, shard=ref.path)
+    if kept.num_rows and "text" not in kept.column_names:  # token rows: the documents in another form
+        record.bytes_kept = record.bytes_in + record.bytes_added - record.bytes_rejected - record.bytes_removed
+    if not record.bytes_conserved():
+        raise ShardError(f"byte conservation broken: {record.bytes_in:,} in (+{record.bytes_added:,} added) != "
+                         f"{record.bytes_kept:,} kept + {record.bytes_rejected:,} rejected + "
+                         f"{record.bytes_removed:,} removed: a stage changed text without declaring the cut "
+                         "(Stage.split_edited), or rejected rows do not hold the text they came in with",
+                         stage=stage.name, shard=ref.path)
 
 
 def _size_kb(ref: ShardRef) -> int:
@@ -126,8 +230,9 @@ class Engine:
     """Runs stages over shards on a Dask client. Verbs: `run_stage`, `run`."""
 
     def __init__(self, client: Any, out_dir: str | Path, seed: int = 0, force: bool = False,
-                 retries: int = 2, progress: bool = True, console: Any = None):
+                 retries: int = 2, progress: bool = True, console: Any = None, write_removed: bool = False):
         self.client, self.out_dir, self.seed = client, Path(out_dir), seed
+        self.write_removed = write_removed  # outputs.removed: text-editing stages write removed/
         self.force, self.retries, self.progress, self.console = force, retries, progress, console
         # in task keys: a rerun on the same client (a long-lived scheduler) must not be handed the
         # result, or the error, that the scheduler still holds for an earlier run's identical key
@@ -166,8 +271,10 @@ class Engine:
                 part = whole_state or state_digest(stage.shard_state(state, ref))
                 input_fp = stable_hash([ref.fingerprint, config_hash, part])
             done = None if self.force else ShardRecord.load(stage_dir, ref.name)
+            want_removed = self.write_removed and stage.edits_text
             if (done and done.config_hash == config_hash and done.input_fingerprint == input_fp
-                    and outputs_intact(done, stage_dir)):
+                    and done.conserved() and done.bytes_conserved()   # a marker that breaks a rule is redone
+                    and outputs_intact(done, stage_dir) and (done.removed_fingerprint or not want_removed)):
                 records[ref.name] = done
             else:
                 todo.append((ref, input_fp))
@@ -183,7 +290,7 @@ class Engine:
         seconds = time.perf_counter() - t_stage
         write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
                        extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3),
-                              **stage.manifest_extra(state)})
+                              "driver_peak_rss": driver_peak_rss(), **stage.manifest_extra(state)})
         outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
                             fingerprint=r.output_fingerprint) for r in ordered if r.rows_out]
         return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
@@ -220,6 +327,7 @@ class Engine:
         for ref, input_fp in todo:
             shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
             fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
+                                     self.write_removed and stage.edits_text,
                                      key=f"{dirname}-{ref.name}-{input_fp}-{self.run_token}", retries=self.retries,
                                      resources=resources, pure=False, priority=_size_kb(ref))
             futures[fut] = ref
@@ -303,7 +411,7 @@ class Engine:
         a killed run left half-written."""
         Engine._remove_temp_files(stage_dir)
         for folder, pattern in ((stage_dir, "train-*.parquet"), (stage_dir / REJECTED, "part-*.parquet"),
-                                (stage_dir / SHARDS_DIR, "part-*.json")):
+                                (stage_dir / REMOVED, "part-*.parquet"), (stage_dir / SHARDS_DIR, "part-*.json")):
             for path in folder.glob(pattern):
                 if "part-" + path.name.split(".")[0].split("-", 1)[1] not in names:
                     path.unlink()
@@ -317,11 +425,27 @@ def outputs_intact(record: ShardRecord, stage_dir: str | Path) -> bool:
     try:
         if not record.rejected_fingerprint or file_hash(rejected) != record.rejected_fingerprint:
             return False
+        if record.removed_fingerprint and file_hash(removed_path(stage_dir, record.shard)) != \
+                record.removed_fingerprint:
+            return False
         if record.rows_out == 0:
             return not kept.exists()
         return file_hash(kept) == record.output_fingerprint
     except OSError:
         return False
+
+
+def driver_peak_rss() -> int:
+    """This process's peak RSS in bytes so far (getrusage; 0 where unavailable): read when a stage
+    ends, it bounds what the driver needed up to and including that stage."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        return int(peak if sys.platform == "darwin" else peak * 1024)  # macOS: bytes, Linux: KiB
+    except (ImportError, OSError):
+        return 0
 
 
 def state_digest(state: Any) -> str:

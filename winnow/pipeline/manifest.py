@@ -16,6 +16,9 @@ from winnow.pipeline.shards import write_bytes_atomic
 
 MANIFEST = "_manifest.json"
 SHARDS_DIR = "_shards"
+# manifest totals that are sums over shards (peak_rss is a max)
+SUMMED_TOTALS = ("rows_in", "kept", "rejected", "added", "rows_out", "bytes_in", "bytes_kept", "bytes_rejected",
+                 "bytes_removed", "bytes_added", "seconds", "flops")
 
 
 @dataclass
@@ -29,6 +32,12 @@ class ShardRecord:
     bytes_in: int = 0            # UTF-8 bytes of `text`
     bytes_kept: int = 0
     bytes_rejected: int = 0
+    bytes_removed: int = 0       # UTF-8 bytes of `text` the stage cut out of rows it kept (signed: see engine.py)
+    bytes_added: int = 0         # UTF-8 bytes of `text` in the rows the stage created (synthetic rephrases)
+    removed: dict[str, int] = field(default_factory=dict)  # bytes_removed by reason
+    removed_rows: int = 0        # rows in removed/part-NNNNN.parquet (outputs.removed)
+    removed_fingerprint: str = ""  # content hash of that file; "" when the shard wrote none
+    peak_rss: int = 0            # peak resident memory (bytes) of the worker process during the shard
     seconds: float = 0.0
     reasons: dict[str, int] = field(default_factory=dict)
     config_hash: str = ""
@@ -40,6 +49,10 @@ class ShardRecord:
 
     def conserved(self) -> bool:
         return self.rows_in + self.added == self.kept + self.rejected
+
+    def bytes_conserved(self) -> bool:
+        """The byte rule of engine.py: bytes in + added = kept + rejected + removed."""
+        return self.bytes_in + self.bytes_added == self.bytes_kept + self.bytes_rejected + self.bytes_removed
 
     def save(self, stage_dir: str | Path) -> None:
         path = Path(stage_dir) / SHARDS_DIR / f"{self.shard}.json"
@@ -63,11 +76,12 @@ class ShardRecord:
 def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: dict,
                    records: list[ShardRecord], fit_seconds: float, extra: dict | None = None) -> dict:
     reasons: Counter = Counter()
+    removed: Counter = Counter()
     for r in records:
         reasons.update(r.reasons)
-    totals = {k: sum(getattr(r, k) for r in records)
-              for k in ("rows_in", "kept", "rejected", "added", "rows_out", "bytes_in", "bytes_kept", "bytes_rejected",
-                        "seconds", "flops")}
+        removed.update(r.removed)
+    totals = {k: sum(getattr(r, k) for r in records) for k in SUMMED_TOTALS}
+    totals["peak_rss"] = max((r.peak_rss for r in records), default=0)  # shards run side by side: the max
     stats: Counter = Counter()
     for r in records:
         stats.update(r.stats)
@@ -80,6 +94,7 @@ def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: 
         "fit_seconds": round(fit_seconds, 3),
         "totals": totals,
         "reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])),
+        "removed_reasons": dict(sorted(removed.items(), key=lambda kv: -kv[1])),
         "shards": [asdict(r) for r in records],
         **(extra or {}),
     }

@@ -10,9 +10,14 @@ import difflib
 import importlib
 
 STAGES: dict[str, str] = {
+    "extract": "winnow.filters.extract:ExtractStage",
+    "language_id": "winnow.filters.language_id:LanguageIdStage",
+    "url_filter": "winnow.filters.url_filter:UrlFilterStage",
     "normalize": "winnow.filters.normalize:NormalizeStage",
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
+    "pii": "winnow.filters.pii:PIIStage",
+    "flagged_words": "winnow.filters.flagged_words:FlaggedWordsStage",
     "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
     "line_dedup": "winnow.filters.line_dedup:LineDedupStage",
     "semantic_dedup": "winnow.filters.semantic_dedup:SemanticDedupStage",

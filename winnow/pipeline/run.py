@@ -2,9 +2,12 @@
 
 Final outputs, beside the stage folders:
 - `config.resolved.yaml`: the config after defaults and `--set`, as it ran;
-- `dataset/`: the last stage's documents as a `datasets` save_to_disk folder;
-- `_run.json`: which stage folder is final, its fingerprints, and the wall time;
-- whatever the last stage's `finalize` writes (pack: `tokens/`, `megatron/`);
+- `dataset/`: the final documents (`id`, `text`, every column stages added) as a `datasets`
+  save_to_disk folder: the rows of the last stage whose rows are documents (`Stage.emits_documents`;
+  when the run ends by packing, the stage before pack);
+- `_run.json`: which stage folder is final, its fingerprints, which stage `dataset/` holds, and the
+  wall time;
+- whatever the last stage's `finalize` writes (pack: `packed/`, `tokens/`, `megatron/`);
 - `report.html` when `outputs.report` is set.
 """
 
@@ -35,6 +38,7 @@ class RunResult:
     final_dir: Path
     seconds: float
     report: Path | None = None
+    documents_dir: Path | None = None   # the stage `dataset/` was made from (final_dir unless it packs)
 
 
 def build_stages(config: ResolvedConfig) -> list[tuple[str, Any, dict]]:
@@ -61,19 +65,24 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
         with lazy_cluster_client(eng_cfg, on_start=announce) as own:
             return run_pipeline(config, force=force, client=own, console=console)
     engine = Engine(client, out, seed=config.pipeline.seed, force=force, retries=eng_cfg.retries,
-                    progress=eng_cfg.progress and console is not None, console=console)
+                    progress=eng_cfg.progress and console is not None, console=console,
+                    write_removed=config.pipeline.outputs.removed)
     chain = build_stages(config)
     results = engine.run(chain)
     final_dir = out / results[-1].dirname
     fingerprints = [r.output_fingerprint for r in results[-1].records]
+    documents = next(r for r, (_, stage, _) in zip(reversed(results), reversed(chain), strict=True)
+                     if stage.emits_documents or r is results[0])
+    document_fingerprints = [r.output_fingerprint for r in documents.records]
     if config.pipeline.outputs.dataset:
-        write_dataset(final_dir, out / "dataset", fingerprints, force)
+        write_dataset(out / documents.dirname, out / "dataset", document_fingerprints, force)
     # stage-specific run outputs (pack: tokens/, megatron/) come from the last stage's own hook,
     # so this module knows no stage but ingest, which every run starts with
     chain[-1][1].finalize(RunOutputs(out, final_dir, fingerprints, config.pipeline.outputs, force))
     seconds = time.perf_counter() - t0
     summary = {"final_stage": results[-1].dirname, "stages": [r.dirname for r in results],
                "final_fingerprints": [r.output_fingerprint for r in results[-1].records],
+               "dataset_stage": documents.dirname, "dataset_fingerprints": document_fingerprints,
                "wall_seconds": round(seconds, 3)}
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
     report = None
@@ -85,11 +94,12 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
         except Exception as e:  # every data output is written by now: the run stands, the page is retried alone
             logging.getLogger(__name__).warning("report.html not written (%s: %s); run `winnow report %s` to retry",
                                                 type(e).__name__, e, out)
-    return RunResult(out, results, final_dir, seconds, report)
+    return RunResult(out, results, final_dir, seconds, report, out / documents.dirname)
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:
-    """The final shards as a `datasets.load_from_disk` folder; skipped when its inputs are unchanged."""
+    """A stage's kept shards as a `datasets.load_from_disk` folder (`dataset/`, pack's `packed/`);
+    skipped when its inputs are unchanged."""
     marker = target / "_winnow_source.json"
     key = stable_hash(fingerprints)
     if not force and marker.exists() and json.loads(marker.read_text()).get("key") == key:

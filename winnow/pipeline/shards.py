@@ -41,6 +41,11 @@ def rejected_path(stage_dir: str | Path, shard: str) -> Path:
     return Path(stage_dir) / "rejected" / f"{shard}.parquet"
 
 
+def removed_path(stage_dir: str | Path, shard: str) -> Path:
+    """Where a text-editing stage's cuts for `shard` live with `outputs.removed` (id, reason, bytes, text)."""
+    return Path(stage_dir) / "removed" / f"{shard}.parquet"
+
+
 def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
     """Write `table` to `path` via a temporary file, fsync and a rename; returns the file's content hash.
 

@@ -2,7 +2,15 @@
 
 `apply(table, state) -> (kept, rejected)` is pure over one Arrow table: no file I/O, no module
 globals, randomness only from a seed in the state. The engine owns reading, writing, retries and
-the conservation check (rows in = kept + rejected), so a stage only decides.
+the conservation checks (rows in = kept + rejected; bytes in = kept + rejected + removed), so a
+stage only decides.
+
+A stage that edits the text of rows it keeps (normalize, line_dedup, heuristics, pii) sets
+`edits_text` and builds its result with `split_edited(table, text, keep, reasons, cuts)`: it
+declares every cut in a `Cuts` (row, reason, bytes, the piece of text), and gets back
+`(kept, rejected, removed)`: kept rows with the new text and `<stage>_bytes_removed`, rejected rows
+with the text they came in with, and the removed pieces (`REMOVED_SCHEMA`), which the engine counts
+by reason and, with `outputs.removed`, writes to `removed/`.
 Models load lazily, once per worker process, never in `__init__`: Dask pickles stages to workers.
 """
 
@@ -14,10 +22,79 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
     from distributed import Client
+
+
+# what a text-editing stage cut out of the rows it kept: one row per (document, reason, piece).
+# `bytes` is signed: a rewrite that grows text (an NFKC expansion) counts as a negative cut.
+REMOVED_SCHEMA = pa.schema([("id", pa.string()), ("reason", pa.string()), ("bytes", pa.int64()),
+                            ("text", pa.string())])
+
+
+def bytes_removed_column(stage: str) -> str:
+    """The per-row column a text-editing stage adds to its kept rows: `heuristics_bytes_removed`."""
+    return f"{stage}_bytes_removed"
+
+
+def utf8_bytes(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    """UTF-8 bytes of each string (0 for null), as int64."""
+    if len(values) == 0:
+        return np.zeros(0, np.int64)
+    return np.asarray(pc.fill_null(pc.binary_length(values), 0), dtype=np.int64)
+
+
+class Cuts:
+    """The cuts a text-editing stage makes in one shard: (row of the input table, reason, bytes, text).
+
+    `text` is the piece itself where the stage has it (a line, a paragraph), None where the cut is
+    not one piece (normalize's whitespace and Unicode-form changes: the bytes are still exact)."""
+
+    def __init__(self) -> None:
+        self.rows: list[int] = []
+        self.reasons: list[str] = []
+        self.nbytes: list[int] = []
+        self.texts: list[str | None] = []
+        self._totals: dict[int, int] = {}
+
+    def add(self, row: int, reason: str, nbytes: int, text: str | None = None) -> None:
+        if nbytes:
+            self.rows.append(int(row))
+            self.reasons.append(reason)
+            self.nbytes.append(int(nbytes))
+            self.texts.append(text)
+            self._totals[int(row)] = self._totals.get(int(row), 0) + int(nbytes)
+
+    def add_many(self, rows: np.ndarray, reason: str, nbytes: np.ndarray) -> None:
+        """One reason, many rows, no text (vectorised stages)."""
+        rows, nbytes = np.asarray(rows, np.int64), np.asarray(nbytes, np.int64)
+        nz = nbytes != 0
+        self.rows.extend(rows[nz].tolist())
+        self.nbytes.extend(nbytes[nz].tolist())
+        self.reasons.extend([reason] * int(nz.sum()))
+        self.texts.extend([None] * int(nz.sum()))
+        for r, b in zip(rows[nz].tolist(), nbytes[nz].tolist(), strict=True):
+            self._totals[r] = self._totals.get(r, 0) + b
+
+    def row_total(self, row: int) -> int:
+        """Bytes declared so far for one row."""
+        return self._totals.get(int(row), 0)
+
+    def per_row(self, n: int) -> np.ndarray:
+        out = np.zeros(n, np.int64)
+        np.add.at(out, np.asarray(self.rows, np.int64), np.asarray(self.nbytes, np.int64))
+        return out
+
+    def table(self, ids: list, keep: np.ndarray) -> pa.Table:
+        """The cuts of kept rows as a REMOVED_SCHEMA table (a rejected row's cuts never happened)."""
+        take = [i for i, r in enumerate(self.rows) if keep[r]]
+        return pa.table({"id": pa.array([ids[self.rows[i]] for i in take], pa.string()),
+                         "reason": pa.array([self.reasons[i] for i in take], pa.string()),
+                         "bytes": pa.array([self.nbytes[i] for i in take], pa.int64()),
+                         "text": pa.array([self.texts[i] for i in take], pa.string())}, schema=REMOVED_SCHEMA)
 
 
 class NoParams(BaseModel):
@@ -95,6 +172,10 @@ class Stage:
         version: bump when the same params would now give different output (invalidates resume).
         resources: Dask resources each shard task needs, e.g. {"GPU": 1}.
         reject_columns: extra Arrow fields every rejected row carries (null where not relevant).
+        edits_text: the stage changes `text` in rows it keeps; its `apply` returns a third table, the
+            removed pieces (build it with `split_edited`).
+        emits_documents: kept rows are documents with `text` (false for pack: token rows); the run's
+            `dataset/` is the last such stage's rows.
     """
 
     name: ClassVar[str] = "stage"
@@ -102,6 +183,8 @@ class Stage:
     version: ClassVar[int] = 1
     resources: ClassVar[dict[str, float]] = {}
     reject_columns: ClassVar[dict[str, pa.DataType]] = {}
+    edits_text: ClassVar[bool] = False
+    emits_documents: ClassVar[bool] = True
 
     def __init__(self, params: BaseModel | None = None):
         self.params = params if params is not None else self.Params()
@@ -124,7 +207,8 @@ class Stage:
         """The part of `state` one shard needs; override so large states are not broadcast."""
         return state
 
-    def apply(self, table: pa.Table, state: Any) -> tuple[pa.Table, pa.Table]:
+    def apply(self, table: pa.Table, state: Any) -> tuple[pa.Table, pa.Table] | tuple[pa.Table, pa.Table, pa.Table]:
+        """(kept, rejected), or with `edits_text` (kept, rejected, removed): see `split_edited`."""
         raise NotImplementedError
 
     def documents_in(self, kept: pa.Table) -> int:
@@ -157,6 +241,31 @@ class Stage:
         return self.resources or None
 
     # helpers for subclasses
+    def split_edited(self, table: pa.Table, text: pa.Array | pa.ChunkedArray, keep: np.ndarray,
+                     reasons: list[str | None], cuts: Cuts) -> tuple[pa.Table, pa.Table, pa.Table]:
+        """(kept, rejected, removed) of a stage that edited `text` (the new text of every row, aligned
+        with `table`): kept rows carry the new text and `<stage>_bytes_removed`; rejected rows carry
+        the text they came in with; removed holds the kept rows' cuts. A kept row whose declared cuts
+        do not add up to the bytes its text lost is a bug in the stage: ValueError."""
+        keep = np.asarray(keep, bool)
+        n = table.num_rows
+        declared = cuts.per_row(n)
+        lost = utf8_bytes(table.column("text")) - utf8_bytes(text)
+        wrong = np.flatnonzero(keep & (declared != lost))
+        if len(wrong):
+            i = int(wrong[0])
+            raise ValueError(f"{self.name}: row {i} lost {lost[i]} bytes of text but its cuts declare "
+                             f"{declared[i]} ({len(wrong)} such rows)")
+        col = table.schema.get_field_index("text")
+        edited = table.set_column(col, table.schema.field(col), pc.cast(text, table.schema.field(col).type))
+        name = bytes_removed_column(self.name)
+        if name in edited.column_names:  # an earlier stage of the same kind: the column describes this one
+            edited = edited.drop_columns([name])
+        edited = edited.append_column(name, pa.array(declared, pa.int64()))
+        dropped = np.flatnonzero(~keep)
+        rejected = self.reject(table.take(pa.array(dropped, pa.int64())), [reasons[i] for i in dropped])
+        return edited.filter(pa.array(keep)), rejected, cuts.table(table.column("id").to_pylist(), keep)
+
     def reject(self, table: pa.Table, reasons: list | np.ndarray, **extra: Any) -> pa.Table:
         """Rows of `table` tagged with this stage's name, a reason each, and `reject_columns`."""
         n = table.num_rows

@@ -6,13 +6,18 @@ The engine checks conservation and hashes while it runs; this reads the output f
 1. every `NN-name/` stage folder has a `_manifest.json` (one without is an unfinished stage);
 2. each shard marker `_shards/part-NNNNN.json`: its kept file exists iff rows_out > 0 and hashes to
    output_fingerprint, its rejected file exists and hashes to rejected_fingerprint, rows in + added
-   = kept + rejected, and the files hold rows_out / rejected rows (Parquet footers only);
-3. the manifest: totals and reasons are the sums of its shard records, its records are the markers,
+   = kept + rejected, bytes in + added = kept + rejected + removed (engine.py's byte rule), the
+   removed bytes by reason sum to bytes_removed, a removed file (`outputs.removed`) exists and
+   hashes to removed_fingerprint, and the files hold rows_out / rejected / removed_rows rows
+   (Parquet footers only);
+3. the manifest: totals, reasons and removed_reasons are the sums of its shard records (peak_rss:
+   the max), its records are the markers,
    and no kept or rejected file lacks a marker (hidden `.*.tmp-*` files are reported as leftovers);
 4. chaining: a stage's shards are the previous stage's non-empty kept shards, and each shard's
    rows_in is the rows_out it read (ingest reads raw input: not checked);
 5. ids are unique within each stage's kept data (packed rows have no `id` column: skipped);
-6. the run's other outputs: `_run.json`, `dataset/`, a tokenize stage's `tokenizer.json`, and the
+6. the run's other outputs: `_run.json`, `dataset/` (the rows of the stage `_run.json` names as
+   dataset_stage: the last document stage), a tokenize stage's `tokenizer.json`, and the `packed/`,
    `tokens/` and `megatron/` files a packed run writes (sizes and counts against the manifests).
 
 `verify_run(out_dir)` gives the problems as data (the fault-injection script calls it after every
@@ -32,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from winnow.pipeline.manifest import MANIFEST, SHARDS_DIR, ShardRecord
-from winnow.pipeline.shards import TEMP_GLOB, file_hash, kept_path, rejected_path
+from winnow.pipeline.shards import TEMP_GLOB, file_hash, kept_path, rejected_path, removed_path
 
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
 RECORD_FIELDS = {f.name for f in fields(ShardRecord)}
@@ -247,6 +252,19 @@ class _Verifier:
         if not r.conserved():
             self.problem(st.dirname, marker, f"conservation broken: rows_in {r.rows_in:,} + added {r.added:,} != "
                          f"kept {r.kept:,} + rejected {r.rejected:,}", "conservation")
+        if not r.bytes_conserved():
+            self.problem(st.dirname, marker, f"byte conservation broken: bytes_in {r.bytes_in:,} + bytes_added "
+                         f"{r.bytes_added:,} != bytes_kept {r.bytes_kept:,} + bytes_rejected {r.bytes_rejected:,} + "
+                         f"bytes_removed {r.bytes_removed:,}", "conservation")
+        if sum(r.removed.values()) != r.bytes_removed:
+            self.problem(st.dirname, marker, f"removed bytes by reason sum to {sum(r.removed.values()):,}, "
+                         f"bytes_removed is {r.bytes_removed:,}", "conservation")
+        if r.removed_fingerprint:
+            self.check_file(st, removed_path(st.path, r.shard), r.removed_fingerprint, r.removed_rows,
+                            "removed_fingerprint", "removed_rows", marker)
+        elif removed_path(st.path, r.shard).exists():
+            self.problem(st.dirname, removed_path(st.path, r.shard), f"exists, but its marker {self.rel(marker)} "
+                         "vouches for no removed file", "stray")
         kept = kept_path(st.path, r.shard)
         if r.rows_out > 0:
             self.check_file(st, kept, r.output_fingerprint, r.rows_out, "output_fingerprint", "rows_out", marker)
@@ -329,7 +347,8 @@ class _Verifier:
                     self.problem(st.dirname, path, f"totals.stats {', '.join(bad[:4])} are not the sums over its "
                                  "shards", "totals")
             elif key in RECORD_FIELDS:
-                expected = sum(getattr(r, key) for r in records)
+                values = [getattr(r, key) for r in records]
+                expected = max(values, default=0) if key == "peak_rss" else sum(values)
                 if not _same(value, expected):
                     self.problem(st.dirname, path, f"totals.{key} is {value:,}, the sum over its shards is "
                                  f"{expected:,}", "totals")
@@ -338,6 +357,12 @@ class _Verifier:
             reasons.update(r.reasons)
         if dict(reasons) != {k: v for k, v in m.get("reasons", {}).items() if v}:
             self.problem(st.dirname, path, "reasons are not the sums of its shards' reasons", "totals")
+        removed: Counter = Counter()
+        for r in records:
+            removed.update(r.removed)
+        if {k: v for k, v in removed.items() if v} != {k: v for k, v in m.get("removed_reasons", {}).items() if v}:
+            self.problem(st.dirname, path, "removed_reasons are not the sums of its shards' removed bytes",
+                         "totals")
 
     def check_strays(self, st: _Stage, markers: dict[str, ShardRecord]) -> None:
         """Kept and rejected files no marker vouches for, and temporary files a write left behind."""
@@ -345,10 +370,11 @@ class _Verifier:
             shard = "part-" + path.name.removeprefix("train-").removesuffix(".parquet")
             if shard not in markers:
                 self.problem(st.dirname, path, f"kept file without a marker ({SHARDS_DIR}/{shard}.json)", "stray")
-        for path in sorted((st.path / "rejected").glob("*.parquet")):
-            if path.stem not in markers:
-                self.problem(st.dirname, path, f"rejected file without a marker ({SHARDS_DIR}/{path.stem}.json)",
-                             "stray")
+        for folder in ("rejected", "removed"):
+            for path in sorted((st.path / folder).glob("*.parquet")):
+                if path.stem not in markers:
+                    self.problem(st.dirname, path, f"{folder} file without a marker ({SHARDS_DIR}/{path.stem}.json)",
+                                 "stray")
         for path in sorted(st.path.rglob(TEMP_GLOB)):
             self.problem(st.dirname, path, "leftover temporary file of an interrupted write (the finished file "
                          "is intact; safe to delete)", "leftover")
@@ -441,7 +467,7 @@ class _Verifier:
         fingerprints = [r.output_fingerprint for r in final.records.values()]
         run_json = self.out / "_run.json"
         leftovers = [*self.out.glob(TEMP_GLOB), *self.out.glob(".dataset-*"),
-                     *(p for d in ("tokens", "megatron", "dataset") for p in (self.out / d).glob(".*.tmp*"))]
+                     *(p for d in ("tokens", "megatron", "dataset", "packed") for p in (self.out / d).glob(".*.tmp*"))]
         for path in sorted(leftovers):
             self.problem("", path, "leftover temporary file of an interrupted write (safe to delete)", "leftover")
         if run_info is None:
@@ -459,9 +485,32 @@ class _Verifier:
             self.problem("", run_json, f"final_fingerprints are not those of {final.dirname}/{MANIFEST}: the stage "
                          "changed after the run ended", "run")
         outputs = self.configured_outputs()
-        self.check_dataset(final, fingerprints, outputs.get("dataset", True))
+        documents = self.dataset_stage(stages, run_info, run_json)
+        if documents is not None:
+            self.check_dataset(documents, [r.output_fingerprint for r in documents.records.values()],
+                               outputs.get("dataset", True), "dataset")
         if final.records and _packed(final):
+            self.check_dataset(final, fingerprints, outputs.get("dataset", True), "packed")
             self.check_token_files(final, outputs)
+
+    def dataset_stage(self, stages: list[_Stage], run_info: dict, run_json: Path) -> _Stage | None:
+        """The stage `dataset/` holds: `_run.json`'s dataset_stage (the final stage in runs written
+        before it was recorded), which must be the last stage whose kept rows are documents."""
+        name = run_info.get("dataset_stage", stages[-1].dirname)
+        by_name = {st.dirname: st for st in stages}
+        if name not in by_name:
+            self.problem("", run_json, f"dataset_stage {name!r} is not a stage folder", "run")
+            return None
+        documents = [st for st in stages if not (st.records and _packed(st))]
+        if documents and documents[-1].dirname != name:
+            self.problem("", run_json, f"dataset_stage {name!r}, but the last stage whose rows are documents is "
+                         f"{documents[-1].dirname}", "run")
+        st = by_name[name]
+        fingerprints = [r.output_fingerprint for r in st.records.values()]
+        if "dataset_fingerprints" in run_info and run_info["dataset_fingerprints"] != fingerprints:
+            self.problem("", run_json, f"dataset_fingerprints are not those of {name}/{MANIFEST}: the stage "
+                         "changed after the run ended", "run")
+        return st
 
     def configured_outputs(self) -> dict:
         path = self.out / "config.resolved.yaml"
@@ -474,8 +523,9 @@ class _Verifier:
                          "unknown, all are checked", "run")
             return {}
 
-    def check_dataset(self, final: _Stage, fingerprints: list[str], wanted: bool) -> None:
-        folder = self.out / "dataset"
+    def check_dataset(self, final: _Stage, fingerprints: list[str], wanted: bool, name: str) -> None:
+        """`dataset/` (documents) or `packed/` (packed rows) against the stage it was made from."""
+        folder = self.out / name
         if not folder.exists():
             if wanted:
                 self.problem("", folder, "missing, though the config asks for it (outputs.dataset)", "dataset")

@@ -11,11 +11,14 @@ import io
 from pathlib import Path
 
 import numpy as np
+from matplotlib.axis import Axis
+from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import EngFormatter, MaxNLocator
+from matplotlib.ticker import EngFormatter, FixedLocator, FuncFormatter, MaxNLocator, NullFormatter
 
-KEPT, REJECTED, ESTIMATE = "#2e7d32", "#c62828", "#9e9e9e"
+KEPT, REJECTED, REMOVED, ESTIMATE = "#2e7d32", "#c62828", "#ef6c00", "#9e9e9e"
 DPI = 90
+LABEL_GAP_PX = 4     # the least room between two tick labels
 
 
 def data_uri(fig: Figure) -> str:
@@ -28,8 +31,54 @@ def file_uri(path: Path) -> str:
     return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
 
 
+def plain_number(x: float, _pos: int | None = None) -> str:
+    """A tick label without mathtext: 2, 50, 0.3, 2k, 1.5M."""
+    if float(x).is_integer() and abs(x) < 1e4:
+        return f"{int(x)}"
+    if 1e-3 <= abs(x) < 1e4:
+        return f"{x:.3g}"
+    return EngFormatter(sep="")(x)
+
+
+def readable_log_axis(axis: Axis, lo: float, hi: float) -> None:
+    """A log axis labelled with plain numbers at 1, 2 and 5 times powers of ten inside [lo, hi] (the ends
+    too, when few fall inside), minor ticks unlabelled: matplotlib's own labels read 10^1 or, on a short
+    range, label every minor tick until they run into each other."""
+    lo, hi = max(lo, 1e-300), max(hi, lo)
+    decades = range(int(np.floor(np.log10(lo))), int(np.ceil(np.log10(hi))) + 1)
+    span = np.log10(hi / lo)
+    steps = (1, 2, 5) if span < 2.2 else (1, 3) if span < 4 else (1,)   # wider ranges: fewer labels per decade
+    ticks = [m * 10.0**d for d in decades for m in steps if lo <= m * 10.0**d <= hi]
+    if len(ticks) < 3:
+        ticks = sorted({*ticks, float(f"{lo:.2g}"), float(f"{hi:.2g}")})
+    axis.set_major_locator(FixedLocator(ticks))
+    axis.set_major_formatter(FuncFormatter(plain_number))
+    axis.set_minor_formatter(NullFormatter())
+
+
+def drop_overlapping_labels(fig: Figure, axis: Axis) -> None:
+    """Keep only the major ticks whose labels do not touch the previous kept one (measured on the drawn
+    figure, from the left/bottom): a dense set of ticks (one per cluster size) stays legible."""
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    lo, hi = sorted(axis.get_view_interval())
+    vertical = axis.axis_name == "y"
+    kept, end = [], -np.inf
+    for tick in sorted(axis.get_major_ticks(), key=lambda t: t.get_loc()):
+        label = tick.label1
+        if not (lo <= tick.get_loc() <= hi and label.get_visible() and label.get_text()):
+            continue
+        box = label.get_window_extent(renderer)
+        start, stop = (box.y0, box.y1) if vertical else (box.x0, box.x1)
+        if start >= end + LABEL_GAP_PX:
+            kept.append(tick.get_loc())
+            end = stop
+    axis.set_major_locator(FixedLocator(kept))
+
+
 def funnel_chart(rows: list[dict]) -> str:
-    """Kept and rejected documents, tokens and bytes per stage, as stacked horizontal bars."""
+    """Kept and rejected documents, tokens and bytes per stage (and bytes removed from kept documents),
+    as stacked horizontal bars."""
     labels = [r["stage"] for r in rows]
     fig = Figure(figsize=(12, 0.45 * len(rows) + 1.6))
     axes = fig.subplots(1, 3, sharey=True)
@@ -46,6 +95,10 @@ def funnel_chart(rows: list[dict]) -> str:
         rej = np.asarray([r[rej_key] or 0 for r in rows], np.float64)
         bars_k = ax.barh(y, kept, color=KEPT, label="kept")
         bars_r = ax.barh(y, rej, left=kept, color=REJECTED, label="rejected")
+        if kept_key == "bytes_kept" and any(r.get("bytes_removed") for r in rows):
+            removed = np.asarray([r.get("bytes_removed") or 0 for r in rows], np.float64)
+            ax.barh(y, removed, left=kept + rej, color=REMOVED, label="removed (from kept)")
+            ax.legend(loc="lower right", fontsize=8)
         for r, bk, br in zip(rows, bars_k, bars_r, strict=True):
             if kept_key == "tokens_kept":  # an estimate is drawn hatched
                 bk.set_hatch("//" if r["tokens_kept_estimated"] else "")
@@ -70,6 +123,7 @@ def score_histogram(item: dict) -> str:
         ax.hist(values, bins=bins, color="#546e7a")
     if log:
         ax.set_xscale("log")
+        readable_log_axis(ax.xaxis, values.min(), values.max())
     for name, cut in (("cut (lo)", item["cut_lo"]), ("cut (hi)", item["cut_hi"])):
         if cut is not None and np.isfinite(cut):
             ax.axvline(cut, color=REJECTED, lw=2, ls="--", label=f"{name} {cut:.4g}")
@@ -80,6 +134,7 @@ def score_histogram(item: dict) -> str:
     ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_title(f"{item['stage']}: {item['column']}", fontsize=10)
     fig.tight_layout()
+    drop_overlapping_labels(fig, ax.xaxis)
     return data_uri(fig)
 
 
@@ -100,14 +155,17 @@ def cluster_histogram(item: dict) -> str:
         else:
             counts, _, _ = ax.hist(sizes, bins=np.geomspace(2, top + 1, 30), color="#5c6bc0")
             ax.set_xscale("log")
+            readable_log_axis(ax.xaxis, 2, top + 1)
         if counts.max() > 50:  # size-2 clusters dwarf the rest: a log axis keeps the tail visible
             ax.set_yscale("log")
+            readable_log_axis(ax.yaxis, 1, counts.max())
         else:
             ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("cluster size (documents, survivor included)")
     ax.set_ylabel("clusters")
     ax.set_title(f"{item['stage']}: {len(sizes):,} clusters", fontsize=10)
     fig.tight_layout()
+    drop_overlapping_labels(fig, ax.xaxis)   # one tick per present size: adjacent sizes (16, 17) collide
     return data_uri(fig)
 
 

@@ -25,6 +25,8 @@ PACK_SCAN = 20_000           # packed rows read for documents per row and segmen
 TOKEN_SAMPLE = 400           # at most this many documents tokenized per stage for a tokens-per-byte estimate
 TOKEN_SAMPLE_BYTES = 100_000  # ... and at most about this much text (web pages can be megabytes)
 SCORE_LIKE = ("perplexity", "ppl", "entropy")
+TOP_REMOVALS = 8             # removal reasons listed per stage (most bytes first)
+FLAT_SPREAD = 0.01           # a quality stage's scores within this of each other rank on noise (quality.py's)
 
 
 @dataclass
@@ -89,9 +91,22 @@ def funnel(stages: list[StageInfo], out_dir: Path, eval_data: dict | None) -> di
         rows.append({"stage": s.dirname, "kind": s.kind, "rows_in": t["rows_in"], "added": t.get("added", 0),
                      "kept": t["kept"], "rejected": t["rejected"], "rows_out": t.get("rows_out", t["kept"]),
                      "bytes_in": t["bytes_in"], "bytes_kept": t["bytes_kept"], "bytes_rejected": t["bytes_rejected"],
+                     # bytes cut out of kept rows (absent, None, in manifests written before byte accounting)
+                     "bytes_removed": t.get("bytes_removed"), "bytes_added": t.get("bytes_added", 0),
+                     "flat_scores": s.manifest.get("flat_scores"),
+                     "bytes_unaccounted": _unaccounted(s),
                      "tokens_kept": tokens[0], "tokens_rejected": tokens[1],
                      "tokens_kept_estimated": tokens[2], "tokens_rejected_estimated": tokens[3]})
     return {"rows": rows, "tokenizer": tokenizer_source}
+
+
+def _unaccounted(s: StageInfo) -> int:
+    """In a manifest without `bytes_removed` (written before byte accounting), the input bytes of a text
+    stage that neither its kept nor its rejected rows hold: text it cut without saying so. 0 otherwise."""
+    t = s.totals
+    if "bytes_removed" in t or (s.kept_files and "text" not in s.kept_columns):   # token rows hold no text
+        return 0
+    return max(0, t["bytes_in"] + t.get("bytes_added", 0) - t["bytes_kept"] - t["bytes_rejected"])
 
 
 def _tokenizer(stages: list[StageInfo], eval_data: dict | None) -> tuple[Any, str | None]:
@@ -164,11 +179,21 @@ def _tokens_per_byte(tokenizer: Any, files: list[Path]) -> float | None:
     return sum(len(e.ids) for e in tokenizer.encode_batch(texts)) / n_bytes
 
 
-# rejections
+# rejections and removals
 def rejections(stages: list[StageInfo], examples: int) -> list[dict]:
-    """Per stage that rejected rows: each reason's count and its first few rows."""
+    """Per stage that rejected rows or removed bytes from the rows it kept: each rejection reason's count
+    and its first few rows, and the top removal reasons by bytes (with removed text where the run wrote
+    `removed/`)."""
     out = []
     for s in stages:
+        removed = _removals(s, examples)
+        if not (s.totals["rejected"] and s.rejected_files) and not removed:
+            continue
+        total_in = s.totals["rows_in"] + s.totals.get("added", 0)
+        entry = {"stage": s.dirname, "rejected": s.totals["rejected"], "reasons": [], "scanned": 0, "complete": True,
+                 "bytes_in": s.totals["bytes_in"], "bytes_rejected": s.totals["bytes_rejected"],
+                 "bytes_removed": s.totals.get("bytes_removed"), "removed": removed}
+        out.append(entry)
         if not s.totals["rejected"] or not s.rejected_files:
             continue
         found = sample.scan(s.rejected_files, ["reason"], SCAN_ROWS)
@@ -181,15 +206,35 @@ def rejections(stages: list[StageInfo], examples: int) -> list[dict]:
         cols = ["id", "text", "raw", "detail", "source_file", "source_line", "dup_of"]
         rows = sample.fetch(found.files, found.file_index[idx], found.row_index[idx], cols)
         by_pos = dict(zip(idx, rows, strict=True))
-        total_in = s.totals["rows_in"] + s.totals.get("added", 0)
         items = []
         for reason, count in s.manifest["reasons"].items():
             shown = [_example(by_pos[i]) for i in picks.get(reason, [])]
             items.append({"reason": reason, "count": count, "share": count / total_in if total_in else 0.0,
                           "examples": shown})
-        out.append({"stage": s.dirname, "rejected": s.totals["rejected"], "reasons": items,
-                    "scanned": found.table.num_rows, "complete": found.complete})
+        entry.update(reasons=items, scanned=found.table.num_rows, complete=found.complete)
     return out
+
+
+def _removals(s: StageInfo, examples: int) -> list[dict]:
+    """The stage's removal reasons, most bytes first (at most TOP_REMOVALS), each with the bytes removed,
+    their share of the stage's input bytes and, where `removed/` was written, a few removed texts."""
+    by_reason = s.manifest.get("removed_reasons") or {}
+    top = sorted(((r, int(b)) for r, b in by_reason.items() if b), key=lambda rb: -rb[1])[:TOP_REMOVALS]
+    if not top:
+        return []
+    picks: dict[str, list[int]] = {r: [] for r, _ in top}
+    files = sorted((s.path / "removed").glob("*.parquet"))
+    found = sample.scan(files, ["reason"], SCAN_ROWS)
+    for i, r in enumerate(found.table.column("reason").to_pylist()):
+        if r in picks and len(picks[r]) < examples:
+            picks[r].append(i)
+    idx = [i for ids in picks.values() for i in ids]
+    rows = dict(zip(idx, sample.fetch(found.files, found.file_index[idx], found.row_index[idx], ["id", "text"]),
+                    strict=True))
+    bytes_in = s.totals["bytes_in"] + s.totals.get("bytes_added", 0)
+    return [{"reason": r, "bytes": b, "share": b / bytes_in if bytes_in else 0.0, "written": bool(files),
+             "examples": [{"id": rows[i]["id"], "snippet": snippet(rows[i]["text"], 2)} for i in picks[r]]}
+            for r, b in top]
 
 
 def _example(row: dict) -> dict:
@@ -250,10 +295,27 @@ def scores(stages: list[StageInfo], examples: int) -> list[dict]:
                     "cut_lo": _cut_score(cut, "lo"), "cut_hi": _cut_score(cut, "hi"),
                     "band": m.get("band") if cut else None, "acceptance": m.get("acceptance"), "warnings": m.get("warnings", []),
                     "model": m.get("model") if cut else None,
+                    "flat": _flat(s, column, values),
                     "lowest": ends["lowest"], "highest": ends["highest"],
                     "plane": _plane(s) if column == "ppl" else None,
                     "quadrants": m.get("quadrants") if column == "ppl" else None})
     return out
+
+
+def _flat(s: StageInfo, column: str, values: np.ndarray) -> dict | None:
+    """The stage's `flat_scores` record (quality.py: every score within FLAT_SPREAD, so it kept everything
+    unless `allow_flat_scores`), or for a run written before that record, the same finding from its
+    score range: {spread, kept_all, message, recorded}. None when the scores are not flat."""
+    m = s.manifest
+    if m.get("score_column") != column:
+        return None
+    if isinstance(m.get("flat_scores"), dict):
+        return {**m["flat_scores"], "recorded": True}
+    span = m.get("score_range")
+    if span is None or len(span) != 2 or span[1] - span[0] >= FLAT_SPREAD:
+        return None
+    return {"spread": float(span[1] - span[0]), "kept_all": not s.totals["rejected"], "recorded": False,
+            "message": next(iter(m.get("warnings") or []), "")}
 
 
 def _cut_score(cut: dict | None, side: str) -> float | None:
@@ -356,12 +418,25 @@ def timings(stages: list[StageInfo], out_dir: Path) -> dict:
         rows.append({"stage": s.dirname, "wall_seconds": m.get("wall_seconds"), "fit_seconds": m.get("fit_seconds"),
                      "cpu_seconds": t.get("seconds"), "shards": len(m.get("shards", [])),
                      "skipped_shards": m.get("skipped_shards"), "shard_flops": t.get("flops") or 0.0,
-                     "named_flops": named,
-                     # no manifest records memory today: say so rather than guess
-                     "peak_memory": m.get("peak_rss_bytes")})
+                     "named_flops": named, "peak_memory": _peak_rss(m),
+                     "driver_peak_memory": _positive_int(m.get("driver_peak_rss"))})
     run_json = out_dir / "_run.json"
     run = json.loads(run_json.read_text()) if run_json.exists() else {}
-    return {"rows": rows, "wall_seconds": run.get("wall_seconds"), "final_stage": run.get("final_stage")}
+    return {"rows": rows, "wall_seconds": run.get("wall_seconds"), "final_stage": run.get("final_stage"),
+            "driver_peak_memory": _positive_int(run.get("driver_peak_rss"))}
+
+
+def _peak_rss(m: dict) -> int | None:
+    """A stage's peak worker RSS in bytes: totals.peak_rss, else the max of its shards' `peak_rss`; None
+    for a manifest written before shards recorded it (or whose shards were all skipped: 0)."""
+    peak = _positive_int(m.get("totals", {}).get("peak_rss"))
+    if peak is None:
+        peak = _positive_int(max((r.get("peak_rss") or 0 for r in m.get("shards", [])), default=0))
+    return peak
+
+
+def _positive_int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) and value > 0 else None
 
 
 def resolved_config(out_dir: Path) -> str | None:

@@ -12,7 +12,7 @@ import math
 from string import Template
 from typing import Any
 
-SECTIONS = {"funnel": "Funnel", "rejections": "Rejections", "scores": "Scores", "dedup": "Dedup",
+SECTIONS = {"funnel": "Funnel", "rejections": "Rejections and removals", "scores": "Scores", "dedup": "Dedup",
             "packing": "Packing", "eval": "Proxy evaluation", "timings": "Timings", "config": "Config"}
 
 PAGE = Template("""<!DOCTYPE html>
@@ -50,6 +50,14 @@ pre.config { white-space: pre-wrap; font-size: 12px; background: #f4f5f7; paddin
 img.plot { max-width: 100%; height: auto; display: block; margin: 8px 0; }
 .pairs td { width: 50%; }
 code { background: #eef1f4; padding: 0 3px; border-radius: 3px; }
+details.stage { border: 1px solid #dde1e5; border-radius: 4px; margin: 6px 0; padding: 2px 10px; }
+details.stage > summary { cursor: pointer; padding: 4px 0; font-size: 14px; }
+details.stage[open] > summary { border-bottom: 1px solid #e3e6e9; margin-bottom: 4px; }
+.flag { background: #fff3e0; color: #e65100; border: 1px solid #ffb74d; border-radius: 3px; padding: 0 4px;
+        font-size: 12px; white-space: nowrap; }
+div.flat { border-left: 5px solid; padding: 6px 10px; margin: 6px 0; max-width: 900px; }
+div.flat.kept-all { background: #fff8e1; border-color: #f9a825; }
+div.flat.noise { background: #ffebee; border-color: #c62828; }
 </style>
 </head>
 <body>

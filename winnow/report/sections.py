@@ -18,11 +18,14 @@ def funnel(data: dict) -> str:
     cells = []
     for r in rows:
         total = r["rows_in"] + r["added"]
-        cells.append([esc(r["stage"]), num(r["rows_in"]), *([num(r["added"])] if added else []), num(r["kept"]),
+        stage = esc(r["stage"]) + (f' <span class="flag">{_flat_label(r["flat_scores"])}</span>'
+                                   if r.get("flat_scores") else "")
+        cells.append([stage, num(r["rows_in"]), *([num(r["added"])] if added else []), num(r["kept"]),
                       num(r["rejected"]), pct(r["kept"] / total if total else None),
                       _tokens(r["tokens_kept"], r["tokens_kept_estimated"]),
                       _tokens(r["tokens_rejected"], r["tokens_rejected_estimated"]),
-                      size(r["bytes_in"]), size(r["bytes_kept"]), size(r["bytes_rejected"])])
+                      size(r["bytes_in"]), size(r["bytes_kept"]), size(r["bytes_rejected"]),
+                      _removed_bytes(r)])
     notes = {"run": "the run's own tokenizer (its tokenize stage)", "eval": "the eval's tokenizer"}
     tok = data["tokenizer"]
     if tok is None:
@@ -35,11 +38,29 @@ def funnel(data: dict) -> str:
                       "(hatched in the chart).")
     pack_note = (" A pack stage keeps its documents as packed rows of tokens: no text bytes."
                  if any(r["kind"] == "pack" for r in rows) else "")
-    return (img(figures.funnel_chart(rows), "funnel: documents, tokens and bytes kept and rejected per stage")
+    removed_note = (" Bytes removed: text a stage cut out of the documents it kept (lines, repeated units, "
+                    "normalisation), by reason under Rejections and removals; bytes in = kept + rejected + removed."
+                    + (" “—”: not recorded (a run written before byte accounting); “unaccounted”: input bytes "
+                       "that neither its kept nor its rejected rows hold." if any(r["bytes_removed"] is None
+                                                                                for r in rows) else ""))
+    return (img(figures.funnel_chart(rows), "funnel: documents, tokens and bytes kept, rejected and removed per stage")
             + table(["stage", "documents in", *(["added"] if added else []), "kept", "rejected", "kept %", "tokens kept",
-                     "tokens rejected", "bytes in", "bytes kept", "bytes rejected"], cells,
-                    numeric=set(range(1, 12)))
-            + f'<p class="muted">{token_note}{pack_note}</p>')
+                     "tokens rejected", "bytes in", "bytes kept", "bytes rejected", "bytes removed"], cells,
+                    numeric=set(range(1, 13)))
+            + f'<p class="muted">{token_note}{pack_note}{removed_note}</p>')
+
+
+def _removed_bytes(r: dict) -> str:
+    """Bytes removed; for a run written before byte accounting, "—" and the bytes no column accounts for."""
+    if r["bytes_removed"] is not None:
+        return size(r["bytes_removed"])
+    gap = r["bytes_unaccounted"]
+    return num(None) + (f' <span class="rejected">({size(gap)} unaccounted)</span>' if gap else "")
+
+
+def _flat_label(flat: dict) -> str:
+    """The funnel's and the score section's flag for a quality stage whose scores were flat."""
+    return ("scores flat: nothing cut" if flat.get("kept_all") else "scores flat: cut on noise")
 
 
 def _tokens(value: int | None, estimated: bool) -> str:
@@ -47,19 +68,51 @@ def _tokens(value: int | None, estimated: bool) -> str:
 
 
 def rejections(items: list[dict]) -> str:
+    """Each stage's rejection and removal reasons folded under its own <details> (the first one open),
+    so a run with many reasons stays one screen: the browser folds them, no script."""
     if not items:
-        return na("No stage rejected any document.")
-    out = []
-    for s in items:
-        rows = []
-        for r in s["reasons"]:
-            examples = "".join(doc(e["snippet"], _example_label(e)) for e in r["examples"]) or \
-                '<span class="na">no example in the rows read</span>'
-            rows.append([f"<code>{esc(r['reason'])}</code>", num(r["count"]), pct(r["share"]), examples])
-        scanned = "" if s["complete"] else f" (examples from the first {s['scanned']:,} rejected rows)"
-        out.append(f"<h3>{esc(s['stage'])}: {s['rejected']:,} rejected{esc(scanned)}</h3>"
-                   + table(["reason", "documents", "% of stage input", "examples (first lines)"], rows, {1, 2}))
+        return na("No stage rejected a document or removed text from one.")
+    out = ['<p class="muted">One fold per stage (click a stage to open it): documents rejected by reason with '
+           "examples, then bytes removed from the documents it kept, by reason.</p>"]
+    for n, s in enumerate(items):
+        body = []
+        if s["reasons"]:
+            rows = []
+            for r in s["reasons"]:
+                examples = "".join(doc(e["snippet"], _example_label(e)) for e in r["examples"]) or \
+                    '<span class="na">no example in the rows read</span>'
+                rows.append([f"<code>{esc(r['reason'])}</code>", num(r["count"]), pct(r["share"]), examples])
+            scanned = "" if s["complete"] else f"Examples from the first {s['scanned']:,} rejected rows."
+            body.append((f'<p class="muted">{esc(scanned)}</p>' if scanned else "")
+                        + table(["reason", "documents", "% of stage input", "examples (first lines)"], rows, {1, 2}))
+        if s["removed"]:
+            body.append(_removals(s["removed"]))
+        removed = s["bytes_removed"]
+        head = [f"{s['rejected']:,} rejected ({size(s['bytes_rejected'])})"] if s["rejected"] else []
+        if removed:
+            head.append(f"{size(removed)} removed from kept documents")
+        top = [r["reason"] for r in sorted(s["reasons"], key=lambda r: -r["count"])[:3]] + \
+            [r["reason"] for r in s["removed"][:3]]
+        summary = f"<b>{esc(s['stage'])}</b>: {', '.join(head)}" + \
+            (f' <span class="muted">({esc(", ".join(dict.fromkeys(top)))}{", …" if len(s["reasons"]) > 3 else ""})'
+             "</span>" if top else "")
+        out.append(f'<details class="stage"{" open" if n == 0 else ""}><summary>{summary}</summary>'
+                   + "\n".join(body) + "</details>")
     return "\n".join(out)
+
+
+def _removals(items: list[dict]) -> str:
+    written = any(r["written"] for r in items)
+    rows = [[f"<code>{esc(r['reason'])}</code>", size(r["bytes"]), pct(r["share"]),
+             "".join(doc(e["snippet"], f"id {e['id']}") for e in r["examples"])
+             or '<span class="na">none in the rows read</span>'] if written else
+            [f"<code>{esc(r['reason'])}</code>", size(r["bytes"]), pct(r["share"])] for r in items]
+    heads = ["removal reason", "bytes removed", "% of stage input bytes"]
+    note = "" if written else ('<p class="muted">The removed text itself is not kept: '
+                               "<code>outputs.removed: true</code> writes it under the stage's <code>removed/</code>."
+                               "</p>")
+    return ("<p><b>Removed from kept documents</b> (top reasons by bytes)</p>"
+            + table(heads + (["removed text (first lines)"] if written else []), rows, {1, 2}) + note)
 
 
 def _example_label(e: dict) -> str:
@@ -86,8 +139,13 @@ def scores(items: list[dict]) -> str:
             facts.append(["acceptance", esc(s["acceptance"])])
         if s["model"]:
             facts.append(["model", f"<code>{esc(s['model'])}</code>"])
-        body = [f"<h3>{esc(s['stage'])}: <code>{esc(s['column'])}</code></h3>", table([], facts, {1})]
-        body += [f'<p class="rejected"><b>warning:</b> {esc(w)}</p>' for w in s.get("warnings", [])]
+        body = [f"<h3>{esc(s['stage'])}: <code>{esc(s['column'])}</code></h3>"]
+        flat = s.get("flat")
+        if flat:
+            body.append(_flat_banner(flat))
+        body.append(table([], facts, {1}))
+        body += [f'<p class="rejected"><b>warning:</b> {esc(w)}</p>' for w in s.get("warnings", [])
+                 if not (flat and w == flat.get("message"))]   # the banner already says it
         if len(s["values"]):
             body.append(img(figures.score_histogram(s), f"{s['stage']} {s['column']} histogram"))
         if s.get("plane") is not None:
@@ -102,6 +160,21 @@ def scores(items: list[dict]) -> str:
                 body.append(f"<p><b>{label}-scored</b></p>" + table(["score", "", "document (first lines)"], rows, {0}))
         out.append("\n".join(body))
     return "\n".join(out)
+
+
+def _flat_banner(flat: dict) -> str:
+    """A quality stage whose scores all lie within 0.01: either it kept everything (the default) or it cut
+    on noise (`allow_flat_scores: true`, or a run from before the rule)."""
+    what = ("every document kept: the scores do not tell the documents apart, so a cut would be noise"
+            if flat.get("kept_all") else
+            "the cut ranks documents on noise: the scores do not tell them apart")
+    spread = f"{float(flat['spread']):.3g}" if isinstance(flat.get("spread"), int | float) else "?"
+    message = f"<br>{esc(flat['message'])}" if flat.get("message") else ""
+    old = "" if flat.get("recorded", True) else "<br>(from the manifest's score range: a run written before " \
+        "quality stages recorded <code>flat_scores</code>)"
+    cls = "flat kept-all" if flat.get("kept_all") else "flat noise"
+    return (f'<div class="{cls}"><b>{_flat_label(flat)}</b> (spread {spread} &lt; 0.01): {what}.'
+            f"{message}{old}</div>")
 
 
 def dedup(items: list[dict]) -> str:
@@ -219,19 +292,30 @@ def _multiplier(m: Any, std: Any, interval: Any) -> str:
 
 def timings(data: dict) -> str:
     rows = []
+    driver = any(r["driver_peak_memory"] for r in data["rows"])
     for r in data["rows"]:
         named = "<br>".join(f"{esc(k)} {flops(v)}" for k, v in r["named_flops"].items()) or num(None)
         rows.append([esc(r["stage"]), secs(r["wall_seconds"]), secs(r["fit_seconds"]), secs(r["cpu_seconds"]),
                      f"{r['shards']:,}" + (f" ({r['skipped_shards']:,} skipped)" if r["skipped_shards"] else ""),
-                     flops(r["shard_flops"]), named,
-                     size(r["peak_memory"]) if r["peak_memory"] else '<span class="na">not recorded</span>'])
+                     flops(r["shard_flops"]), named, _memory(r["peak_memory"]),
+                     *([size(r["driver_peak_memory"])] if driver else [])])
     total = data["wall_seconds"]
     head = f"<p>Whole run: {secs(total)} s wall.</p>" if total is not None else ""
+    if data.get("driver_peak_memory"):
+        head += f"<p>Driver peak memory (whole run): {size(data['driver_peak_memory'])}.</p>"
+    unrecorded = any(r["peak_memory"] is None for r in data["rows"])
     return (head + img(figures.timing_chart(data["rows"]), "wall seconds per stage")
             + table(["stage", "wall s", "global fit s", "shard CPU s", "shards", "FLOPs (shards)", "other FLOPs",
-                     "peak memory"], rows, {1, 2, 3, 4, 5})
-            + '<p class="muted">Peak memory is not recorded by the stage manifests today; '
-              "<code>bench/</code> scripts measure it from outside (peak RSS of the process tree).</p>")
+                     "peak memory (worker)", *(["driver peak so far"] if driver else [])], rows,
+                    {1, 2, 3, 4, 5, 7, 8})
+            + '<p class="muted">Peak memory (worker): the largest peak resident memory of a worker process over '
+              "the stage's shards (each shard samples its own). Driver: the <code>winnow run</code> process itself, its "
+              "peak up to the end of the stage."
+              + (" “not recorded”: the manifest predates peak-memory records." if unrecorded else "") + "</p>")
+
+
+def _memory(n: int | None) -> str:
+    return size(n) if n else '<span class="na">not recorded</span>'
 
 
 def config(text: str | None, eval_data: dict | None) -> str:

@@ -31,6 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.pipeline.stage import RunOutputs, Stage
 
+PACKED = "packed"   # the run's folder of packed rows as a `datasets` folder (dataset/ holds the documents)
+
 
 @dataclass(frozen=True)
 class Segment:
@@ -196,6 +198,7 @@ class PackStage(Stage):
 
     name = "pack"
     Params = PackParams
+    emits_documents = False  # token rows: the run's dataset/ is the stage before; these go to packed/
 
     def fit(self, shards, ctx) -> int:
         return ctx.seed if self.params.seed is None else self.params.seed
@@ -206,17 +209,21 @@ class PackStage(Stage):
         return int(pc.count_distinct(pc.list_flatten(kept.column("doc_ids"))).as_py())
 
     def finalize(self, outputs: RunOutputs) -> None:
-        """Token files for trainers (`tokens/`, `megatron/`) when the run ends with packing;
-        skipped when the packed shards and the options are unchanged since they were written."""
+        """When the run ends with packing: the packed rows as a `datasets` folder (`packed/`, with
+        outputs.dataset) and token files for trainers (`tokens/`, `megatron/`); each skipped when the
+        packed shards and the options are unchanged since they were written."""
         import json
 
         import pyarrow.parquet as pq
 
         from winnow.pipeline.config import stable_hash
+        from winnow.pipeline.run import write_dataset
         from winnow.pipeline.shards import write_bytes_atomic
         from winnow.tokenize.writers import is_packed, write_megatron, write_token_files
 
         wanted, final_dir, out = outputs.options, outputs.stage_dir, outputs.out_dir
+        if wanted.dataset:
+            write_dataset(final_dir, out / PACKED, outputs.fingerprints, outputs.force)
         if not (wanted.token_files or wanted.megatron) or not is_packed(final_dir):
             return
         marker = out / "tokens" / "_winnow_source.json"

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.pipeline.shards import write_bytes_atomic
-from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage, utf8_bytes
 from winnow.tokenize.sft import token_mask, training_text
 from winnow.tokenize.tokenizer import EOS, eos_id, load_tokenizer, tokenizer_hash, train_bpe
 
@@ -82,7 +82,9 @@ class TokenizeStage(Stage):
 
     def apply(self, table: pa.Table, state: TokenizerState) -> tuple[pa.Table, pa.Table]:
         tok = state.tokenizer
+        given = table
         table = self._sft_rows(table)
+        prompt_joined = table is not given
         texts = table.column("text").to_pylist()
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
         ids_per_doc: list[list[int]] = []
@@ -105,7 +107,16 @@ class TokenizeStage(Stage):
             if not np.array_equal(mask_lengths, lengths):
                 raise ValueError("an earlier loss_mask does not match the new token counts")
         table = _replace(_replace(table, "input_ids", arr), "n_tokens", pa.array(lengths, pa.int32()))
-        return table, self.reject(table.slice(0, 0), [])
+        if not prompt_joined:
+            return table, self.reject(table.slice(0, 0), [])
+        # prompt + response became the text: the prompt's bytes are declared as a negative cut, so the
+        # byte account still holds (bytes in = bytes kept + removed, removed < 0)
+        grown = utf8_bytes(table.column("text")) - utf8_bytes(given.column("text"))
+        cuts = Cuts()
+        cuts.add_many(np.arange(table.num_rows), "tokenize:prompt_joined", -grown)
+        before = table.set_column(table.column_names.index("text"), "text", given.column("text"))
+        return self.split_edited(before, table.column("text"), np.ones(table.num_rows, bool),
+                                 [None] * table.num_rows, cuts)
 
     def _sft_rows(self, table: pa.Table) -> pa.Table:
         """With `prompt_field`: `text` becomes prompt + response, and the prompt a masked span."""
