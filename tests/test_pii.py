@@ -252,3 +252,19 @@ def test_bad_parameters_fail_at_validation():
     with pytest.raises(ValidationError):
         PIIParams(kinds=["ssn"])
     assert PIIParams(phone_region="de").phone_region == "DE"
+
+
+def test_report_never_shows_what_the_stage_dropped(tmp_path, client):
+    """Rows `action: drop` rejects keep their text (nothing vanishes), but the report shows them masked."""
+    from winnow.report import build_report
+
+    docs = clean_web_documents(2)
+    rows = [{"id": "mail", "text": "Write to j.kowalski@cs.cmu.edu or call +1 412 268 3000.\n" + docs[0]},
+            {"id": "clean", "text": docs[1]}]
+    out = tmp_path / "out"
+    run({"input": {"paths": [write_docs(tmp_path / "in", [rows])]}, "output": str(out),
+         "outputs": {"dataset": False}, "stages": [{"pii": {"action": "drop"}}]}, client)
+    assert "kowalski" in rejected_rows(out / STAGE).column("text")[0].as_py()
+    html = Path(build_report(str(out))).read_text()
+    assert "pii:email" in html and "&lt;EMAIL&gt;" in html and "&lt;PHONE&gt;" in html
+    assert "kowalski" not in html and "268 3000" not in html

@@ -166,6 +166,50 @@ def hash_violations(sources: dict[str, str], allowed: dict[str, set[str]] | None
     return bad
 
 
+# (d) imports run downwards: no module imports from a layer above its own ----------------------------
+
+# bottom to top; a module may import its own layer and the ones below. `flops.py` is arithmetic every
+# layer shares; `models` loads local LMs for both raters and synth; the CLI calls everything.
+LAYERS: list[tuple[str, ...]] = [
+    ("winnow.flops", "winnow.pipeline"),
+    ("winnow.tokenize",),
+    ("winnow.proxy", "winnow.report"),
+    ("winnow.models",),
+    ("winnow.raters",),
+    ("winnow.filters", "winnow.synth"),
+    ("winnow.cli", "winnow.__main__"),
+]
+
+
+def layer_of(module: str) -> int | None:
+    for i, prefixes in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in prefixes):
+            return i
+    return None
+
+
+# the stage registry names stage classes as 'module:Class' strings, imported only when a config asks:
+# the one by-name lookup a lower layer may hold (the engine still imports no stage: check (a))
+BY_NAME = {"pipeline/registry.py"}
+
+
+def layer_violations(sources: dict[str, str]) -> list[str]:
+    bad = []
+    for rel, text in sources.items():
+        if rel in BY_NAME:
+            continue
+        module = "winnow." + rel.removesuffix(".py").replace("/", ".").removesuffix(".__init__")
+        own = layer_of(module)
+        if own is None:
+            continue
+        package = module if rel.endswith("__init__.py") else module.rsplit(".", 1)[0]
+        for name in _imported_modules(ast.parse(text), package):
+            target = layer_of(name)
+            if target is not None and target > own:
+                bad.append(f"{rel} ({LAYERS[own][0]}) imports {name} ({LAYERS[target][0]}), a layer above it")
+    return sorted(set(bad))
+
+
 # the tests -------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -187,6 +231,12 @@ def test_id_hashes_go_through_the_helper(package):
     assert hash_violations(package) == []
 
 
+def test_imports_run_downwards(package):
+    assert all(layer_of("winnow." + rel.removesuffix(".py").replace("/", ".").removesuffix(".__init__")) is not None
+               for rel in package if rel not in ("__init__.py",)), "a module outside every layer"
+    assert layer_violations(package) == []
+
+
 def test_the_checks_can_fail(package):
     engine = package["pipeline/engine.py"]
     assert engine_violations({"pipeline/engine.py": engine + "\nfrom winnow.filters.quality import QualityStage\n"})
@@ -205,5 +255,9 @@ def test_the_checks_can_fail(package):
     ids = "import xxhash\n\ndef pick(ids, seed):\n    return [xxhash.xxh64_intdigest(i.encode(), seed=seed) for i in ids]\n"
     assert hash_violations({**package, "filters/new.py": ids})
     assert hash_violations({**package, "proxy/new.py": "from xxhash import xxh3_64_intdigest\n"})
+    assert layer_violations({"pipeline/verify.py": "from winnow.tokenize.writers import TOKENS\n"})
+    assert layer_violations({"raters/x.py": "def f():\n    from winnow.synth import models\n"})
+    assert layer_violations({"pipeline/faults.py": "CMD = 'winnow.cli'\n"})      # a module named in a string
+    assert not layer_violations({"filters/x.py": "from winnow.raters.scorer import Scorer\n"})   # downwards
     moved = package["filters/minhash_dedup.py"].replace("def _word_hashes", "def _renamed")
     assert hash_violations({**package, "filters/minhash_dedup.py": moved})   # the allow-list is per function

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import click
 
 
@@ -43,5 +46,19 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
     if stray:
         click.echo(f"note: {', '.join(p.name for p in stray)} in {result.out_dir} belong to a run of another "
                    "config: stats and report leave them out, `winnow verify` flags them; delete them when done")
-    if result.report is not None:
-        click.echo(f"report: {result.report}  (open it in a browser)")
+    report = write_report(result.out_dir) if resolved.pipeline.outputs.report else None
+    if report is not None:
+        click.echo(f"report: {report}  (open it in a browser)")
+
+
+def write_report(out_dir: Path) -> Path | None:
+    """OUT/report.html (`outputs.report`); a failure warns, since every data output is written by then:
+    the run stands, and `winnow report OUT` retries the page alone."""
+    from winnow.report import build_report
+
+    try:
+        return Path(build_report(str(out_dir)))
+    except Exception as e:
+        logging.getLogger(__name__).warning("report.html not written (%s: %s); run `winnow report %s` to retry",
+                                            type(e).__name__, e, out_dir)
+        return None

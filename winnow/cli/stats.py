@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import click
 
@@ -18,7 +19,7 @@ def stats(out_dir: str, as_json: bool) -> None:
     non-alphanumeric fraction, mean word length and line repetition."""
     from rich.console import Console
 
-    from winnow.pipeline.report import funnel, render_funnel, render_scores, scoring_stages
+    from winnow.pipeline.report import funnel, render_funnel
 
     if as_json:
         click.echo(json.dumps({"funnel": funnel(out_dir), "scores": scoring_stages(out_dir)}, indent=1))
@@ -26,3 +27,39 @@ def stats(out_dir: str, as_json: bool) -> None:
         console = Console(width=max(Console().width, 140))
         render_funnel(out_dir, console)
         render_scores(out_dir, console)
+
+
+def scoring_stages(out_dir: str | Path) -> dict[str, dict]:
+    """Per stage that wrote a score column: raters/analysis.py's description of each score (here, in the
+    CLI, because the engine layer reads no rater's output)."""
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.manifest import read_manifests
+    from winnow.raters.analysis import score_columns, stage_scores
+
+    out = {}
+    for dirname, _ in read_manifests(out_dir):
+        stage_dir = Path(out_dir) / dirname
+        first = next(iter(sorted(stage_dir.glob("train-*.parquet"))), None)
+        if first is not None and score_columns(pq.read_schema(first).names):
+            out[dirname] = stage_scores(stage_dir)
+    return out
+
+
+_BARS = " ▁▂▃▄▅▆▇█"
+
+
+def render_scores(out_dir: str | Path, console, examples: int = 3) -> None:
+    for stage, columns in scoring_stages(out_dir).items():
+        for column, d in columns.items():
+            counts = d["histogram"]["counts"]
+            top = max(counts) if counts else 1
+            bars = "".join(_BARS[round(8 * c / top)] if top else " " for c in counts)
+            edges = d["histogram"]["edges"]
+            span = f"{edges[0]:.3g} … {edges[-1]:.3g}" if edges else ""
+            console.print(f"\n[bold]{stage}[/] {column} over {d['documents']:,} documents: {span} [{bars}]")
+            corr = ", ".join(f"{k} {v:+.2f}" for k, v in d["spearman"].items())
+            console.print(f"  Spearman with: {corr}")
+            for label in ("lowest", "highest"):
+                for ex in d[label][:examples]:
+                    console.print(f"  {label} {ex['score']:.4g}: {ex['first_line']}", markup=False, highlight=False)

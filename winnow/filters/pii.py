@@ -78,6 +78,11 @@ class PIIStage(Stage):
     Params = PIIParams
     edits_text = True
 
+    @classmethod
+    def display_text(cls, text: str, params: dict) -> str:
+        """Rows `action: drop` rejected still hold their personal data: a report shows them masked."""
+        return mask_for_display(text, params)
+
     def find(self, text: str) -> list[Span]:
         p: PIIParams = self.params
         return find_pii(text, p.kinds, p.phone_region, p.phone_leniency)

@@ -63,37 +63,3 @@ def render_funnel(out_dir: str | Path, console, top_reasons: int = 8) -> None:
     for r in rows:
         for warning in r["warnings"]:
             console.print(f"  [bold yellow]warning[/] {r['stage']}: {warning}")
-
-
-def scoring_stages(out_dir: str | Path) -> dict[str, dict]:
-    """Per stage that wrote a score column: raters/analysis.py's description of each score."""
-    import pyarrow.parquet as pq
-
-    from winnow.raters.analysis import score_columns, stage_scores
-
-    out = {}
-    for dirname, _ in read_manifests(out_dir):
-        stage_dir = Path(out_dir) / dirname
-        first = next(iter(sorted(stage_dir.glob("train-*.parquet"))), None)
-        if first is not None and score_columns(pq.read_schema(first).names):
-            out[dirname] = stage_scores(stage_dir)
-    return out
-
-
-_BARS = " ▁▂▃▄▅▆▇█"
-
-
-def render_scores(out_dir: str | Path, console, examples: int = 3) -> None:
-    for stage, columns in scoring_stages(out_dir).items():
-        for column, d in columns.items():
-            counts = d["histogram"]["counts"]
-            top = max(counts) if counts else 1
-            bars = "".join(_BARS[round(8 * c / top)] if top else " " for c in counts)
-            edges = d["histogram"]["edges"]
-            span = f"{edges[0]:.3g} … {edges[-1]:.3g}" if edges else ""
-            console.print(f"\n[bold]{stage}[/] {column} over {d['documents']:,} documents: {span} [{bars}]")
-            corr = ", ".join(f"{k} {v:+.2f}" for k, v in d["spearman"].items())
-            console.print(f"  Spearman with: {corr}")
-            for label in ("lowest", "highest"):
-                for ex in d[label][:examples]:
-                    console.print(f"  {label} {ex['score']:.4g}: {ex['first_line']}", markup=False, highlight=False)

@@ -8,13 +8,13 @@ Final outputs, beside the stage folders:
 - `_run.json`: which stage folder is final, its fingerprints, which stage `dataset/` holds, and the
   wall time;
 - whatever the last stage's `finalize` writes (pack: `packed/`, `tokens/`, `megatron/`);
-- `report.html` when `outputs.report` is set.
+- (`report.html` when `outputs.report` is set: the CLI writes it, winnow/cli/run.py, since the report
+  sits above the engine.)
 """
 
 from __future__ import annotations
 
 import json
-import logging
 import shutil
 import tempfile
 import time
@@ -37,7 +37,6 @@ class RunResult:
     stages: list[StageResult]
     final_dir: Path
     seconds: float
-    report: Path | None = None
     documents_dir: Path | None = None   # the stage `dataset/` was made from (final_dir unless it packs)
 
 
@@ -85,16 +84,7 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
                "dataset_stage": documents.dirname, "dataset_fingerprints": document_fingerprints,
                "wall_seconds": round(seconds, 3)}
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
-    report = None
-    if config.pipeline.outputs.report:
-        from winnow.report import build_report
-
-        try:
-            report = Path(build_report(str(out)))
-        except Exception as e:  # every data output is written by now: the run stands, the page is retried alone
-            logging.getLogger(__name__).warning("report.html not written (%s: %s); run `winnow report %s` to retry",
-                                                type(e).__name__, e, out)
-    return RunResult(out, results, final_dir, seconds, report, out / documents.dirname)
+    return RunResult(out, results, final_dir, seconds, out / documents.dirname)
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:

@@ -236,6 +236,26 @@ class Stage:
         """Run-level files the last stage of a run writes beside the stage folders (pack writes
         `tokens/` and `megatron/`); called once after the run, on the driver. Default: nothing."""
 
+    @classmethod
+    def display_text(cls, text: str, params: dict) -> str:
+        """What a report may show of a row this stage rejected (`params`: its manifest's). Default: the
+        text; a stage whose rejected rows hold what must not be shown (pii's drop mode) masks it."""
+        return text
+
+    @classmethod
+    def check_outputs(cls, stage_dir: Path, manifest: dict) -> list[tuple[Path, str, str]]:
+        """`winnow verify`'s checks of the side files this stage writes in its own folder (tokenize: its
+        `tokenizer.json` against the manifest's hash), as (path, what, kind). Default: none."""
+        return []
+
+    @classmethod
+    def check_run_outputs(cls, out_dir: Path, stage_dir: Path, rows: int, documents: int,
+                          outputs: dict) -> list[tuple[Path, str, str]]:
+        """`winnow verify`'s checks of the run-level files `finalize` writes when this stage ends a run
+        (pack: `tokens/`, `megatron/`), given the stage's kept rows and the documents they hold and the
+        run's `outputs:` block, as (path, what, kind). Default: none."""
+        return []
+
     def task_resources(self, ctx: Context) -> dict[str, float] | None:
         """Dask resources each shard task asks for; by default the class's `resources`."""
         return self.resources or None

@@ -38,6 +38,7 @@ import numpy as np
 
 from winnow.pipeline.manifest import MANIFEST, SHARDS_DIR, ShardRecord
 from winnow.pipeline.shards import TEMP_GLOB, file_hash, kept_path, rejected_path, removed_path
+from winnow.pipeline.stage import Stage
 
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
 RECORD_FIELDS = {f.name for f in fields(ShardRecord)}
@@ -227,8 +228,8 @@ class _Verifier:
             if st.manifest.get("stage") != st.name:
                 self.problem(st.dirname, manifest_path, f"names stage {st.manifest.get('stage')!r}, but the "
                              f"folder is {st.dirname}", "manifest")
-            if "tokenizer_hash" in st.manifest:
-                self.check_tokenizer(st)
+            for path, what, kind in stage_class(st.name).check_outputs(st.path, st.manifest):
+                self.problem(st.dirname, path, what, kind)
 
     def read_markers(self, st: _Stage) -> dict[str, ShardRecord]:
         markers = {}
@@ -379,23 +380,6 @@ class _Verifier:
             self.problem(st.dirname, path, "leftover temporary file of an interrupted write (the finished file "
                          "is intact; safe to delete)", "leftover")
 
-    def check_tokenizer(self, st: _Stage) -> None:
-        path = st.path / "tokenizer.json"
-        if not path.exists():
-            self.problem(st.dirname, path, f"missing; {MANIFEST} has tokenizer_hash {st.manifest['tokenizer_hash']}",
-                         "tokenizer")
-            return
-        try:
-            from winnow.tokenize.tokenizer import load_tokenizer, tokenizer_hash
-
-            digest = tokenizer_hash(load_tokenizer(path))
-        except Exception as e:  # any load error means an unusable tokenizer file
-            self.problem(st.dirname, path, f"unreadable: {type(e).__name__}: {e}", "tokenizer")
-            return
-        if digest != st.manifest["tokenizer_hash"]:
-            self.problem(st.dirname, path, f"hash {digest} is not {MANIFEST}'s tokenizer_hash "
-                         f"{st.manifest['tokenizer_hash']}: the tokens were made with another tokenizer", "tokenizer")
-
     # ------------------------------------------------------------------ across stages
     def check_chain(self, stages: list[_Stage]) -> None:
         """Each stage read the previous stage's non-empty kept shards, all of them and nothing else."""
@@ -491,7 +475,11 @@ class _Verifier:
                                outputs.get("dataset", True), "dataset")
         if final.records and _packed(final):
             self.check_dataset(final, fingerprints, outputs.get("dataset", True), "packed")
-            self.check_token_files(final, outputs)
+            rows = sum(r.rows_out for r in final.records.values())
+            documents = sum(r.kept for r in final.records.values())
+            for path, what, kind in stage_class(final.name).check_run_outputs(self.out, final.path, rows, documents,
+                                                                             outputs):
+                self.problem("", path, what, kind)
 
     def dataset_stage(self, stages: list[_Stage], run_info: dict, run_json: Path) -> _Stage | None:
         """The stage `dataset/` holds: `_run.json`'s dataset_stage (the final stage in runs written
@@ -546,87 +534,6 @@ class _Verifier:
         if rows != expected:
             self.problem("", folder, f"holds {rows:,} rows; {final.dirname} kept {expected:,}", "dataset")
 
-    def check_token_files(self, final: _Stage, outputs: dict) -> None:
-        """tokens/ and megatron/ against the packed stage: sizes from the index and headers, no token read."""
-        rows = sum(r.rows_out for r in final.records.values())
-        documents = sum(r.kept for r in final.records.values())
-        tokens_in_segments = None
-        folder = self.out / "tokens"
-        if not folder.exists():
-            if outputs.get("token_files", True):
-                self.problem("", folder, "missing, though the last stage packs and outputs.token_files is on",
-                             "tokens")
-        else:
-            tokens_in_segments = self.check_tokens_folder(folder, final, rows)
-        prefix = self.out / "megatron" / "text_document"
-        if not prefix.with_suffix(".idx").exists():
-            if outputs.get("megatron", True):
-                self.problem("", prefix.parent, "missing, though the last stage packs and outputs.megatron is on",
-                             "megatron")
-        else:
-            self.check_megatron(prefix, documents, tokens_in_segments, final)
-
-    def check_tokens_folder(self, folder: Path, final: _Stage, rows: int) -> int | None:
-        index = folder / "index.json"
-        try:
-            meta = json.loads(index.read_text())
-            itemsize = np.dtype(meta["dtype"]).itemsize
-            n_rows, seq_len, n_segments = int(meta["n_rows"]), int(meta["seq_len"]), int(meta["n_segments"])
-            segments = np.load(folder / "segments.npy", mmap_mode="r")
-        except Exception as e:  # any read error means a damaged token folder
-            self.problem("", folder, f"unreadable: {type(e).__name__}: {e}", "tokens")
-            return None
-        if Path(str(meta.get("source", ""))).name != final.dirname:
-            self.problem("", index, f"made from {meta.get('source')!r}, not {final.dirname}", "tokens")
-        if n_rows != rows:
-            self.problem("", index, f"n_rows {n_rows:,}; {final.dirname} holds {rows:,} packed rows", "tokens")
-        for name, size in (("tokens.bin", n_rows * seq_len * itemsize), ("loss_mask.bin", n_rows * seq_len)):
-            path = folder / name
-            actual = path.stat().st_size if path.exists() else None
-            if actual != size:
-                self.problem("", path, f"{'missing' if actual is None else f'{actual:,} bytes'}; index.json "
-                             f"implies {size:,} ({n_rows:,} rows x {seq_len} tokens)", "tokens")
-        if segments.shape != (n_segments, 3):
-            self.problem("", folder / "segments.npy", f"shape {segments.shape}, index.json says ({n_segments}, 3)",
-                         "tokens")
-            return None
-        return int(segments[:, 2].sum()) if n_segments else 0
-
-    def check_megatron(self, prefix: Path, documents: int, tokens: int | None, final: _Stage) -> None:
-        from winnow.tokenize.writers import MEGATRON_DTYPES, MEGATRON_HEADER
-
-        idx = prefix.with_suffix(".idx")
-        try:
-            raw = idx.read_bytes()
-            if raw[:9] != MEGATRON_HEADER:
-                raise ValueError(f"header {raw[:9]!r}")
-            (version,), (code,) = np.frombuffer(raw, "<u8", 1, 9), np.frombuffer(raw, "<u1", 1, 17)
-            n_seq, n_doc = (int(v) for v in np.frombuffer(raw, "<u8", 2, 18))
-            lengths = np.frombuffer(raw, "<i4", n_seq, 34).astype(np.int64)
-            pointers = np.frombuffer(raw, "<i8", n_seq, 34 + 4 * n_seq)
-            doc_index = np.frombuffer(raw, "<i8", n_doc, 34 + 12 * n_seq)
-            itemsize = np.dtype(MEGATRON_DTYPES[int(code)]).itemsize
-        except Exception as e:  # any parse error means a damaged index
-            self.problem("", idx, f"not a Megatron indexed dataset: {type(e).__name__}: {e}", "megatron")
-            return
-        if version != 1 or n_doc != n_seq + 1 or (n_doc and (doc_index[0] != 0 or doc_index[-1] != n_seq)):
-            self.problem("", idx, f"version {version}, {n_seq} sequences but {n_doc} document boundaries",
-                         "megatron")
-        if n_seq != documents:
-            self.problem("", idx, f"{n_seq:,} documents; {final.dirname} packed {documents:,}", "megatron")
-        expected_pointers = np.concatenate([[0], np.cumsum(lengths * itemsize)[:-1]]) if n_seq else pointers
-        if not np.array_equal(pointers, expected_pointers):
-            self.problem("", idx, "byte pointers do not follow the sequence lengths", "megatron")
-        total = int(lengths.sum())
-        binary = prefix.with_suffix(".bin")
-        size = binary.stat().st_size if binary.exists() else None
-        if size != total * itemsize:
-            self.problem("", binary, f"{'missing' if size is None else f'{size:,} bytes'}; the index implies "
-                         f"{total * itemsize:,}", "megatron")
-        if tokens is not None and tokens != total:
-            self.problem("", idx, f"{total:,} tokens; tokens/segments.npy holds {tokens:,}", "megatron")
-
-
 def _num(v: Any) -> str:
     return f"{v:,}" if isinstance(v, (int, float)) else repr(v)
 
@@ -669,13 +576,14 @@ def _arrow_rows(files: list[Path]) -> int:
     return total
 
 
+def stage_class(name: str) -> type[Stage]:
+    """The class of the stage a folder was written by (the base class for ingest and for stages this
+    installation does not know: their own checks are then skipped, the generic ones still run)."""
+    from winnow.pipeline.registry import STAGES, get_stage_class
+
+    return get_stage_class(name) if name in STAGES else Stage
+
+
 def _packed(st: _Stage) -> bool:
-    from winnow.tokenize.writers import is_packed
-
-    try:
-        return is_packed(st.path)
-    except Exception:  # an unreadable kept file is already reported
-        return False
-
-
-__all__ = ["Problem", "Verification", "verify", "verify_run"]
+    """The stage's kept rows are packed token rows, not documents (the stage class says so)."""
+    return not stage_class(st.name).emits_documents

@@ -206,9 +206,10 @@ def rejections(stages: list[StageInfo], examples: int) -> list[dict]:
         cols = ["id", "text", "raw", "detail", "source_file", "source_line", "dup_of"]
         rows = sample.fetch(found.files, found.file_index[idx], found.row_index[idx], cols)
         by_pos = dict(zip(idx, rows, strict=True))
+        shown_as = _display(s.manifest)
         items = []
         for reason, count in s.manifest["reasons"].items():
-            shown = [_example(by_pos[i]) for i in picks.get(reason, [])]
+            shown = [_example(by_pos[i], shown_as) for i in picks.get(reason, [])]
             items.append({"reason": reason, "count": count, "share": count / total_in if total_in else 0.0,
                           "examples": shown})
         entry.update(reasons=items, scanned=found.table.num_rows, complete=found.complete)
@@ -237,12 +238,26 @@ def _removals(s: StageInfo, examples: int) -> list[dict]:
             for r, b in top]
 
 
-def _example(row: dict) -> dict:
+def _display(manifest: dict) -> Any:
+    """text -> what the report may show of a row the manifest's stage rejected (`Stage.display_text`:
+    pii masks the personal data its dropped rows still hold)."""
+    from winnow.pipeline.registry import STAGES, get_stage_class
+
+    name = manifest.get("stage")
+    if name not in STAGES:
+        return lambda text: text
+    cls, params = get_stage_class(name), manifest.get("params") or {}
+    return lambda text: cls.display_text(text, params)
+
+
+def _example(row: dict, display: Any = None) -> dict:
     where = None
     if row.get("source_file"):
         where = f"{row['source_file']}:{row.get('source_line')}"
         where = None if where == row.get("id") else where   # ingest's ids of unreadable lines are file:line
     text = row.get("text")
+    if text is not None and display is not None:
+        text = display(text)
     if text is None and row.get("raw") is not None:  # ingest's quarantined raw bytes
         text = row["raw"]
     return {"id": row.get("id"), "snippet": snippet(text), "where": where, "detail": row.get("detail"),

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import heapq
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -207,6 +208,13 @@ class PackStage(Stage):
         if kept.num_rows == 0:
             return 0
         return int(pc.count_distinct(pc.list_flatten(kept.column("doc_ids"))).as_py())
+
+    @classmethod
+    def check_run_outputs(cls, out_dir: Path, stage_dir: Path, rows: int, documents: int,
+                          outputs: dict) -> list[tuple[Path, str, str]]:
+        from winnow.tokenize.checks import check_token_files
+
+        return check_token_files(out_dir, stage_dir, rows, documents, outputs)
 
     def finalize(self, outputs: RunOutputs) -> None:
         """When the run ends with packing: the packed rows as a `datasets` folder (`packed/`, with

@@ -80,6 +80,12 @@ class TokenizeStage(Stage):
     def manifest_extra(self, state: TokenizerState) -> dict:
         return {"tokenizer_hash": state.hash, "vocab_size": state.vocab_size, "eos_id": state.eos_id}
 
+    @classmethod
+    def check_outputs(cls, stage_dir: Path, manifest: dict) -> list[tuple[Path, str, str]]:
+        from winnow.tokenize.checks import check_tokenizer
+
+        return check_tokenizer(stage_dir, manifest)
+
     def apply(self, table: pa.Table, state: TokenizerState) -> tuple[pa.Table, pa.Table]:
         tok = state.tokenizer
         given = table
