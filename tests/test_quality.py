@@ -281,32 +281,108 @@ def test_positives_where_takes_rows_of_the_pool_and_names_what_is_wrong(tmp_path
         run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / "all"), "stages": [everything]}, client)
 
 
-def test_a_classifier_that_barely_trained_is_flagged(tmp_path, client):
-    """~50 positives at DCLM's lr 0.1 x 5 epochs leave every fastText score at 0.500 +- 0.001: the
-    manifest and the funnel say so, naming what to change; the trained-enough run does not warn."""
-    from rich.console import Console
-
+def _weak_fasttext(tmp_path, client, name: str, **stage) -> tuple[dict, int]:
+    """A fastText stage whose classifier barely trains: 25 short positives at epoch 6, lr 0.1 leave every
+    score within 0.002 of 0.5. Returns its manifest and the pool's row count."""
     from winnow.pipeline.documents import read_documents
-    from winnow.pipeline.report import render_funnel
 
     def head(text: str) -> str:   # one training line per document, as short docstrings give
         return " ".join(text.split()[:60])
 
-    pos = [head(t) for t in read_documents([REFERENCE], 25)[1]]
+    positives = tmp_path / "positives.jsonl"
+    positives.write_text("".join(json.dumps({"text": head(t)}) + "\n" for t in read_documents([REFERENCE], 25)[1]))
     pool = tmp_path / "pool.jsonl"
-    pool.write_text("".join(json.dumps({"text": head(t)}) + "\n" for t in read_documents(web_files(1), 120)[1]))
+    web = read_documents(web_files(1), 120)[1]
+    pool.write_text("".join(json.dumps({"text": head(t)}) + "\n" for t in web))
+    quality = {"positives": {"paths": [str(positives)], "heldout_fraction": 0}, "keep_top": 0.5,
+               "train_args": {"bucket": 20_000, "epoch": 6, "lr": 0.1}, **stage}
+    run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / name), "stages": [{"fasttext_quality": quality}]},
+        client)
+    return check_conservation(tmp_path / name)[1], len(web)
 
-    def fit(name: str, **train_args) -> dict:
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in pos))
-        stage = {"fasttext_quality": {"positives": {"paths": [str(tmp_path / f"{name}.jsonl")], "heldout_fraction": 0},
-                                      "keep_top": 0.5, "train_args": {"bucket": 20_000, **train_args}}}
-        run({"input": {"paths": [str(pool)]}, "output": str(tmp_path / name), "stages": [stage]}, client)
-        return check_conservation(tmp_path / name)[1]
 
-    weak = fit("weak")
-    assert any("barely trained" in w and "epoch" in w for w in weak["warnings"]), weak.get("score_range")
-    console = Console(record=True, width=200)
+def test_flat_scores_keep_everything_and_say_what_to_change(tmp_path, client):
+    """Scores all within 0.01 rank on noise: the stage keeps every row, rejects none, and the manifest's
+    `flat_scores` (and the funnel's warning) states the spread and advises beyond this config's own
+    epoch and lr (the old text told a run at epoch 50, lr 1.0 to raise them to 25 and 0.5)."""
+    from rich.console import Console
+
+    from winnow.pipeline.report import render_funnel
+
+    manifest, rows = _weak_fasttext(tmp_path, client, "weak")
+    flat = manifest["flat_scores"]
+    lo, hi = manifest["score_range"]
+    assert flat["spread"] == pytest.approx(hi - lo) and flat["spread"] < 0.01
+    assert flat["kept_all"] is True
+    assert manifest["totals"]["rows_out"] == rows and manifest["totals"]["rejected"] == 0
+    assert kept_rows(tmp_path / "weak" / "01-fasttext_quality").num_rows == rows
+    message = flat["message"]
+    assert manifest["warnings"] == [message]
+    assert f"spread {flat['spread']:.3g}" in message and "kept all" in message
+    assert "epoch 6, lr 0.1" in message and "epoch above 6" in message and "lr above 0.1" in message
+    assert "25 and 0.5" not in message
+    console = Console(record=True, width=400)
     render_funnel(tmp_path / "weak", console)
-    printed = console.export_text()
-    assert "warning" in printed and "barely trained" in printed
-    assert "warnings" not in fit("strong", epoch=25, lr=0.5)
+    assert "barely trained" in console.export_text()
+
+
+def test_flat_scores_cut_anyway_when_allowed(tmp_path, client):
+    manifest, rows = _weak_fasttext(tmp_path, client, "allowed", allow_flat_scores=True)
+    flat = manifest["flat_scores"]
+    assert flat["kept_all"] is False and flat["spread"] < 0.01 and "cut on noise" in flat["message"]
+    assert abs(manifest["totals"]["rows_out"] - rows / 2) <= 1
+
+
+def test_a_classifier_that_trained_gives_no_flat_scores_warning(tmp_path, client):
+    manifest, rows = _weak_fasttext(tmp_path, client, "strong", train_args={"bucket": 20_000, "epoch": 25, "lr": 0.5})
+    assert "flat_scores" not in manifest and "warnings" not in manifest
+    assert abs(manifest["totals"]["rows_out"] - rows / 2) <= 1
+
+
+def test_no_curation_model_trains_on_a_document_an_evaluation_uses(tmp_path, client):
+    """Every training sample (fastText's positives and negatives, the DataRater's pool sample) leaves out
+    `winnow eval`'s pool slice (in_eval_pool_slice, 5% by default) and the held-out slice of the positives
+    or target, also where those documents sit in the pool under the same ids. The old sample drew
+    negatives and the rater's pool from the whole pool, and `where` positives with heldout_fraction 0
+    from all selected rows."""
+    import pyarrow.parquet as pq
+
+    from winnow.filters.datarater import DataRaterParams, DataRaterStage
+    from winnow.filters.fasttext_quality import FastTextParams, FastTextQualityStage
+    from winnow.pipeline.documents import in_eval_pool_slice, in_heldout_slice, read_documents
+    from winnow.pipeline.stage import Context, ShardRef
+
+    _, ref = read_documents([REFERENCE], 120)
+    _, web = read_documents(web_files(1), 240)
+    docs = [(f"ref-{i}", f"{t} ref-{i}", "wiki") for i, t in enumerate(ref)] + \
+        [(f"web-{i}", f"{t} web-{i}", "web") for i, t in enumerate(web)]   # the id in the text: texts name their row
+    shards = []
+    for k in range(2):
+        part = docs[k::2]
+        path = tmp_path / f"part-{k}.parquet"
+        pq.write_table(pa.table({"id": [d[0] for d in part], "text": [d[1] for d in part],
+                                 "kind": [d[2] for d in part]}), path)
+        shards.append(ShardRef(f"part-{k}", str(path), f"fp{k}"))
+    target = tmp_path / "target.jsonl"   # the reference rows again, under their pool ids
+    target.write_text("".join(json.dumps({"id": d[0], "text": d[1]}) + "\n" for d in docs if d[2] == "wiki"))
+    ctx = Context(client, 0, str(tmp_path / "work"))
+    id_of = {d[1]: d[0] for d in docs}
+    pool_slice = [d[0] for d in docs if in_eval_pool_slice(d[0])]
+    target_slice = [d[0] for d in docs if d[2] == "wiki" and in_heldout_slice(d[0], 0.2)]
+    assert len(pool_slice) >= 5 and len(target_slice) >= 10     # the check is not vacuous
+
+    def trained_ids(stage) -> list[str]:
+        pos, neg = stage.training_texts(shards, len(docs), ctx)
+        return [id_of[t] for t in pos + neg]
+
+    fasttext = FastTextQualityStage(FastTextParams(positives={"where": {"kind": "wiki"}, "heldout_fraction": 0},
+                                                   negatives=10_000, keep_top=0.5))
+    seen = trained_ids(fasttext)
+    assert not set(seen) & set(pool_slice)
+    assert len(seen) == len(docs) - len(pool_slice)             # nothing else is left out
+    rater = DataRaterStage(DataRaterParams(target={"paths": [str(target)]}, pool_docs=10_000, keep_top=0.5))
+    seen = trained_ids(rater)
+    assert not set(seen) & (set(pool_slice) | set(target_slice))
+    assert any(i.startswith("web-") for i in seen) and any(i.startswith("ref-") for i in seen)
+    own_slice = DataRaterStage(DataRaterParams(pool_docs=10_000, keep_top=0.5))
+    assert not set(trained_ids(own_slice)) & set(pool_slice)

@@ -87,7 +87,8 @@ class DataRaterStage(QualityStage):
         p = self.params
         target, matched = self.read_positives(p.target, shards, ctx, "target") if p.target is not None else ([], 0)
         return target, self._negatives(shards, rows - matched, min(p.pool_docs, rows - matched), ctx,
-                                       p.target.where if p.target is not None else None)
+                                       p.target.where if p.target is not None else None,
+                                       p.target.heldout_fraction if p.target is not None else 0.0)
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         p = self.params
@@ -109,6 +110,16 @@ class DataRaterStage(QualityStage):
                              "scoring_flops_per_token": h["scoring_flops_per_token"]}
         return state
 
+    def flat_advice(self, state: dict) -> str:
+        if "positives" not in state and "negatives" not in state:
+            return super().flat_advice(state)
+        from winnow.raters.datarater import MetaConfig  # torch: imported only where a rater is at hand
+
+        p = self.params
+        steps = p.meta.get("meta_steps", MetaConfig.meta_steps)
+        return (f"The rater meta-trained {steps} steps on {state['negatives']:,} pool documents gives every document "
+                f"nearly the same score: raise meta.meta_steps above {steps}, or pool_docs above {p.pool_docs}.")
+
     def manifest_extra(self, state: dict) -> dict:
         extra = super().manifest_extra(state)
         if "meta" in state:
@@ -123,7 +134,7 @@ class DataRaterStage(QualityStage):
         return out
 
     def apply(self, table: pa.Table, state: dict) -> tuple[pa.Table, pa.Table]:
-        if self.params.acceptance == "percentile":
+        if self.params.acceptance == "percentile" or state["keep_all"]:   # flat scores: no cut (quality.py)
             return super().apply(table, state)
         p = self.params
         scores = np.load(state["scores"])

@@ -45,6 +45,14 @@ class EmbeddingQualityStage(QualityStage):
         train_head(x_pos, x_neg, path, self.params.embedder, self.params.c, self.params.seed)
         return scorer.flops
 
+    def flat_advice(self, state: dict) -> str:
+        if "positives" not in state:
+            return super().flat_advice(state)
+        p = self.params
+        return (f"The logistic head on {p.embedder} (c {p.c}) barely separates {state['positives']:,} positives "
+                f"from {state['negatives']:,} negatives: give more positives than {state['positives']:,}, or raise "
+                f"c above {p.c} (weaker regularisation).")
+
     def score_table(self, scorer: EmbeddingScorer, ref: ShardRef, table: pa.Table) -> np.ndarray:
         if self.params.reuse_embeddings and "embedding" in pq.read_schema(ref.path).names:
             col = pq.read_table(ref.path, columns=["embedding"]).column("embedding").combine_chunks()

@@ -36,15 +36,15 @@ class FastTextQualityStage(QualityStage):
     def scorer(self, model: str) -> FastTextScorer:
         return FastTextScorer(model)
 
-    def manifest_extra(self, state: dict) -> dict:
-        extra = super().manifest_extra(state)
-        lo, hi = state.get("score_range") or (0.0, 1.0)
-        if hi - lo < 0.01 and state.get("positives"):   # seen with ~50 positives at DCLM's lr 0.1 x 5 epochs
-            args = {**DCLM_PARAMS, **self.params.train_args}
-            extra["warnings"] = [f"every score lies in [{lo:.4f}, {hi:.4f}]: the classifier barely trained on "
-                                 f"{state['positives']} positives at epoch {args['epoch']}, lr {args['lr']}; raise "
-                                 "train_args epoch and lr (25 and 0.5 train ~50 short positives) or give more"]
-        return extra
+    def flat_advice(self, state: dict) -> str:
+        if "positives" not in state:
+            return super().flat_advice(state)
+        args = {**DCLM_PARAMS, **self.params.train_args}
+        epoch, lr = args["epoch"], args["lr"]
+        longer = f"train_args epoch above {epoch} (e.g. {max(2 * epoch, 25)})" + \
+            (f" and lr above {lr} (e.g. 0.5)" if lr < 0.5 else "")
+        return (f"The classifier barely trained on {state['positives']:,} positives at epoch {epoch}, lr {lr}: "
+                f"give more positives than {state['positives']:,}, or train longer: {longer}.")
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         train_fasttext(positives, negatives, path, self.params.seed, self.params.passage_words,

@@ -73,6 +73,15 @@ class PerplexityQualityStage(QualityStage):
             self.params = self.params.model_copy(update={"model": pretrained})
         return super().fit(shards, ctx)
 
+    def flat_advice(self, state: dict) -> str:
+        p = self.params
+        if "positives" in state:
+            return (f"The reference LM trained on {state['positives']:,} positives with flop_budget {p.flop_budget:g} "
+                    f"gives every document the same perplexity: raise flop_budget above {p.flop_budget:g} or give "
+                    f"more positives than {state['positives']:,}.")
+        return (f"The reference LM {state['model']} gives every document the same perplexity over its first "
+                f"{p.max_tokens} tokens: raise max_tokens above {p.max_tokens}, or check that the texts differ.")
+
     def scorer(self, model: str) -> PerplexityScorer:
         p = self.params
         return PerplexityScorer(model, p.device, p.max_tokens, p.batch_tokens, p.threads)

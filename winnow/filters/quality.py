@@ -12,6 +12,13 @@ way to train it; this base does the rest, as one `fit` and a cheap `apply`:
 3. cut: the sketches merge into corpus-wide keys for the band to keep: `band: [lo, hi]` keeps the
    rows between the score's lo and hi quantiles; `keep_top: 0.3` is [0.7, 1.0], or [0.0, 0.3] for
    perplexity, where low is good. `apply` then only reads a shard's scores and compares.
+4. flat scores: when every score lies within FLAT_SPREAD of the others the model does not tell the
+   documents apart and a cut would be noise, so the stage keeps every row and says so (manifest
+   `flat_scores` and a warning naming what to change), unless `allow_flat_scores: true`.
+
+No model trains on a document an evaluation uses: every training document (positives, negatives,
+a DataRater's pool sample and target) lies outside `winnow eval`'s pool slice (`eval_pool_fraction`)
+and outside the positives' own held-out slice (winnow.pipeline.documents.excluded_from_training).
 
 Kept and rejected rows carry the score as a column; rejected rows say which side of the band
 they fell on. The manifest records the model, the cut, and the FLOPs of training and scoring.
@@ -30,12 +37,13 @@ import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from winnow.filters import percentile
-from winnow.pipeline.documents import id_hashes
+from winnow.pipeline.documents import EVAL_POOL_FRACTION, excluded_from_training, id_hashes
 from winnow.pipeline.shards import write_npy_atomic
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.raters.scorer import Scorer
 
 FIT_COST = ".fit.json"   # beside a trained model: its training FLOPs, charged again when a run reuses it
+FLAT_SPREAD = 0.01       # every score within this of the others: the model ranks on noise, nothing is cut
 
 
 class Positives(BaseModel):
@@ -70,6 +78,10 @@ class QualityParams(BaseModel):
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
     threads: int | None = Field(None, gt=0, description="CPU threads of a torch scorer (default: the worker's: 1)")
     seed: int = 0
+    allow_flat_scores: bool = Field(False, description="cut even when every score lies within "
+                                    f"{FLAT_SPREAD} (default: such a stage keeps every row: the cut would be noise)")
+    eval_pool_fraction: float = Field(EVAL_POOL_FRACTION, ge=0, lt=0.5, description="`winnow eval`'s "
+                                      "pool_heldout_fraction: the id-hash slice of the pool no model here trains on")
     positives_required: ClassVar[bool] = True   # a stage that trains without positives sets False
 
     @model_validator(mode="after")
@@ -111,12 +123,15 @@ def _read_for(ref: ShardRef, where: dict[str, Any] | None) -> pa.Table:
 
 
 def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
-    """The rows of one shard whose seeded id hash is under `cutoff` (and that `where` does not
-    select as positives): (hashes, texts)."""
-    ref, cutoff, seed, where = args
+    """The rows of one shard whose seeded id hash is under `cutoff`, that `where` does not select as
+    positives and that no evaluation holds out (`heldout`, `pool`: excluded_from_training's slices):
+    (hashes, texts)."""
+    ref, cutoff, seed, where, heldout, pool = args
     t = _read_for(ref, where)
-    h = id_hashes(t.column("id").to_pylist(), seed, purpose="negatives")
-    chosen = h < np.uint64(cutoff)
+    ids = t.column("id").to_pylist()
+    h = id_hashes(ids, seed, purpose="negatives")
+    chosen = (h < np.uint64(cutoff)) & ~np.fromiter((excluded_from_training(i, heldout, pool) for i in ids), bool,
+                                                     len(ids))
     if where:
         chosen &= ~where_mask(t, where, ref.path)
     rows = np.flatnonzero(chosen)
@@ -124,15 +139,14 @@ def _sample_negatives(args: tuple) -> tuple[np.ndarray, list[str]]:
 
 
 def _select_positives(args: tuple) -> tuple[np.ndarray, list[str], int]:
-    """The rows of one shard that `where` selects, outside the held-out slice: (hashes, texts, rows
-    selected in all); at most `limit` of them, the lowest hashes, so the driver holds no more than it keeps."""
-    from winnow.pipeline.documents import in_heldout_slice
-
-    ref, where, heldout, seed, limit = args
+    """The rows of one shard that `where` selects, outside the held-out slice and `winnow eval`'s pool
+    slice: (hashes, texts, rows selected in all); at most `limit` of them, the lowest hashes, so the
+    driver holds no more than it keeps."""
+    ref, where, heldout, pool, seed, limit = args
     t = _read_for(ref, where)
     ids = t.column("id").to_pylist()
     matched = np.flatnonzero(where_mask(t, where, ref.path))
-    rows = np.array([r for r in matched if not (heldout > 0 and in_heldout_slice(ids[r], heldout))], np.int64)
+    rows = np.array([r for r in matched if not excluded_from_training(ids[r], heldout, pool)], np.int64)
     h = id_hashes([ids[r] for r in rows], seed, purpose="positives")
     if limit is not None and len(rows) > limit:
         best = np.argsort(h, kind="stable")[:limit]
@@ -197,28 +211,53 @@ class QualityStage(Stage):
         cut = {"lo": percentile.key_at(merged, lo), "hi": percentile.key_at(merged, hi)}
         finite = [r["range"] for r in results if r["range"]]
         facts["scoring_flops"] = float(sum(r["flops"] for r in results))
-        return {"model": model, "cut": cut, "scores": paths, "documents": merged.rows, **facts,
-                "cdf": percentile.cdf(merged),
-                "score_range": [min(a for a, _ in finite), max(b for _, b in finite)] if finite else None}
+        state = {"model": model, "cut": cut, "scores": paths, "documents": merged.rows, **facts,
+                 "cdf": percentile.cdf(merged),
+                 "score_range": [min(a for a, _ in finite), max(b for _, b in finite)] if finite else None}
+        spread = state["score_range"][1] - state["score_range"][0] if finite else 0.0   # no finite score: no order
+        if spread < FLAT_SPREAD:
+            kept_all = not p.allow_flat_scores
+            if kept_all:
+                state["cut"] = {"lo": None, "hi": None}
+            state["flat_scores"] = {"spread": float(spread), "kept_all": kept_all,
+                                    "message": self.flat_message(state, spread, kept_all)}
+        return state
+
+    def flat_message(self, state: dict, spread: float, kept_all: bool) -> str:
+        """What the manifest and the funnel say about flat scores: the spread, what the stage did, and
+        what to change (`flat_advice`, naming this config's values)."""
+        where = "every score is missing" if state["score_range"] is None else \
+            "every {} lies in [{:.6g}, {:.6g}]".format(self.score_column, *state["score_range"])
+        did = (f"the stage kept all {state['documents']:,} documents (a cut would be noise; allow_flat_scores: "
+               "true cuts anyway)") if kept_all else "allow_flat_scores: true, so the stage cut on noise"
+        return f"{where} (spread {spread:.3g} < {FLAT_SPREAD}): {did}. {self.flat_advice(state)}"
+
+    def flat_advice(self, state: dict) -> str:
+        """Why the scores may be flat and what to change; subclasses name their own settings."""
+        if "positives" not in state:
+            return f"The model {state['model']} does not tell these documents apart: train one on this corpus."
+        return (f"The model trained on {state['positives']:,} positives and {state.get('negatives', 0):,} "
+                f"negatives barely separates them: give more (or more distinct) positives than {state['positives']:,}.")
 
     def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
         """(positives, negatives) to train on: the positives less their held-out slice, and as many pool
         documents (or `negatives`) by seeded id hash."""
         p = self.params
         pos, matched = self.read_positives(p.positives, shards, ctx, "positives")
-        neg = self._negatives(shards, rows - matched, p.negatives or len(pos), ctx, p.positives.where) \
-            if self.needs_negatives else []
+        neg = self._negatives(shards, rows - matched, p.negatives or len(pos), ctx, p.positives.where,
+                              p.positives.heldout_fraction) if self.needs_negatives else []
         return pos, neg
 
     def read_positives(self, spec: Positives, shards: list[ShardRef], ctx: Context,
                        key: str) -> tuple[list[str], int]:
-        """(the texts `spec` names less its held-out slice, how many pool rows it selects in all): from
-        its files (0 pool rows), or from the pool's own rows its `where` selects (the lowest seeded id
-        hashes first, so sharding does not change them)."""
+        """(the texts `spec` names less its held-out slice and `winnow eval`'s pool slice, how many pool
+        rows it selects in all): from its files (0 pool rows), or from the pool's own rows its `where`
+        selects (the lowest seeded id hashes first, so sharding does not change them)."""
         from winnow.pipeline.documents import read_documents
 
+        pool = self.params.eval_pool_fraction
         if spec.where:
-            parts = ctx.map(_select_positives, [(ref, spec.where, spec.heldout_fraction, self.params.seed,
+            parts = ctx.map(_select_positives, [(ref, spec.where, spec.heldout_fraction, pool, self.params.seed,
                                                  spec.max_docs) for ref in shards])
             hashes = np.concatenate([h for h, _, _ in parts]) if parts else np.zeros(0, np.uint64)
             texts = [t for _, ts, _ in parts for t in ts]
@@ -227,8 +266,9 @@ class QualityStage(Stage):
                 raise ValueError(f"{self.name}: {key}.where {spec.where} selects no row of the pool outside "
                                  "its held-out slice")
             return chosen, sum(m for _, _, m in parts)
-        _, chosen = read_documents(spec.paths, spec.max_docs, f"{self.name}/{key}/paths", spec.heldout_fraction,
-                                   "train")
+        # one id-hash slice holds both held-out sets (excluded_from_training): the larger covers the other
+        _, chosen = read_documents(spec.paths, spec.max_docs, f"{self.name}/{key}/paths",
+                                   max(spec.heldout_fraction, pool), "train")
         if not chosen:
             raise ValueError(f"{self.name}: no {key} left in {spec.paths}")
         return chosen, 0
@@ -241,15 +281,17 @@ class QualityStage(Stage):
         return (1 - p.keep_top, 1.0) if self.higher_is_better else (0.0, p.keep_top)
 
     def _negatives(self, shards: list[ShardRef], rows: int, n: int, ctx: Context,
-                   where: dict[str, Any] | None = None) -> list[str]:
-        """`n` texts of the pool's `rows` (those `where` does not select as positives): the lowest
-        seeded id hashes, whatever the sharding."""
+                   where: dict[str, Any] | None = None, heldout: float = 0.0) -> list[str]:
+        """`n` texts of the pool's `rows` (those `where` does not select as positives), the lowest seeded
+        id hashes whatever the sharding, none in an evaluation's slice: `winnow eval`'s pool slice, or
+        the positives' held-out slice `heldout` (a positive may also sit in the pool under its id)."""
         if rows <= 0:
             raise ValueError(f"{self.name}: `where` selects every row of the pool: no negatives are left")
         # oversample, then take the n lowest hashes; short by chance: once more, over the whole pool
         for fraction in dict.fromkeys((min(1.0, 1.5 * n / rows), 1.0)):
             cutoff = min(2**64 - 1, int(fraction * 2**64))
-            parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where) for ref in shards])
+            parts = ctx.map(_sample_negatives, [(ref, cutoff, self.params.seed, where, heldout,
+                                                 self.params.eval_pool_fraction) for ref in shards])
             hashes = np.concatenate([h for h, _ in parts])
             if len(hashes) >= n:
                 break
@@ -273,14 +315,19 @@ class QualityStage(Stage):
     # apply: compare with the cut
     def manifest_extra(self, state: dict) -> dict:
         lo, hi = self.kept_band()
-        return {k: state[k] for k in ("model", "documents", "training_flops", "reused_model_training_flops",
-                                      "scoring_flops", "score_range", "positives", "negatives") if k in state} | {
+        extra = {k: state[k] for k in ("model", "documents", "training_flops", "reused_model_training_flops",
+                                       "scoring_flops", "score_range", "positives", "negatives") if k in state} | {
             "band": [lo, hi], "score_column": self.score_column,
             "cut": {k: None if v is None else {"score": v[0] if np.isfinite(v[0]) else str(v[0]), "id_hash": v[1]}
                     for k, v in state["cut"].items()}}
+        if "flat_scores" in state:   # the funnel prints `warnings`; the report reads `flat_scores`
+            extra["flat_scores"] = state["flat_scores"]
+            extra["warnings"] = [state["flat_scores"]["message"]]
+        return extra
 
     def shard_state(self, state: dict, ref: ShardRef) -> dict:
-        return {"cut": state["cut"], "scores": state["scores"][ref.name]}
+        return {"cut": state["cut"], "scores": state["scores"][ref.name],
+                "keep_all": state.get("flat_scores", {}).get("kept_all", False)}
 
     def with_scores(self, table: pa.Table, scores: np.ndarray) -> pa.Table:
         """`table` with the score column set (replaced when an earlier stage of the same kind scored it)."""

@@ -3,7 +3,8 @@
 
 `in_heldout_slice` picks a fixed slice of any document set by a hash of the id, so the documents
 that evaluate a model are never among those that train it (a classifier's positives, a proxy's
-training pool), whatever the order or sharding of the files. A document a stage derived from
+training pool), whatever the order or sharding of the files. `in_eval_pool_slice` is `winnow eval`'s
+pool slice, and `excluded_from_training` what no curation model may train on. A document a stage derived from
 another (a rephrase: id `<source id>/rephrase/<style>/<chunk>`) falls in its source's slice, so a
 rewrite of an evaluation document never trains a model either.
 
@@ -74,6 +75,23 @@ def id_unit(ids: Sequence[str], seed: int = 0, purpose: str = "") -> np.ndarray:
 def in_heldout_slice(doc_id: str, fraction: float) -> bool:
     """Whether `doc_id` (a rewrite: its source document) is in the held-out slice of size `fraction`."""
     return hash_unit(id_hash(source_document(doc_id), purpose="heldout")) < fraction
+
+
+EVAL_POOL_FRACTION = 0.05   # `winnow eval`'s default pool_heldout_fraction
+
+
+def in_eval_pool_slice(doc_id: str, fraction: float = EVAL_POOL_FRACTION) -> bool:
+    """Whether `doc_id` is in the slice of the baseline pool that `winnow eval` evaluates on (its `pool`
+    held-out set) and that no arm trains on: the one definition `winnow eval` and the curation models share."""
+    return in_heldout_slice(doc_id, fraction)
+
+
+def excluded_from_training(doc_id: str, heldout_fraction: float = 0.0,
+                           pool_fraction: float = EVAL_POOL_FRACTION) -> bool:
+    """Whether a curation model (a quality classifier, a reference LM, the DataRater) must not train on
+    `doc_id`: it is in `winnow eval`'s pool slice or in its positives'/target's held-out slice of size
+    `heldout_fraction`. Both are the same id-hash slice at two sizes, so the larger holds the smaller."""
+    return in_eval_pool_slice(doc_id, pool_fraction) or in_heldout_slice(doc_id, heldout_fraction)
 
 
 def read_documents(spec: str | list[str], max_docs: int | None = None, key: str = "paths",
