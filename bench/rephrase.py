@@ -105,7 +105,8 @@ def throughput(backend: str, docs: list[dict], out: Path, threads: int, max_new:
     code = f"""
 import json, time
 t0 = time.perf_counter()
-from winnow.synth.backend import BackendSpec, GenerationParams, open_backend, Request
+from winnow.synth.backend import BackendSpec, open_backend
+from winnow.synth.types import GenerationParams, Request
 backend = open_backend(BackendSpec(kind={backend!r}, threads={threads}))
 reqs = [Request(tuple(tuple(m) for m in r["messages"]), r["seed"]) for r in json.load(open({str(out / 'requests.json')!r}))]
 res = backend.generate(reqs, GenerationParams(max_new_tokens={max_new}, temperature=0.0))

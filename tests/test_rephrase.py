@@ -4,16 +4,17 @@ the faithfulness guard and the chunker."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from conftest import WEB, check_conservation, kept_rows, rejected_rows, run
+from conftest import SHARED_DATA, WEB, check_conservation, kept_rows, rejected_rows, run
 
 from winnow.synth.chunking import count_tokens, split_chunks
-from winnow.synth.guard import GuardConfig, check
+from winnow.synth.guard import GuardConfig, check, coverage, negation_changed
 
 SECRET = "sk-winnow-test-5f3a9c1e77d24b"
 
@@ -82,16 +83,103 @@ def test_guard_reasons(rewrite, style, reason):
         assert not verdict.text.lower().startswith("sure")
 
 
+NEGATOR = re.compile(r"^(?:not|no|never|none|nobody|nothing|neither|nor|cannot|without|\w+n['\u2019]t)$", re.I)
+
+
+def is_negator(word: str) -> bool:
+    return bool(NEGATOR.match(word.strip(".,;:!?\"'()")))
+
+
+def reworded(text: str) -> str:
+    """A stand-in for a faithful rewrite: every fourth word dropped (no verbatim 5-gram run survives),
+    except a negation and the two words after it (what it negates)."""
+    words = text.split()
+    near = {k + d for k, w in enumerate(words) if is_negator(w) for d in (0, 1, 2)}
+    return " ".join(w for k, w in enumerate(words) if k % 4 != 3 or k in near)
+
+
+def wiki_chunks(n: int) -> list[str]:
+    """`n` real Wikipedia chunks of 120-300 tokens whose reworded version the guard's older checks keep."""
+    found = []
+    for path in sorted((SHARED_DATA / "reference" / "wikipedia").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            for chunk in split_chunks(json.loads(line)["text"], 300):
+                if count_tokens(chunk) < 120 or "<unk>" in chunk:
+                    continue
+                lenient = GuardConfig(min_coverage={s: 0.0 for s in ("wiki", "qa", "easy", "hard")},
+                                      check_negations=False)
+                if check(reworded(chunk), chunk, "wiki", "Paraphrase", lenient).reason is None:
+                    found.append(chunk)
+                if len(found) == n:
+                    return found
+    raise AssertionError("not enough Wikipedia chunks")
+
+
+def test_guard_drops_omissions_and_keeps_whole_rewrites():
+    """A rewrite of only the first ~40% of a real chunk (reworded, so at ~30% of its length it passes
+    every older check: length, copying, names, numbers, support) is dropped as `low_coverage`; the
+    reworded whole chunk covers enough."""
+    for chunk in wiki_chunks(12):
+        head = ""
+        for sentence in re.split(r"(?<=[.!?])\s+", chunk):
+            head = f"{head} {sentence}".strip()
+            if len(head) >= 0.42 * len(chunk):
+                break
+        omission = reworded(head)
+        assert len(omission) >= 0.3 * len(chunk)
+        verdict = check(omission, chunk, "wiki", "Paraphrase", GuardConfig())
+        assert verdict.reason == "low_coverage", (round(coverage(omission, chunk), 2), omission)
+        assert coverage(reworded(chunk), chunk) > 0.6 > coverage(omission, chunk)
+        assert check(reworded(chunk), chunk, "wiki", "Paraphrase", GuardConfig(check_negations=False)).reason is None
+
+
+@pytest.mark.parametrize("rewrite, changed", [
+    (CHUNK.replace("carried", "never carried"), True),                     # a negation added
+    (GOOD.replace("its deck was rebuilt", "its deck was not rebuilt"), True),
+    ("The Alder Street bridge, opened in 1911, did not close to trams before 1958; engineers from Portland "
+     "rebuilt its deck in 1972 and the city lists it as a landmark.", False),   # a negation of a new word
+    (GOOD.replace("the city lists it", "the city not only lists it but also keeps it"), False),   # not only
+])
+def test_negation_changes_on_a_planted_chunk(rewrite, changed):
+    assert negation_changed(rewrite, CHUNK) is changed
+    reason = check(rewrite, CHUNK, "wiki", "Paraphrase", GuardConfig()).reason
+    assert reason == ("negation_changed" if changed else None), reason
+
+
+def test_guard_drops_negation_flips_in_real_text():
+    """40 real chunks holding a negation. Reworded with the negations kept, 39 pass the whole guard;
+    with every negation removed (what the chunk denies, the rewrite asserts), 30 are dropped as
+    `negation_changed`. The misses are by design: "not only" is no negation, and a word the chunk
+    also states elsewhere is not counted as flipped."""
+    chunks = [c for c in wiki_chunks(150) if any(is_negator(w) for w in c.split())][:40]
+    assert len(chunks) == 40
+    kept = sum(check(reworded(c), c, "wiki", "Paraphrase", GuardConfig()).reason is None for c in chunks)
+    flipped = [" ".join(w for w in reworded(c).split() if not is_negator(w)) for c in chunks]
+    caught = sum(check(f, c, "wiki", "Paraphrase", GuardConfig()).reason == "negation_changed"
+                 for f, c in zip(flipped, chunks, strict=True))
+    assert kept >= 38 and caught >= 27, (kept, caught)      # measured 39 and 30
+    denied = "The Alder Street bridge did not open in 1911 and carried trams until 1958. " + CHUNK.split(". ", 1)[1]
+    assert check(denied, CHUNK, "wiki", "Paraphrase", GuardConfig()).reason == "negation_changed"
+
+
+def test_guard_drops_truncated_answers():
+    """A faithful rewrite that stopped at the token limit is dropped; the same text finished is kept."""
+    assert check(GOOD, CHUNK, "wiki", "Paraphrase", GuardConfig(), finish_reason="length").reason == "truncated"
+    assert check(GOOD, CHUNK, "wiki", "Paraphrase", GuardConfig(), finish_reason="stop").reason is None
+
+
 # a misbehaving OpenAI-compatible server -------------------------------------------------------------
 
 class FlakyServer:
     """A real HTTP server speaking /v1/chat/completions. What it does with a request depends on the
-    passage (`kinds` maps each passage to one of six behaviours), so every run sees the same faults:
+    passage (`kinds` maps each passage to one of seven behaviours), so every run sees the same faults:
     0 always 500, 1 a 503 on the first try only, 2 invalid JSON, 3 slower than the client's timeout,
-    4 a fluent answer about something else (the guard must drop it), 5 a faithful rewrite."""
+    4 a fluent answer about something else (the guard must drop it), 5 a faithful rewrite, 6 a faithful
+    rewrite cut off at the token limit (finish_reason `length`)."""
 
     def __init__(self, timeout_s: float):
         self.requests: dict[str, int] = {}
+        self.systems: list[str] = []          # the system message of every request
         self.kinds: dict[str, int] = {}
         self.auth: set[str] = set()
         self.lock = threading.Lock()
@@ -106,6 +194,7 @@ class FlakyServer:
                 content = body["messages"][-1]["content"]   # the chunk is somewhere in the user message
                 passage = next((p for p in server.kinds if p in content), content)
                 with server.lock:
+                    server.systems.append(body["messages"][0]["content"])
                     server.auth.add(self.headers.get("Authorization", ""))
                     server.requests[passage] = server.requests.get(passage, 0) + 1
                     attempt = server.requests[passage]
@@ -119,7 +208,8 @@ class FlakyServer:
                 if kind == 3:
                     time.sleep(timeout_s * 2.5)
                 text = server.answer(passage, kind)
-                reply = {"choices": [{"message": {"role": "assistant", "content": text}}],
+                finish = "length" if kind == 6 else "stop"
+                reply = {"choices": [{"message": {"role": "assistant", "content": text}, "finish_reason": finish}],
                          "usage": {"prompt_tokens": 100 + len(passage) // 4, "completion_tokens": len(text) // 4}}
                 return self._send(200, json.dumps(reply).encode())
 
@@ -152,8 +242,7 @@ class FlakyServer:
             while len(text) < len(passage) and k < len(lines):
                 text, k = text + lines[k] + "\n", k + 1
             return text
-        words = passage.split()   # drop every fourth word: the same facts, not a verbatim copy
-        return "Sure, here is the rewritten passage:\n" + " ".join(w for k, w in enumerate(words) if k % 4 != 3)
+        return "Sure, here is the rewritten passage:\n" + reworded(passage)   # the same facts, not a verbatim copy
 
     def close(self):
         self.httpd.shutdown()
@@ -167,7 +256,7 @@ def test_misbehaving_server_loses_no_rows_and_is_not_asked_twice(tmp_path, monke
     server = FlakyServer(timeout_s)
     # as a user would: the key is in the environment before winnow starts its workers
     monkeypatch.setenv("WINNOW_TEST_API_KEY", SECRET)
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
                       silence_logs=40) as cluster, Client(cluster) as client:
         _flaky_run(server, client, tmp_path)
     server.close()
@@ -175,8 +264,8 @@ def test_misbehaving_server_loses_no_rows_and_is_not_asked_twice(tmp_path, monke
 
 def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     timeout_s = 1.0
-    docs = short_docs(18)
-    behaviours = [k % 6 for k in range(len(docs))]
+    docs = short_docs(21)
+    behaviours = [k % 7 for k in range(len(docs))]
     for doc, kind in zip(docs, behaviours, strict=True):
         server.kinds[split_chunks(doc["text"], 300)[0]] = kind
     out = tmp_path / "out"
@@ -208,7 +297,7 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     by_doc = {d["id"]: b for d, b in zip(docs, behaviours, strict=True)}
     assert sorted(synth.column("source_id").to_pylist()) == sorted(i for i, b in by_doc.items() if b in (1, 5))
     assert not any(t.lower().startswith("sure") for t in synth.column("text").to_pylist())
-    assert set(synth.column("model").to_pylist()) == {"openai:flaky-7b"}
+    assert set(synth.column("model").to_pylist()) == {f"openai:flaky-7b@{server.url}"}   # name and server
     assert set(synth.column("backend").to_pylist()) == {"openai"}
     assert set(synth.column("source").to_pylist()) == {"flaky-web"}       # where it came from carries over
     assert set(synth.column("quality").to_pylist()) == {None}            # a score of the source's text does not
@@ -216,7 +305,7 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     reasons = dict(zip(rejected.column("source_id").to_pylist(), rejected.column("reason").to_pylist(),
                        strict=True))
     expected = {0: "generation_failed: http_500", 2: "generation_failed: invalid_json",
-                3: "generation_failed: timeout", 4: "unsupported"}
+                3: "generation_failed: timeout", 4: "unsupported", 6: "truncated"}
     assert reasons == {i: expected[b] for i, b in by_doc.items() if b in expected}
     assert all(rejected.column("synthetic").to_pylist())
     assert manifest["totals"]["added"] == len(docs)   # one rewrite asked for per document
@@ -235,11 +324,60 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
     asked_again = {p: server.requests[p] - before.get(p, 0) for p in server.requests}
     for doc, b in zip(docs, behaviours, strict=True):
         passage = split_chunks(doc["text"], 300)[0]
-        if b in (1, 4, 5):
+        if b in (1, 4, 5, 6):   # a truncated answer is a paid-for generation: cached, judged again
             assert asked_again[passage] == 0, (b, doc["id"])
         else:
             assert asked_again[passage] == 3, (b, doc["id"])   # 1 try + 2 retries
     assert kept_rows(stage_dir).equals(kept)
+
+
+# the generation cache -------------------------------------------------------------------------------
+
+def test_cache_key_follows_the_rendered_prompt_and_the_server(tmp_path, monkeypatch):
+    """Rewrites are cached per rendered request and server: the same request is not asked twice; an
+    edited system prompt (no version to bump) and a second server serving the same model name are
+    asked afresh, and rows name the server."""
+    import pyarrow as pa
+
+    from winnow.synth import prompts
+    from winnow.synth.rephrase import RephraseParams, RephraseStage
+
+    monkeypatch.setenv("WINNOW_TEST_API_KEY", SECRET)
+    first, second = FlakyServer(5.0), FlakyServer(5.0)
+    docs = short_docs(3)
+    table = pa.table({"id": [d["id"] for d in docs], "text": [d["text"] for d in docs]})
+    state = {"cache_dir": str(tmp_path / "cache")}
+
+    def rephrase(server: FlakyServer) -> pa.Table:
+        stage = RephraseStage(RephraseParams(backend="openai", url=server.url, model="same-name",
+                                             api_key_env="WINNOW_TEST_API_KEY"))
+        kept, rejected = stage.apply(table, state)
+        return pa.concat_tables([kept.filter(kept.column("synthetic")), rejected.select(kept.column_names)])
+
+    try:
+        rows_first = rephrase(first)
+        assert sum(first.requests.values()) == 3 and rows_first.num_rows == 3
+        rephrase(first)
+        assert sum(first.requests.values()) == 3                   # all three from the cache
+        monkeypatch.setattr(prompts, "SYSTEM", "You are a careful editor.")
+        rephrase(first)
+        assert sum(first.requests.values()) == 6                   # the edited prompt is asked for
+        assert first.systems[-3:] == ["You are a careful editor."] * 3
+        rows_second = rephrase(second)
+        assert sum(second.requests.values()) == 3                  # another server, though the same name
+        assert set(rows_first.column("model").to_pylist()) == {f"openai:same-name@{first.url}"}
+        assert set(rows_second.column("model").to_pylist()) == {f"openai:same-name@{second.url}"}
+    finally:
+        first.close()
+        second.close()
+
+
+def test_openai_model_identity_names_the_endpoint_without_credentials():
+    from winnow.synth.openai_backend import model_identity
+
+    assert model_identity("http://user:pw@Host:8000/v1/", "m") == "openai:m@http://host:8000/v1"
+    assert model_identity("http://host:8000/v1/chat/completions", "m") == model_identity("http://host:8000/v1", "m")
+    assert model_identity("http://host:8001/v1", "m") != model_identity("http://host:8000/v1", "m")
 
 
 # real generation ----------------------------------------------------------------------------------
@@ -248,7 +386,7 @@ def _flaky_run(server: FlakyServer, client, tmp_path: Path) -> None:
 def test_real_generation_with_the_default_gguf(backend, client, tmp_path):
     if backend == "llama_cpp":
         pytest.importorskip("llama_cpp", reason="llama-cpp-python not built here (bash scripts/setup.sh --llama)")
-    from winnow.synth.models import default_gguf
+    from winnow.models.loading import default_gguf
 
     docs = short_docs(3, lo=60, hi=120)
     out = tmp_path / "out"
@@ -270,9 +408,13 @@ def test_real_generation_with_the_default_gguf(backend, client, tmp_path):
         assert not (r.get("reason") or "").startswith("generation_failed"), r
         assert r["prompt_tokens"] > 50 and 0 < r["completion_tokens"] <= 48 + 1
         assert r["text"].strip(), "a model's answer was lost"
+        if r.get("reason") == "truncated":      # stopped by max_new_tokens, not by an end-of-sequence token
+            assert r["completion_tokens"] == 48, r
         # 2 * N * tokens with N = SmolLM2-135M's 134.5M parameters
         assert r["generation_flops"] == pytest.approx(2 * 134.5e6 * (r["prompt_tokens"] + r["completion_tokens"]),
                                                       rel=0.01)
+    # 48 new tokens are too few for these paraphrases: the cut-off answers are dropped, not kept
+    assert any(r.get("reason") == "truncated" for r in synth)
     manifest = json.loads((stage_dir / "_manifest.json").read_text())
     assert manifest["totals"]["flops"] == pytest.approx(sum(r["generation_flops"] for r in synth))
     assert len(list((out / "_cache" / "rephrase").rglob("*.json"))) == 6

@@ -89,8 +89,8 @@ def main() -> None:
     import torch
 
     from winnow.synth import prompts
-    from winnow.synth.backend import GenerationParams
     from winnow.synth.transformers_backend import TransformersBackend
+    from winnow.synth.types import GenerationParams
 
     sizes = [int(b) for b in args.batches.split(",")]
     texts = chunks(max(sizes) * 4)

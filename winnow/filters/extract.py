@@ -5,17 +5,27 @@ By default trafilatura falls back to resiliparse on a page where it finds less t
 resiliparse finds (`fallback`, `fallback_below`; why: at FALLBACK_BELOW).
 
 Rows whose extracted text is shorter than `min_chars` are rejected `no_main_text`; a page the
-extractor has not finished after `timeout_s` is rejected `extract_timeout` and the shard goes on.
+extractor has spent `timeout_s` seconds of CPU time on without finishing is rejected `extract_timeout`
+and the shard goes on.
 
 Why a child process for the time limit: trafilatura walks lxml trees (C) and resiliparse is C++;
 a signal (SIGALRM) is only handled between Python bytecodes and only in the main thread (Dask runs
 tasks in worker threads), and a thread cannot be killed, so a page that spins inside C would hold
 the worker for good. Each worker process instead keeps one child process (`python -m
 winnow.filters.extract`, started with Popen because Dask's daemonic workers may not use
-multiprocessing children) and sends it one page at a time over a pipe; when no answer comes within
-`timeout_s`, the child is SIGKILLed (the OS frees whatever it held), the page is rejected and a fresh
-child takes the next one. The pipe costs well under a millisecond per page against tens of
-milliseconds of extraction. `timeout_s: null` extracts in the worker itself (no limit, no pipe).
+multiprocessing children) and sends it one page at a time over a pipe; when the child has used
+`timeout_s` of CPU time on a page without answering, it is SIGKILLed (the OS frees whatever it held),
+the page is rejected and a fresh child takes the next one. The pipe costs well under a millisecond per
+page against tens of milliseconds of extraction. `timeout_s: null` extracts in the worker itself (no
+limit, no pipe).
+
+Why CPU time, not wall-clock time: on a loaded machine (other workers, other jobs) a normal page waits
+for a core, and a wall-clock limit rejected pages that never spun (4 of 38 at 2 s under load 20, ~70 of
+400 at 1 s), each time also killing the child, whose successor re-imports trafilatura. The child's
+own CPU time (user + system, read from the OS every POLL_S while waiting) counts only what extraction
+did. A child that hangs without using CPU is still stopped by a wall-clock backstop, BACKSTOP_FACTOR
+times `timeout_s`. A fresh child imports its extractor before it says it is ready, so that import
+is not charged to the first page it gets.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import time
 from typing import Any, Literal
 
 import numpy as np
+import psutil
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -46,6 +57,12 @@ RESILIPARSE_DEFAULTS: dict[str, Any] = {"main_content": True, "preserve_formatti
 # labelled pages (the best of trafilatura's options, precision/recall modes and fallback shares 0.2-0.8 by
 # 4-word-shingle F1 there); resiliparse costs ~10 ms a page against trafilatura's ~80.
 FALLBACK_BELOW = 0.5
+# a page whose child has used no CPU for this many times timeout_s (stopped, swapped out, blocked) is rejected
+BACKSTOP_FACTOR = 10.0
+# how often the child's CPU time is read while waiting for its answer (at most; less for tiny limits)
+POLL_S = 0.05
+# a fresh child has this long (wall clock) to import its extractor and say it is ready
+START_TIMEOUT_S = 300.0
 
 class ExtractParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -92,37 +109,90 @@ def extract_one(setup: tuple, html: str, url: str | None) -> str:
     return other if len(text) < fallback_below * len(other) else text
 
 
+def _import_extractors(setup: tuple) -> None:
+    """Import the modules `extract_one` will use with this setup (a second or more of CPU for trafilatura)."""
+    extractor, _, fallback, _ = setup
+    for name in {extractor, fallback} - {None}:
+        if name == "trafilatura":
+            import trafilatura  # noqa: F401
+        else:
+            import resiliparse.extract.html2text  # noqa: F401
+
+
 class _ExtractorChild:
     """One child process serving `extract_one` over length-prefixed pickles on its stdin/stdout."""
 
     def __init__(self, setup: tuple):
         self.setup = setup
         self.proc: subprocess.Popen | None = None
+        self.usage: psutil.Process | None = None   # reads the child's CPU time
 
     def _start(self) -> subprocess.Popen:
         proc = subprocess.Popen([sys.executable, "-m", "winnow.filters.extract"], stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, bufsize=0)
         _write_frame(proc.stdin, self.setup)
+        try:   # the child imports its extractor first: that time is not any page's
+            ok, value = _read_frame(proc.stdout.fileno(), time.monotonic() + START_TIMEOUT_S)
+        except (TimeoutError, EOFError) as e:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"extractor process did not start: {type(e).__name__}") from e
+        if not ok:
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"extractor process did not start: {value}")
+        self.usage = psutil.Process(proc.pid)
         return proc
 
     def extract(self, html: str, url: str | None, timeout_s: float) -> str | None:
-        """The page's text, or None when the child took longer than `timeout_s` (then it is replaced)."""
+        """The page's text, or None when the child spent `timeout_s` of CPU time on it (or hung for
+        BACKSTOP_FACTOR times that without using CPU); then the child is replaced."""
         if self.proc is None or self.proc.poll() is not None:
             self.proc = self._start()
+        cpu_before = self._cpu_seconds()
         try:
             _write_frame(self.proc.stdin, (html, url))
         except BrokenPipeError:   # the child died between pages (killed from outside): start another
             self.close()
             self.proc = self._start()
+            cpu_before = self._cpu_seconds()
             _write_frame(self.proc.stdin, (html, url))
+        fd = self.proc.stdout.fileno()
+        if not self._answers_within(fd, cpu_before, timeout_s):
+            self.close()
+            return None
+        # the answer has begun: the rest of the frame follows at pipe speed (the backstop guards a stall)
         try:
-            ok, value = _read_frame(self.proc.stdout.fileno(), time.monotonic() + timeout_s)
+            ok, value = _read_frame(fd, time.monotonic() + BACKSTOP_FACTOR * timeout_s)
         except TimeoutError:
             self.close()
             return None
         if not ok:
             raise RuntimeError(f"extractor failed: {value}")
         return value
+
+    def _cpu_seconds(self) -> float:
+        """The child's CPU time so far (user + system); it idles between pages, so the growth while it
+        holds one page is that page's."""
+        try:
+            times = self.usage.cpu_times()
+        except psutil.Error:   # it died: the next read of its pipe says so
+            return 0.0
+        return times.user + times.system
+
+    def _answers_within(self, fd: int, cpu_before: float, timeout_s: float) -> bool:
+        """Wait until the child starts answering: False once it has used `timeout_s` of CPU on this
+        page, or BACKSTOP_FACTOR * timeout_s of wall time has gone by."""
+        backstop = time.monotonic() + BACKSTOP_FACTOR * timeout_s
+        poll = min(POLL_S, timeout_s / 10)
+        while True:
+            left = backstop - time.monotonic()
+            if left <= 0:
+                return False
+            if select.select([fd], [], [], min(left, poll))[0]:
+                return True
+            if self._cpu_seconds() - cpu_before >= timeout_s:
+                return False
 
     def close(self) -> None:
         if self.proc is not None:
@@ -217,6 +287,12 @@ def _serve() -> None:
     os.dup2(2, 1)   # a stray print in an extractor must not corrupt the reply stream
     try:
         setup = _read_frame(fd_in, None)
+        try:
+            _import_extractors(setup)
+            _write_frame(out, (True, "ready"))
+        except Exception as e:  # noqa: BLE001 - the parent reports it
+            _write_frame(out, (False, f"{type(e).__name__}: {e}"))
+            return
         while True:
             html, url = _read_frame(fd_in, None)
             try:

@@ -17,6 +17,14 @@ between blank lines) as one line, its line breaks turned into spaces; a paragrap
 is removed whole, and every kept paragraph keeps its original lines and indentation. The
 separators that went with removed paragraphs are cut as `<filter>:paragraph_breaks`.
 
+With a `language` column (the `language_id` stage), a document in another language than English
+meets filters built for its language: its word tokenizer, spaCy's stop words for Gopher's stop-word
+rule, rules with no sensible setting for it skipped (counted as `skipped:<filter>:<rule>:<lang>` in
+the manifest's shard stats); `per_language: {<code>: {...}}` under a filter sets its constructor
+arguments for that language (filters/heuristics_languages.py says which rule is skipped where, and
+why). English documents, rows without a language, and tables without the column see the filters
+exactly as configured.
+
 References: Gopher (Rae et al. 2021, arXiv 2112.11446, App. A), C4 (Raffel et al. 2020, JMLR 21,
 sec. 2.2), FineWeb (Penedo et al. 2024, arXiv 2406.17557).
 """
@@ -25,6 +33,7 @@ from __future__ import annotations
 
 import inspect
 import re
+from collections import Counter
 from typing import Any, Literal
 
 import numpy as np
@@ -35,6 +44,9 @@ from winnow.pipeline.stage import Cuts, Stage
 
 # a blank line (spaces or tabs only) ends a paragraph; the same rule as line_dedup's `unit: paragraph`
 PARAGRAPH_SEP = re.compile(r"(\n(?:[ \t\r\f\v]*\n)+)")
+# the column the language_id stage writes; rows in English (or with none) see the filters as configured
+LANGUAGE_COLUMN = "language"
+DEFAULT_LANGUAGE = "en"
 # datatrove's per-line counters (C4) → the reason a line was removed
 LINE_RULES = {"no_terminal_punc": "no_terminal_punct"}
 
@@ -75,7 +87,7 @@ class HeuristicsParams(BaseModel):
         at its own line with the nearest of these (pipeline/config.py)."""
         if field not in FILTERS:
             return None
-        return sorted(set(inspect.signature(filter_class(field).__init__).parameters) - {"self", "exclusion_writer"})
+        return sorted(set(constructor_arguments(field)) | {"per_language"})
 
     @model_validator(mode="after")
     def _check_arguments(self) -> HeuristicsParams:
@@ -90,58 +102,99 @@ class HeuristicsParams(BaseModel):
             bad = sorted(set(kwargs) - accepted)
             if bad:
                 raise ValueError(f"{key}: unknown argument(s) {bad}; accepted: {sorted(accepted)}")
+            per_language = kwargs.get("per_language") or {}
+            if not isinstance(per_language, dict):
+                raise ValueError(f"{key}.per_language: a mapping of language code to arguments, not "
+                                 f"{type(per_language).__name__}")
+            for code, override in per_language.items():
+                if not isinstance(override, dict):
+                    raise ValueError(f"{key}.per_language.{code}: a mapping of arguments, not "
+                                     f"{type(override).__name__}")
+                bad = sorted(set(override) - set(constructor_arguments(key)))
+                if bad:
+                    raise ValueError(f"{key}.per_language.{code}: unknown argument(s) {bad}; accepted: "
+                                     f"{constructor_arguments(key)}")
         return self
+
+
+def constructor_arguments(key: str) -> list[str]:
+    """The arguments a datatrove filter's constructor takes from a config block."""
+    return sorted(set(inspect.signature(filter_class(key).__init__).parameters) - {"self", "exclusion_writer"})
 
 
 class HeuristicsStage(Stage):
     name = "heuristics"
     Params = HeuristicsParams
+    version = 2   # per-language settings: the same params give other output on a `language` column
     edits_text = True
 
     def __init__(self, params: HeuristicsParams | None = None):
         super().__init__(params)
-        self._filters: list[tuple[str, Any]] | None = None
+        self._filters: dict[str | None, list[tuple[str, Any, list[str]]]] = {}
+        self._skips: Counter[str] = Counter()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_filters": None}  # filters are built on each worker, not pickled
+        # filters are built on each worker, not pickled
+        return {**self.__dict__, "_filters": {}, "_skips": Counter()}
 
     @property
     def filters(self) -> list[tuple[str, Any]]:
-        if self._filters is None:
+        """The filters as configured (English documents, and rows with no language)."""
+        return [(key, flt) for key, flt, _ in self.filters_for(None)]
+
+    def filters_for(self, language: str | None) -> list[tuple[str, Any, list[str]]]:
+        """(filter key, datatrove filter, rules skipped) for documents in `language`; built once."""
+        language = language or DEFAULT_LANGUAGE
+        if language not in self._filters:
             from winnow.filters.spacy_words import WarmSpacyTokenizer, import_spacy_without_torch
 
             import_spacy_without_torch()
-            shared = WarmSpacyTokenizer("en") if self.params.warm_tokenizer else None
-            self._filters = []
+            if language == DEFAULT_LANGUAGE:
+                shared = WarmSpacyTokenizer("en") if self.params.warm_tokenizer else None
+            built = []
             for key in self.params.order:
-                kwargs = getattr(self.params, key)
-                if kwargs is None:
+                block = getattr(self.params, key)
+                if block is None:
                     continue
-                if shared is not None and kwargs.get("language", "en") == "en":
-                    # datatrove accepts a WordTokenizer wherever it takes a language
-                    kwargs = {**kwargs, "language": shared}
+                kwargs = {k: v for k, v in block.items() if k != "per_language"}
+                override = (block.get("per_language") or {}).get(language, {})
+                skipped: list[str] = []
+                if language == DEFAULT_LANGUAGE:
+                    kwargs = {**kwargs, **override}
+                    if shared is not None and kwargs.get("language", "en") == "en":
+                        # datatrove accepts a WordTokenizer wherever it takes a language
+                        kwargs = {**kwargs, "language": shared}
+                else:
+                    from winnow.filters.heuristics_languages import language_settings
+
+                    kwargs, skipped = language_settings(key, language, kwargs, override)
                 flt = filter_class(key)(**kwargs)
                 flt.stat_update = _LineEvents(flt.stat_update)  # which line each line rule removed
-                self._filters.append((key, flt))
-        return self._filters
+                built.append((key, flt, skipped))
+            self._filters[language] = built
+        return self._filters[language]
 
     def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table, pa.Table]:
         from datatrove.data import Document
 
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
+        languages = (table.column(LANGUAGE_COLUMN).to_pylist() if LANGUAGE_COLUMN in table.column_names
+                     else [None] * len(texts))
         keep = np.ones(len(texts), bool)
         reasons: list[str | None] = [None] * len(texts)
         new_texts = list(texts)
         cuts = Cuts()
+        self._skips = Counter()
         paragraphs = self.params.line_unit == "paragraph"
-        for i, (doc_id, text) in enumerate(zip(ids, texts, strict=True)):
+        for i, (doc_id, text, language) in enumerate(zip(ids, texts, languages, strict=True)):
             text = text or ""
             units, seps = _paragraphs(text) if paragraphs else ([], [])
             alive = [u for u, unit in enumerate(units) if unit.strip()]  # the paragraph behind each line of the view
             doc = Document(text="\n".join(" ".join(units[u].split()) for u in alive) if paragraphs else text,
                            id=doc_id)
-            for key, flt in self.filters:
+            for key, flt, skipped in self.filters_for(language):
+                self._skips.update(f"skipped:{key}:{rule}:{language}" for rule in skipped)
                 before = doc.text
                 flt.stat_update.lines = []
                 result = flt.filter(doc)
@@ -160,6 +213,10 @@ class HeuristicsStage(Stage):
                      residue)
         return self.split_edited(table, pa.array(new_texts, pa.string()), keep, reasons, cuts)
 
+    def shard_stats(self, data: Any, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
+        """Per rule skipped for a language, the documents of that language its filter looked at
+        (`skipped:<filter>:<rule>:<lang>`), from the `apply` the engine just ran in this task."""
+        return dict(self._skips)
 
     @staticmethod
     def _cut_lines(cuts: Cuts, i: int, key: str, before: str, after: str, outcomes: list[str],

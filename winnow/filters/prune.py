@@ -14,14 +14,17 @@ checkpoint), one Dask task per shard (on the GPU worker when there is one): perp
 entropy over the response tokens, and each response token's NLL. Rows are then put in pools of
 `pool_size` by seeded id hash (so pools do not depend on sharding; the paper's quantiles come from
 training batches, and quantiles of 8 samples are degenerate) and split into quadrants
-(raters/eu_plane.py). `apply` keeps Q2 ∪ Q4 (topped up to `r_sample`) and sends the rest to
-`rejected/` with their quadrant as the reason (`..._over_r_sample` for Q2/Q4 samples beyond the
-budget, the ones nearest the plane's diagonal).
+(raters/eu_plane.py). `apply` keeps Q2 ∪ Q4 (topped up to `r_sample` from Q1 ∪ Q3, never from a
+middle band) and sends the rest to `rejected/` with their quadrant as the reason (`middle_band` for
+samples in no quadrant, `..._over_r_sample` for Q2/Q4 samples beyond the budget, the ones nearest
+the plane's diagonal).
 
 Kept rows carry `ppl`, `entropy`, `quadrant` and `masked_spans`: character spans [start, end) of the
 training text that are not training targets, because the reference model's tokenizer is not the
-training tokenizer; `tokenize` turns them into its own `loss_mask`. For SFT rows `text` becomes the
-training text (prompt, blank line, response: tokenize/sft.py) and its prompt span is masked; the
+training tokenizer; `tokenize` turns them into its own `loss_mask`. For SFT rows a kept row's `text`
+becomes the training text (prompt, blank line, response: tokenize/sft.py), declared to the byte
+account as the signed cut `sft_training_text` (rejected rows keep the text they came in with), and
+its prompt span is masked; the
 response tokens Q-Tuning prunes inside Q2 samples are added as spans. `pruned_tokens` and
 `response_tokens` count reference-model tokens of the response only: prompt tokens are never
 prunable and never counted as pruned. An EU-plane scatter is written as `eu_plane.png`.
@@ -38,7 +41,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.pipeline.documents import id_hashes
 from winnow.pipeline.shards import write_parquet_atomic
-from winnow.pipeline.stage import Context, ShardRef, Stage
+from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage, utf8_bytes
 from winnow.raters.eu_plane import QUADRANT_NAMES, select, spans, token_keep
 from winnow.tokenize.sft import training_text
 
@@ -104,6 +107,8 @@ class PruneStage(Stage):
     name = "prune"
     Params = PruneParams
     params: PruneParams
+    # SFT rows' `text` becomes the training text (prompt + response): a signed cut the byte account sees
+    edits_text = True
 
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict:
         workdir = Path(ctx.workdir)
@@ -177,7 +182,7 @@ class PruneStage(Stage):
         plt.close(fig)
         return path.name
 
-    def apply(self, table: pa.Table, state: dict) -> tuple[pa.Table, pa.Table]:
+    def apply(self, table: pa.Table, state: dict) -> tuple[pa.Table, pa.Table, pa.Table]:
         p = self.params
         tokens = pq.read_table(state["tokens"])
         by_id = {i: k for k, i in enumerate(tokens.column("id").to_pylist())}
@@ -204,9 +209,14 @@ class PruneStage(Stage):
                 masked.append(prompt)
                 pruned.append(0)
         out = table
+        new_text = table.column("text")
+        cuts = Cuts()
         if p.prompt_field in table.column_names or rows_of_column(table, p) != "text":
-            # the spans index the scored text (prompt + response, or the response column): it becomes `text`
-            out = out.set_column(out.column_names.index("text"), "text", pa.array(texts, pa.string()))
+            # the spans index the scored text (prompt + response, or the response column): it becomes the
+            # kept rows' `text`, a change of length declared per row (negative where the prompt is added)
+            new_text = pa.array(texts, pa.string())
+            for i, delta in enumerate((utf8_bytes(table.column("text")) - utf8_bytes(new_text)).tolist()):
+                cuts.add(i, "sft_training_text", delta)
         names = [QUADRANT_NAMES[q] for q, _ in decisions]
         extra = {"ppl": pa.array(ppl), "entropy": pa.array(ent), "quadrant": pa.array(names, pa.string()),
                  "masked_spans": pa.array(masked, pa.list_(pa.list_(pa.int32()))),
@@ -215,11 +225,9 @@ class PruneStage(Stage):
             if name in out.column_names:
                 out = out.drop_columns([name])
             out = out.append_column(name, values)
-        kept = out.filter(pa.array(keep))
-        dropped_idx = np.flatnonzero(~keep)
-        reasons = ["no_response_tokens" if not np.isfinite(ppl[i])
+        reasons = [None if keep[i] else "no_response_tokens" if not np.isfinite(ppl[i])
                    else f"{names[i]}_over_r_sample" if decisions[i][0] in (2, 4)   # Q2/Q4 beyond the budget
-                   else names[i] for i in dropped_idx]
-        rejected = self.reject(out.take(pa.array(dropped_idx, pa.int64())), reasons)
-        return kept, rejected
+                   else names[i] for i in range(len(ids))]
+        # rejected rows keep the text they came in with; kept rows get the training text
+        return self.split_edited(out, new_text, keep, reasons, cuts)
 

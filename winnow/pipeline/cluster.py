@@ -1,5 +1,11 @@
-"""The Dask cluster a run works on: an existing scheduler, or an embedded LocalCluster that starts
-only when a stage has work for it (a rerun whose every shard is up to date starts nothing).
+"""The Dask cluster a run works on: an existing scheduler, worker jobs on Slurm (`engine.slurm`), or
+an embedded LocalCluster; the last two start only when a stage has work for them (a rerun whose every
+shard is up to date starts nothing).
+
+On Slurm the scheduler runs in the driver (where `winnow run` started) and each worker job runs this
+venv's python in the driver's working directory. A job that ends under the run (scancel, walltime,
+node failure) loses only its tasks: the scheduler reruns them elsewhere and `JobKeeper` submits a
+replacement job, so the output is the same as an undisturbed run's.
 
 No dashboard unless asked (`engine.dashboard: true` or an address): the scheduler's HTTP server then
 binds a free port on 127.0.0.1, so a second run on the same machine never fights over port 8787.
@@ -7,9 +13,14 @@ binds a free port on 127.0.0.1, so a second run on the same machine never fights
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
+import shlex
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,10 +28,16 @@ import pyarrow as pa
 from distributed.diagnostics.plugin import WorkerPlugin
 
 from winnow.pipeline.config import EngineConfig
+from winnow.pipeline.errors import WinnowError
 
 log = logging.getLogger(__name__)
 DEFAULT_DASHBOARD = ":8787"
 NO_DASHBOARD = "127.0.0.1:0"  # the scheduler always serves HTTP; a free loopback port warns nobody
+SLURM_LOGS = "winnow-slurm-logs"  # worker jobs' stdout/stderr, under the driver's working directory
+
+
+class SlurmStartError(WinnowError):
+    """No Slurm worker job started in time (a full or wrong queue, an account without access)."""
 
 
 def dashboard_address(cfg: EngineConfig) -> str | None:
@@ -40,19 +57,13 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
             use_arrow_pool(client, cfg.arrow_memory_pool)
             yield client
         return
+    if cfg.slurm is not None:
+        with slurm_client(cfg) as client:
+            yield client
+        return
     n_workers = cfg.n_workers or os.cpu_count() or 1
-    wanted = dashboard_address(cfg)
-    if wanted is not None:
-        import importlib.util
-
-        if importlib.util.find_spec("bokeh") is None:
-            log.warning("engine.dashboard is set but bokeh is not installed (pip install 'winnow[dashboard]'): "
-                        "the scheduler serves no dashboard pages")
-    dashboard = wanted or NO_DASHBOARD
-    # Rust thread pools (tokenizers' Rayon) default to every core in every worker: with one worker
-    # process per core that oversubscribes, so each worker gets the threads it was given
-    threads = str(cfg.threads_per_worker)
-    env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
+    dashboard = _dashboard_or_none(cfg)
+    env = worker_env(cfg)
     if cfg.gpu_workers:
         # CPU workers must not see the GPU: with `device: auto` each would load its own model copy
         # onto it. Dask applies `env` in the worker process before it runs a task (so before CUDA
@@ -67,6 +78,186 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
         if cfg.gpu_workers:
             add_gpu_workers(cluster, client, cfg.gpu_workers)
         yield client
+
+
+def _dashboard_or_none(cfg: EngineConfig) -> str:
+    """The scheduler's HTTP address: the dashboard asked for, else a free loopback port."""
+    wanted = dashboard_address(cfg)
+    if wanted is not None:
+        import importlib.util
+
+        if importlib.util.find_spec("bokeh") is None:
+            log.warning("engine.dashboard is set but bokeh is not installed (pip install 'winnow[dashboard]'): "
+                        "the scheduler serves no dashboard pages")
+    return wanted or NO_DASHBOARD
+
+
+def worker_env(cfg: EngineConfig) -> dict[str, str]:
+    """Environment every CPU worker gets. Rust thread pools (tokenizers' Rayon) default to every core
+    in every worker: with one worker process per core that oversubscribes, so each worker gets the
+    threads it was given."""
+    threads = str(cfg.threads_per_worker)
+    return {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
+
+
+def slurm_processes(cfg: EngineConfig) -> int:
+    """Worker processes per Slurm job: the job's cores in workers of `threads_per_worker` threads."""
+    assert cfg.slurm is not None
+    return max(1, cfg.slurm.cores // cfg.threads_per_worker)
+
+
+def slurm_cluster_kwargs(cfg: EngineConfig, cwd: str | None = None) -> dict[str, Any]:
+    """SLURMCluster's arguments for `cfg.slurm`: workers run this interpreter (the venv winnow is
+    installed in) in the driver's working directory, with the workers' environment exported in the
+    job script itself (some sites submit with SBATCH_EXPORT=NONE)."""
+    slurm = cfg.slurm
+    assert slurm is not None
+    cwd = cwd or os.getcwd()
+    env = worker_env(cfg)
+    if cfg.arrow_memory_pool != "default":
+        env["ARROW_DEFAULT_MEMORY_POOL"] = cfg.arrow_memory_pool  # read when Arrow loads (see below)
+    prologue = [f"cd {shlex.quote(cwd)}"] + [f"export {k}={shlex.quote(v)}" for k, v in env.items()]
+    # engine.resources: every worker advertises them (a GPU job's workers: {GPU: 1} with a --gres directive)
+    resources = ",".join(f"{k}={v:g}" for k, v in (cfg.resources or {}).items())
+    return dict(cores=slurm.cores, processes=slurm_processes(cfg), memory=slurm.memory, walltime=slurm.walltime,
+                queue=slurm.queue, account=slurm.account, job_extra_directives=list(slurm.job_extra_directives),
+                job_script_prologue=prologue, python=sys.executable, job_name="winnow-worker",
+                worker_extra_args=["--resources", resources] if resources else [],
+                log_directory=os.path.join(cwd, SLURM_LOGS), silence_logs=40,
+                scheduler_options={"dashboard_address": _dashboard_or_none(cfg)})
+
+
+@contextlib.contextmanager
+def slurm_client(cfg: EngineConfig) -> Iterator[Any]:
+    """`cfg.slurm.jobs` worker jobs through dask-jobqueue's SLURMCluster, kept at that count while the
+    run lasts; returns once the first worker has joined, or raises SlurmStartError naming the queue."""
+    from distributed import Client
+
+    SLURMCluster = _import_slurm_cluster()
+    slurm = cfg.slurm
+    assert slurm is not None
+    with _arrow_pool_environ(cfg.arrow_memory_pool), SLURMCluster(**slurm_cluster_kwargs(cfg)) as cluster, \
+            Client(cluster) as client:
+        cluster.scale(jobs=slurm.jobs)
+        keeper = JobKeeper(cluster, slurm.jobs)
+        keeper.start()
+        try:
+            try:
+                client.wait_for_workers(1, timeout=slurm.start_timeout_s)
+            except TimeoutError as e:
+                queue = f"queue (partition) {slurm.queue!r}" if slurm.queue else "the default queue (partition)"
+                raise SlurmStartError(
+                    f"no Slurm worker job started within {slurm.start_timeout_s:g} s on {queue}"
+                    f"{f' with account {slurm.account!r}' if slurm.account else ''}: {_job_states(cluster)}; "
+                    f"job logs in {os.path.join(os.getcwd(), SLURM_LOGS)}") from e
+            set_arrow_pool(cfg.arrow_memory_pool)
+            yield client
+        finally:
+            keeper.stop()
+
+
+def _import_slurm_cluster() -> Any:
+    """dask_jobqueue's SLURMCluster, imported without its side effect: dask_jobqueue.runner sets
+    SIGINT to `sys.exit` when it loads (0.9), which would turn the driver's Ctrl-C into SystemExit and
+    fails outright when the import happens off the main thread (a run started in a thread)."""
+    import signal
+    import threading
+
+    before = signal.getsignal(signal.SIGINT)
+    on_main = threading.current_thread() is threading.main_thread()
+    install = signal.signal
+    if not on_main:
+        signal.signal = lambda *args: None  # type: ignore[assignment]  # only while it loads
+    try:
+        from dask_jobqueue import SLURMCluster
+    except ImportError as e:
+        raise WinnowError("engine.slurm needs dask-jobqueue: pip install 'winnow[slurm]'") from e
+    finally:
+        signal.signal = install
+        if on_main:
+            install(signal.SIGINT, before)
+    return SLURMCluster
+
+
+def _job_states(cluster: Any) -> str:
+    """What squeue says about the cluster's jobs, for an error message."""
+    ids = [j.job_id for j in list(cluster.workers.values()) if getattr(j, "job_id", None)]
+    if not ids:
+        return "no job was submitted"
+    try:
+        out = subprocess.run(["squeue", "-h", "-j", ",".join(ids), "-o", "%i %T %r"], capture_output=True,
+                             text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError) as e:
+        return f"jobs {', '.join(ids)} (squeue failed: {e})"
+    return f"squeue: {'; '.join(out.splitlines())}" if out else f"jobs {', '.join(ids)} no longer in squeue"
+
+
+class JobKeeper:
+    """Keeps a jobqueue cluster at `jobs` running jobs: a job whose workers had all joined and then
+    all left for `grace_s` (scancel, walltime, a failed node) is cancelled for good and replaced under a
+    new name. A job still queued (never joined) is left waiting; a worker process its nanny restarts
+    is back well within the grace. Runs on the cluster's event loop every `every_s` seconds.
+
+    New names, not the lost job's: SpecCluster itself closes a lost single-process job
+    `lost-worker-timeout` after it left, by name, and would close a replacement that reused it."""
+
+    def __init__(self, cluster: Any, jobs: int, grace_s: float = 8.0, every_s: float = 2.0):
+        self.cluster, self.jobs, self.grace_s, self.every_s = cluster, jobs, grace_s, every_s
+        self.joined: set[str] = set()              # jobs whose workers have connected
+        self.missing_since: dict[str, float] = {}  # joined jobs with no worker connected, since when
+        self.replaced = 0
+        self._task: asyncio.Task | None = None
+
+    def start(self) -> None:
+        self.cluster.loop.add_callback(self._begin)
+
+    def stop(self) -> None:
+        if self._task is not None:
+            self.cluster.loop.add_callback(self._task.cancel)
+
+    async def _begin(self) -> None:
+        self._task = asyncio.ensure_future(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.every_s)
+            try:
+                await self.check()
+            except Exception:  # a failed check must not end the watch; the next one tries again
+                log.exception("checking the Slurm worker jobs failed")
+
+    def _members(self, name: str) -> set[str]:
+        spec = self.cluster.worker_spec.get(name, {})
+        return {f"{name}{suffix}" for suffix in spec.get("group", [""])}
+
+    async def check(self, now: float | None = None) -> int:
+        """One look at the jobs; returns how many it replaced."""
+        now = time.monotonic() if now is None else now
+        cluster = self.cluster
+        connected = {str(ws.name) for ws in cluster.scheduler.workers.values()}
+        lost = []
+        for name in list(cluster.workers):
+            if name not in cluster.worker_spec:
+                continue  # being scaled away
+            if self._members(name) & connected:
+                self.joined.add(name)
+                self.missing_since.pop(name, None)
+            elif name in self.joined and now - self.missing_since.setdefault(name, now) >= self.grace_s:
+                lost.append(name)
+        for name in lost:
+            # the replacement's spec first: new_worker_spec skips names in use, so it gets a new one
+            cluster.worker_spec.update(cluster.new_worker_spec())
+            job = cluster.workers.pop(name)
+            del cluster.worker_spec[name]
+            self.joined.discard(name)
+            self.missing_since.pop(name, None)
+            log.warning("Slurm job %s (%s) lost its workers: submitting a replacement", job.job_id, name)
+            with contextlib.suppress(Exception):
+                await job.close()  # scancel: a job whose workers vanished may still hold its allocation
+        if lost or set(cluster.worker_spec) - set(cluster.workers):
+            cluster.scale(jobs=self.jobs)  # starts the specs with no job (the replacements)
+        self.replaced += len(lost)
+        return len(lost)
 
 
 def add_gpu_workers(cluster: Any, client: Any, n: int) -> None:
@@ -136,8 +327,6 @@ def use_arrow_pool(client: Any, pool: str) -> None:
     client.register_plugin(ArrowPoolPlugin(pool))
 
 
-
-
 class LazyClient:
     """Stands for the Dask client of `cluster_client(cfg)` and starts that cluster on first use.
 
@@ -155,7 +344,10 @@ class LazyClient:
 
     def worker_count_hint(self) -> int | None:
         """How many workers the embedded cluster will have, known without starting it (None for an
-        existing scheduler until connected): plans that depend on it stay the same either way."""
+        existing scheduler until connected): plans that depend on it stay the same either way. On
+        Slurm: jobs × worker processes per job, before and after the start."""
+        if self._cfg.slurm is not None:  # planned, not joined: jobs may still be queued after the start
+            return self._cfg.slurm.jobs * slurm_processes(self._cfg)
         if self._client is not None or self._cfg.scheduler:
             return None
         return (self._cfg.n_workers or os.cpu_count() or 1) + self._cfg.gpu_workers

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
 from winnow.pipeline.errors import ConfigError, InputPathError
 
@@ -81,10 +81,29 @@ class InputConfig(Strict):
                               setting=setting)
 
 
+class SlurmConfig(Strict):
+    """Workers as Slurm batch jobs (dask-jobqueue's SLURMCluster); the driver stays where `winnow run`
+    started. Each job runs `cores / engine.threads_per_worker` worker processes sharing `memory`."""
+
+    jobs: int = Field(1, gt=0, description="worker jobs kept running; one that ends (scancel, walltime, "
+                      "node failure) is replaced and loses only its tasks")
+    cores: int = Field(1, gt=0, description="CPU cores per job (sbatch --cpus-per-task)")
+    memory: str = Field("4GB", description="memory per job, e.g. '16GB' (sbatch --mem), split among its workers")
+    walltime: str = Field("01:00:00", description="per job (sbatch -t); a job that reaches it is replaced")
+    queue: str | None = Field(None, description="partition (sbatch -p); null: the cluster's default")
+    account: str | None = Field(None, description="sbatch -A; null: the user's default")
+    job_extra_directives: list[str] = Field(default_factory=list, description="more sbatch options, one per "
+                                            "item, e.g. ['--qos=normal', '--constraint=skylake']")
+    start_timeout_s: float = Field(600, gt=0, description="how long to wait for the first worker job to "
+                                   "start before the run stops with an error naming the queue")
+
+
 class EngineConfig(Strict):
     """The Dask cluster. Default: an embedded LocalCluster of worker processes sized to the machine."""
 
     scheduler: str | None = Field(None, description="address of an existing cluster, e.g. tcp://host:8786")
+    slurm: SlurmConfig | None = Field(None, description="workers as Slurm jobs (pip install 'winnow[slurm]'); "
+                                      "null: not on Slurm")
     n_workers: int | None = Field(None, gt=0, description="LocalCluster worker processes (default: CPU count)")
     threads_per_worker: int = Field(1, gt=0)
     gpu_workers: int = Field(0, ge=0, description="extra LocalCluster workers (one thread each) that "
@@ -100,6 +119,20 @@ class EngineConfig(Strict):
     arrow_memory_pool: Literal["system", "mimalloc", "jemalloc", "default"] = Field(
         "system", description="Arrow's allocator in every process; `system` (glibc, trimmed by Dask's "
         "MALLOC_TRIM_THRESHOLD_) returns freed shard memory, mimalloc keeps it (bench/LOG.md)")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> EngineConfig:
+        if self.slurm is None:
+            return self
+        if self.scheduler:
+            raise ValueError("engine.slurm and engine.scheduler both name a cluster: set one")
+        if self.gpu_workers:
+            raise ValueError("engine.gpu_workers is for the embedded LocalCluster; on Slurm, request GPUs "
+                             "through slurm.job_extra_directives and engine.resources")
+        if self.slurm.cores % self.threads_per_worker:
+            raise ValueError(f"slurm.cores ({self.slurm.cores}) must be a multiple of threads_per_worker "
+                             f"({self.threads_per_worker}): each job runs cores / threads_per_worker workers")
+        return self
 
 
 class OutputsConfig(Strict):
@@ -327,6 +360,11 @@ def _unknown_keys(model: type[BaseModel], data: Any, loc: tuple) -> list[tuple[t
         accepted = accepted_keys(field_name) if callable(accepted_keys) else None
         if accepted is not None and isinstance(value, dict):
             found += [(loc + (key, k), sorted(accepted)) for k in value if k not in accepted]
+            # a block's per-language overrides take the same arguments (heuristics' `per_language`)
+            for code, inner in (value.get("per_language") or {}).items() if "per_language" in accepted else ():
+                if isinstance(inner, dict):
+                    found += [(loc + (key, "per_language", code, k), sorted(set(accepted) - {"per_language"}))
+                              for k in inner if k not in accepted or k == "per_language"]
             continue
         found += _unknown_in(model.model_fields[field_name].annotation, value, loc + (key,))
     return found

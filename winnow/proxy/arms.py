@@ -8,7 +8,9 @@ stage folder. Either way:
   cap is reached);
 - one tokenizer for all: a packed arm's tokenizer (the `tokenizer.json` its run saved) must have
   the same hash as every other packed arm's and as the configured one; otherwise a clear error
-  names both files.
+  names both files;
+- a folder of documents with loss masks (`masked_spans`, e.g. a `prune` stage) is refused: a text
+  arm trains on every token of `text`, so its masks would be lost; tokenize and pack it first.
 """
 
 from __future__ import annotations
@@ -58,10 +60,23 @@ def read_arms(arms: dict[str, str], stratify: dict[str, str] | None = None) -> d
             table = pa.concat_tables(pq.read_table(p) for p in sorted(Path(path).glob("train-*.parquet")))
             out[name] = Arm(name, path, True, table=table)
         else:
+            refuse_loss_masks(name, path)
             ids, texts, sources = read_sourced_documents(path, key=f"arms.{name}",
                                                          stratify=(stratify or {}).get(name, "auto"))
             out[name] = Arm(name, path, False, ids=ids, texts=texts, sources=sources)
     return out
+
+
+def refuse_loss_masks(name: str, path: str) -> None:
+    """A text arm reads `id` and `text` only: a folder whose rows carry loss masks must come packed."""
+    folder = Path(path)
+    files = (sorted(folder.glob("train-*.parquet")) or sorted(folder.glob("*.parquet"))) if folder.is_dir() else []
+    masked = next((f for f in files if "masked_spans" in pq.read_schema(f).names), None)
+    if masked is not None:
+        raise ConfigError(f"arms.{name}: {path} has loss masks (a `masked_spans` column in {masked.name}, as a "
+                          "`prune` stage writes) that a text arm would ignore, training on the masked tokens; add "
+                          "`tokenize` and `pack` stages after it and give the pack stage folder as the arm",
+                          key=f"arms.{name}")
 
 
 def check_tokenizers(arms: dict[str, Arm], configured: str | None) -> str | None:
@@ -87,12 +102,15 @@ def check_tokenizers(arms: dict[str, Arm], configured: str | None) -> str | None
 
 def pool_candidates(baseline: Arm, tokenizer: TokenizerState, fraction: float) -> tuple[pa.Table, list[str]]:
     """The baseline's real documents in the pool's held-out slice (never a rewrite), tokenized, and their sources.
-    A packed baseline is unpacked (its segments give every document back); its documents have one source."""
+    A packed baseline is unpacked (its segments give every document back, their text decoded from the
+    tokens); its documents have one source."""
     if baseline.packed:
         docs = {d: t for d, t in unpack(baseline.table).items() if in_heldout_slice(d, fraction) and not is_derived(d)}
         offsets = np.concatenate([[0], np.cumsum([len(t) for t in docs.values()])]).astype(np.int32)
         values = np.concatenate(list(docs.values())) if docs else np.zeros(0, np.uint16)
-        table = pa.table({"id": list(docs), "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
+        texts = tokenizer.tokenizer.decode_batch([t.tolist() for t in docs.values()], skip_special_tokens=True)
+        table = pa.table({"id": list(docs), "text": pa.array(texts, pa.string()),
+                          "input_ids": pa.ListArray.from_arrays(pa.array(offsets), pa.array(values)),
                           "n_tokens": pa.array(np.diff(offsets), pa.int32())})
         return table, ["pool"] * len(docs)
     picked = [i for i, d in enumerate(baseline.ids) if in_heldout_slice(d, fraction) and not is_derived(d)]
@@ -146,12 +164,23 @@ def without_documents(table: pa.Table, drop, max_docs: int | None) -> pa.Table:
                      "doc_ids": pa.array(out_docs, pa.list_(pa.string()))})
 
 
-def training_rows(arm: Arm, tokenizer: TokenizerState, seq_len: int, excluded: set[str],
-                  pool_fraction: float, max_docs: int | None, baseline_path: str | None = None) -> PackedRows:
-    """The rows an arm trains on: held-out documents removed, `max_docs` applied; sets `arm.cost`
-    (the curation after the baseline's own stage when both come from one run)."""
+def held_by_id(excluded: set[str], pool_fraction: float):
+    """The id rule: a held-out document (or a rewrite of one), or a document in the pool's id-hash slice."""
     def held(doc_id: str) -> bool:
         return source_document(doc_id) in excluded or in_heldout_slice(doc_id, pool_fraction)
+    return held
+
+
+def training_rows(arm: Arm, tokenizer: TokenizerState, seq_len: int, excluded: set[str],
+                  pool_fraction: float, max_docs: int | None, baseline_path: str | None = None,
+                  copies: frozenset[str] | set[str] = frozenset()) -> PackedRows:
+    """The rows an arm trains on: held-out documents removed (by id, and `copies`: this arm's documents
+    that share n-grams with a held-out set, overlap.py), `max_docs` applied; sets `arm.cost` (the
+    curation after the baseline's own stage when both come from one run)."""
+    by_id = held_by_id(excluded, pool_fraction)
+
+    def held(doc_id: str) -> bool:
+        return doc_id in copies or by_id(doc_id)
 
     scoring, once = chain_flops(arm.path, after=baseline_path)
     if arm.packed:

@@ -6,7 +6,8 @@ Protocol (ALGORITHMS.md section 7), in the order `run_eval` runs it:
 2. held-out sets (heldout.py): `pool`, a source-stratified sample of the baseline pool's
    held-out id-hash slice that no arm trains on (the DataRater paper's objective: train faster on
    this distribution), and named reference sets, each chosen by a token budget and evaluated on
-   every target token; documents of any held-out set are removed from every arm;
+   every target token; documents of any held-out set are removed from every arm, by id and, for
+   copies under other ids, by shared 13-grams (overlap.py);
 3. the training grid: the same model, optimiser and schedule everywhere; the baseline at several
    budgets (each run annealed at its own end), every other arm at the reference budget; k seeds;
    downstream tasks scored on every arm's reference-budget run, the baseline's included;
@@ -24,11 +25,12 @@ import numpy as np
 from pydantic import Field
 
 from winnow.pipeline.config import Strict
-from winnow.pipeline.documents import STRATIFY_HELP, read_sourced_documents
+from winnow.pipeline.documents import EVAL_POOL_FRACTION, STRATIFY_HELP, read_sourced_documents
 from winnow.pipeline.errors import ConfigError
-from winnow.proxy.arms import Arm, check_tokenizers, pool_candidates, read_arms, training_rows
+from winnow.proxy.arms import Arm, check_tokenizers, held_by_id, pool_candidates, read_arms, training_rows
 from winnow.proxy.data import PackedRows, tokenize_documents
 from winnow.proxy.heldout import HeldoutSample, build_heldout
+from winnow.proxy.overlap import MAX_NGRAM_DOCS, Overlap, heldout_overlap
 from winnow.proxy.summary import arm_summary, downstream_summary
 
 
@@ -59,7 +61,7 @@ class EvalConfig(Strict):
                                 "winnow pack stage folder; the first is the baseline unless `baseline` is set")
     baseline: str | None = None
     output: str
-    pool_heldout_fraction: float = Field(0.05, ge=0, lt=0.5, description="id-hash slice of the baseline pool "
+    pool_heldout_fraction: float = Field(EVAL_POOL_FRACTION, ge=0, lt=0.5, description="id-hash slice of the baseline pool "
                                          "that no arm trains on; the `pool` set is sampled from it")
     pool_tokens: int = Field(100_000, gt=0, description="token budget of the `pool` held-out sample")
     pool_stratify: str = Field("auto", description=STRATIFY_HELP)
@@ -103,15 +105,21 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
     tokenizer_json.write_text(tokenizer.json_text)
     heldout = heldout_sets(cfg, arms[baseline], tokenizer, log)
     excluded = {doc for sample in heldout.values() for doc in sample.ids}
+    overlap = heldout_overlap(arms, {k: v.texts for k, v in heldout.items()}, tokenizer,
+                              held_by_id(excluded, cfg.pool_heldout_fraction))
+    for name in heldout:
+        log(f"held-out {name}: {overlap.removed_from_training(name):,} training documents under other ids share "
+            f"a 13-gram with it: removed from every arm ({overlap.common.get(name, 0):,} n-grams in more than "
+            f"{MAX_NGRAM_DOCS} training documents ignored as common phrasing)")
     rows = {}
     for name, arm in arms.items():
         rows[name] = training_rows(arm, tokenizer, cfg.seq_len, excluded, cfg.pool_heldout_fraction, cfg.max_docs,
-                                   None if name == baseline else cfg.arms[baseline])
+                                   None if name == baseline else cfg.arms[baseline], overlap.by_arm[name])
         log(f"arm {name}: {rows[name].n_documents:,} documents, {len(rows[name]):,} rows, "
             f"{rows[name].target_tokens:,} unique target tokens"
             + (f"; curation {arm.cost.per_token():,.0f} FLOPs per kept token" if arm.cost.scoring_flops else ""))
     runs = train_grid(cfg, rows, {k: v.rows for k, v in heldout.items()}, tokenizer, baseline, out, log)
-    report = summarize(cfg, runs, baseline, arms, rows, heldout)
+    report = summarize(cfg, runs, baseline, arms, rows, heldout, overlap)
     report["tokenizer_vocab"] = tokenizer.vocab_size
     report["tokenizer_hash"] = tokenizer.hash
     report["plot"] = plot(report, out / "loss_vs_flops.png")
@@ -206,12 +214,16 @@ def train_grid(cfg: EvalConfig, rows: dict[str, PackedRows], eval_sets: dict[str
 
 
 def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, arms: dict[str, Arm], rows: dict[str, PackedRows],
-              heldout: dict[str, HeldoutSample]) -> dict:
+              heldout: dict[str, HeldoutSample], overlap: Overlap | None = None) -> dict:
     sets = list(heldout)
     primary = cfg.primary_eval or sets[0]
+    overlap = overlap or Overlap()
     return {
         "config": cfg.model_dump(mode="json"), "baseline": baseline, "eval_set": primary, "eval_sets": sets,
-        "heldout": {name: sample.summary() for name, sample in heldout.items()},
+        "heldout": {name: {**sample.summary(), "removed_from_training": overlap.removed_from_training(name),
+                           "removed_from_training_by_arm": overlap.removed_by_arm(name),
+                           "common_ngrams_ignored": overlap.common.get(name, 0)}
+                    for name, sample in heldout.items()},
         "max_eval_rows": cfg.max_eval_rows,
         "arms": {name: arm_summary(runs, name, baseline, sets, arms[name].cost) for name in arms if name != baseline},
         "downstream": downstream_summary(runs),

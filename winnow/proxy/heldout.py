@@ -16,7 +16,7 @@ A held-out loss is only as good as the tokens it averages. The sample here:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -32,6 +32,7 @@ class HeldoutSample:
     sources: dict[str, str]          # id -> source
     tokens_by_source: dict[str, int]
     rows: PackedRows
+    texts: list[str] = field(default_factory=list)   # each sampled document's text (n-gram decontamination)
 
     def summary(self) -> dict:
         """documents; tokens (with EOS) per source; `targets`: the tokens each source's loss averages over
@@ -86,8 +87,8 @@ def stratified_sample(ids: list[str], sources: list[str], lengths: list[int], bu
 
 def build_heldout(tokenized: pa.Table, sources: list[str], seq_len: int, budget: int, allocation: str,
                   seed: int = 0) -> HeldoutSample:
-    """Draw the stratified sample from tokenized candidates (`id`, `input_ids`, `n_tokens`) and pack it,
-    each position carrying its document's source."""
+    """Draw the stratified sample from tokenized candidates (`id`, `text`, `input_ids`, `n_tokens`) and pack
+    it, each position carrying its document's source."""
     ids = tokenized.column("id").to_pylist()
     lengths = tokenized.column("n_tokens").to_numpy().tolist()
     chosen = stratified_sample(ids, sources, lengths, budget, allocation, seed)
@@ -96,4 +97,6 @@ def build_heldout(tokenized: pa.Table, sources: list[str], seq_len: int, budget:
     tokens: dict[str, int] = defaultdict(int)
     for i in chosen:
         tokens[sources[i]] += lengths[i]
-    return HeldoutSample([ids[i] for i in chosen], by_id, dict(tokens), pack_tokenized(picked, seq_len, sources=by_id))
+    texts = picked.column("text").to_pylist() if "text" in picked.column_names else []
+    return HeldoutSample([ids[i] for i in chosen], by_id, dict(tokens), pack_tokenized(picked, seq_len, sources=by_id),
+                         texts)

@@ -3,7 +3,10 @@
 Per seed, an arm's multiplier is multiplier.py's M against that seed's baseline curve (so seed
 noise shared by both arms partly cancels). Over seeds: the mean, the sample standard deviation
 (ddof = 1: with two seeds ddof = 0 would understate the spread by sqrt 2) and a Student-t 95%
-interval for the mean (none with one seed). The net multipliers charge the arm's curation per
+interval for the mean (none with one seed). Std and interval are given only when every seed's
+multiplier is interpolated: a seed outside the baseline's runs contributes a bound (capped at the
+largest or smallest run), which shrinks the spread; the note then names the seeds that bound it.
+The net multipliers charge the arm's curation per
 trained token (cost.py). Downstream accuracy comes per arm with a binomial standard error.
 """
 
@@ -42,13 +45,20 @@ def describe(stats: dict) -> str:
     return text
 
 
-def note_for(statuses: set[str]) -> str:
-    if {"not_reached", "below_range"} <= statuses:
-        return "mixed bounds: some seeds beyond the baseline's largest run, some below its smallest"
-    if "not_reached" in statuses:
-        return "a lower bound: the baseline never reached this loss in some seeds"
-    if "below_range" in statuses:
-        return "an upper bound: below the smallest baseline run in some seeds"
+def note_for(per_seed: list[dict]) -> str:
+    """`interpolated`, or which kind of bound the mean is and the seeds that make it one."""
+    def seeds(status: str) -> str:
+        return ", ".join(str(p["seed"]) for p in per_seed if p["status"] == status)
+
+    beyond, below = seeds("not_reached"), seeds("below_range")
+    if beyond and below:
+        return (f"mixed bounds: seeds {beyond} beyond the baseline's largest run, seeds {below} below its smallest; "
+                "no interval")
+    if beyond:
+        return (f"a lower bound: the baseline never reached this loss in seeds {beyond} (capped at its largest "
+                "run); no interval")
+    if below:
+        return f"an upper bound: below the smallest baseline run in seeds {below}; no interval"
     return "interpolated"
 
 
@@ -64,16 +74,17 @@ def arm_summary(runs: list[dict], arm: str, baseline: str, eval_sets: list[str],
             with_fit = m["baseline_flops"] / cost.net_flops(run["flops"], run["tokens"], with_fit=True)
             per_seed.append({"seed": run["seed"], "final_loss": loss, **m, "net_multiplier_with_fit": with_fit})
         stats = interval([p["multiplier"] for p in per_seed])
+        net = interval([p["net_multiplier"] for p in per_seed])
         statuses = {p["status"] for p in per_seed}
-        if "below_range" in statuses:  # an upper bound averaged in: the interval would claim too much
-            stats["interval"] = None
-        # with "not_reached" seeds (lower bounds) the interval's lower end stays a conservative bound
+        if statuses != {"interpolated"}:   # a capped seed shrinks the spread: no std or interval is honest
+            stats["std"] = stats["interval"] = net["interval"] = None
         out[eval_set] = {
             "multiplier": stats["mean"], "std": stats["std"], "interval": stats["interval"],
-            "net_multiplier": interval([p["net_multiplier"] for p in per_seed])["mean"],
+            "net_multiplier": net["mean"],
             "net_multiplier_with_fit": interval([p["net_multiplier_with_fit"] for p in per_seed])["mean"],
-            "net_interval": interval([p["net_multiplier"] for p in per_seed])["interval"],
-            "status": sorted(statuses), "note": note_for(statuses), "per_seed": per_seed}
+            "net_interval": net["interval"],
+            "status": sorted(statuses), "note": note_for(per_seed),
+            "bounded_seeds": [p["seed"] for p in per_seed if p["status"] != "interpolated"], "per_seed": per_seed}
     return out
 
 

@@ -12,9 +12,12 @@ The thresholds are the pool's alpha / 1-alpha quantiles of PPL and beta / 1-beta
 entropy, with alpha = beta found by bisection on [0, 0.49] (20 halvings; the paper stops under 10,
 which leaves a few samples of slack on pools of hundreds) so that |Q2 ∪ Q4| comes as close to
 `r_sample` x pool as it can (samples in a middle band of either axis belong to no quadrant).
-Short of the target, the pool is topped up from the rest by how far a sample sits from the
-diagonal of the min-max-normalised plane, max(PPL^ - Ent^, Ent^ - PPL^), highest first (with
-log PPL normalised: ours, so that one outlier does not flatten the axis).
+Short of the target, the pool is topped up from Q1 ∪ Q3 only (Algorithm 1: a sample in a middle
+band belongs to no quadrant and is never kept) by how far a sample sits from the diagonal of the
+min-max-normalised plane, max(PPL^ - Ent^, Ent^ - PPL^), highest first (with log PPL normalised:
+ours, so that one outlier does not flatten the axis). When Q1 ∪ Q3 is too small to fill the budget
+(only for `r_sample` near 1: the widest bands still leave about 4% of a pool in middle bands) the
+pool keeps fewer than `r_sample` x pool.
 
 Inside a Q2 sample, token i scores s_i = (1 - lambda) PPL_i + lambda (PPL_{i-1} + PPL_{i+1}) (per-token
 perplexity exp(NLL), neighbours outside the response count as 0) and the `r_token` share of tokens
@@ -67,9 +70,9 @@ def _minmax(x: np.ndarray) -> np.ndarray:
 
 
 def select(ppl: np.ndarray, ent: np.ndarray, r_sample: float) -> tuple[np.ndarray, np.ndarray]:
-    """(quadrant of each sample, kept mask): Q2 ∪ Q4 at the bisected level, topped up to
-    round(r_sample x n) by distance from the plane's diagonal; a pool above the target keeps the
-    Q2 ∪ Q4 samples farthest from the diagonal."""
+    """(quadrant of each sample, kept mask): Q2 ∪ Q4 at the bisected level, topped up towards
+    round(r_sample x n) from Q1 ∪ Q3 by distance from the plane's diagonal; a pool above the target
+    keeps the Q2 ∪ Q4 samples farthest from the diagonal. Middle-band samples (quadrant 0) are never kept."""
     n = len(ppl)
     target = int(round(r_sample * n))
     if n == 0:
@@ -81,16 +84,13 @@ def select(ppl: np.ndarray, ent: np.ndarray, r_sample: float) -> tuple[np.ndarra
     support = np.abs(_minmax(np.log(ppl)) - _minmax(ent))
     kept = np.isin(q, (2, 4))
     if kept.sum() < target:
-        rest = np.flatnonzero(~kept)
-        kept[rest[np.argsort(-support[rest], kind="stable")[: target - kept.sum()]]] = True
+        # the paper's top-up pool is Q1 ∪ Q3: a middle-band sample sits in no quadrant, however far
+        # from the diagonal it is
+        candidates = np.flatnonzero(np.isin(q, (1, 3)))
+        kept[candidates[np.argsort(-support[candidates], kind="stable")[: target - kept.sum()]]] = True
     elif kept.sum() > target:
         inside = np.flatnonzero(kept)
         kept[inside[np.argsort(-support[inside], kind="stable")[target:]]] = False
-    # a sample in a middle band that was topped up gets the quadrant of its side of each median;
-    # a dropped one stays in the middle band (it belongs to no quadrant)
-    middle = (q == 0) & kept
-    high_p, high_e = ppl >= np.median(ppl), ent >= np.median(ent)
-    q[middle] = np.where(high_p, np.where(high_e, 1, 2), np.where(high_e, 4, 3))[middle]
     return q, kept
 
 

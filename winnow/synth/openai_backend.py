@@ -8,6 +8,8 @@ other 4xx answers are final. After the last try the request's result carries the
 
 The API key is read from the environment variable `api_key_env` names when the backend opens and
 is only ever put in the Authorization header: it is not part of any result, error or cache key.
+The model's identity (`model_identity`: rows and cache keys) is the served name *and* the server's
+URL, without any user:password part: one name on two servers may be two different models.
 """
 
 from __future__ import annotations
@@ -17,11 +19,22 @@ import os
 import random
 import time
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit, urlunsplit
 
 from winnow.pipeline.errors import WinnowError
-from winnow.synth.backend import Generation, GenerationParams, Request
+from winnow.synth.types import Generation, GenerationParams, Request
 
 RETRY_STATUS = {408, 409, 425, 429}
+
+
+def model_identity(url: str, model: str) -> str:
+    """`openai:<served name>@<base URL>`; credentials in the URL are left out, a trailing slash and the
+    /chat/completions suffix too, so spellings of one endpoint name one model."""
+    parts = urlsplit(url.strip())
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    path = parts.path.rstrip("/").removesuffix("/chat/completions")
+    return f"openai:{model}@{urlunsplit((parts.scheme.lower(), netloc.lower(), path, '', ''))}"
 
 
 class OpenAIBackend:
@@ -35,7 +48,8 @@ class OpenAIBackend:
         if not model:
             raise WinnowError("backend openai needs `model`, the served model's name")
         self.endpoint = url.rstrip("/") + ("" if url.rstrip("/").endswith("/chat/completions") else "/chat/completions")
-        self.model_id = model
+        self.served_model = model
+        self.model_id = model_identity(url, model)
         self.backoff_s = backoff_s
         self._headers = {"Content-Type": "application/json"}
         if api_key_env:
@@ -55,7 +69,7 @@ class OpenAIBackend:
     def _one(self, client, request: Request, params: GenerationParams) -> Generation:
         import httpx
 
-        body = {"model": self.model_id, "messages": request.as_dicts(), "max_tokens": params.max_new_tokens,
+        body = {"model": self.served_model, "messages": request.as_dicts(), "max_tokens": params.max_new_tokens,
                 "temperature": params.temperature, "top_p": params.top_p, "seed": request.seed}
         jitter = random.Random(request.seed)
         error = "no_attempt"
@@ -93,6 +107,7 @@ def _parse(content: bytes) -> Generation | None:
         return None
     if not isinstance(text, str):
         return None
+    finish = data["choices"][0].get("finish_reason")
     usage = data.get("usage") if isinstance(data.get("usage"), dict) else {}
 
     def count(key: str) -> int:
@@ -101,4 +116,5 @@ def _parse(content: bytes) -> Generation | None:
         except (TypeError, ValueError):   # a server that reports nonsense: the count is unknown
             return 0
 
-    return Generation(text=text, prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"))
+    return Generation(text=text, prompt_tokens=count("prompt_tokens"), completion_tokens=count("completion_tokens"),
+                      finish_reason=finish if isinstance(finish, str) else None)

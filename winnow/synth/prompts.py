@@ -7,15 +7,13 @@ after a `Text:` label and a cue naming what comes next. A longer system prompt l
 on 16 curated web chunks the guard kept 1 wiki rewrite with it and 7 with this layout (T=0.3;
 bench/LOG.md). The model is a plumbing stand-in: no wording makes a 135M model a reliable rephraser.
 
-`TEMPLATE_VERSION` is part of every cache key: change any text here and bump it, so cached
-rewrites made from the old wording are not served for the new one.
+The cache keys every generation on the full rendered request (cache.py), so editing any text here
+makes new keys by itself: rewrites made from the old wording are never served for the new one.
 """
 
 from __future__ import annotations
 
-from winnow.synth.backend import Request
-
-TEMPLATE_VERSION = 2
+from winnow.synth.types import Request
 
 SYSTEM = "You are a helpful assistant."
 

@@ -48,10 +48,11 @@ from winnow.flops import generation_flops
 from winnow.pipeline.documents import DERIVED_MARK, id_unit
 from winnow.pipeline.stage import Context, ShardRef, Stage
 from winnow.synth import prompts
-from winnow.synth.backend import BackendSpec, Generation, GenerationParams, open_backend, resolve_kind
+from winnow.synth.backend import BackendSpec, open_backend, resolve_kind
 from winnow.synth.cache import GenerationCache, cache_key
 from winnow.synth.chunking import count_tokens, split_chunks
 from winnow.synth.guard import GuardConfig, check
+from winnow.synth.types import Generation, GenerationParams
 
 GENERATION_GROUP = 32   # requests asked for between cache writes: a kill loses at most one group
 
@@ -105,7 +106,7 @@ SYNTHETIC_FIELDS: dict[str, pa.DataType] = {
 class RephraseStage(Stage):
     name = "rephrase"
     Params = RephraseParams
-    version = 1
+    version = 2     # 2: the guard checks coverage, negations and truncation; keys are the rendered requests
     params: RephraseParams
 
     def spec(self) -> BackendSpec:
@@ -132,8 +133,8 @@ class RephraseStage(Stage):
         jobs = self._plan(table)
         cache = GenerationCache(state["cache_dir"])
         sampling, model_id = self.sampling(), self._model_id()
-        keys = [cache_key(chunk, style, model_id, sampling, prompts.TEMPLATE_VERSION, p.seed)
-                for _, _, chunk, style in jobs]
+        requests = [prompts.build_request(chunk, style, self._request_seed(chunk, style)) for _, _, chunk, style in jobs]
+        keys = [cache_key(request, model_id, sampling) for request in requests]
         results: list[tuple[Generation, str, int | None] | None] = [cache.get(key) for key in keys]
         misses = [i for i, r in enumerate(results) if r is None]
         if misses:
@@ -142,9 +143,7 @@ class RephraseStage(Stage):
                                       timeout_s=p.timeout_s, retries=p.retries, concurrency=p.concurrency)
             for start in range(0, len(misses), GENERATION_GROUP):
                 group = misses[start:start + GENERATION_GROUP]
-                requests = [prompts.build_request(jobs[i][2], jobs[i][3], self._request_seed(jobs[i][2], jobs[i][3]))
-                            for i in group]
-                for i, gen in zip(group, backend.generate(requests, params), strict=True):
+                for i, gen in zip(group, backend.generate([requests[i] for i in group], params), strict=True):
                     cache.put(keys[i], gen, backend.kind, backend.parameters)
                     results[i] = (gen, backend.kind, backend.parameters)
         return self._rows(table, jobs, results, model_id)  # type: ignore[arg-type]
@@ -179,10 +178,12 @@ class RephraseStage(Stage):
 
     def _model_id(self) -> str:
         """The model's identity without opening it (a cache hit must not need the model)."""
-        from winnow.synth.models import model_identity, resolve_model
+        from winnow.models.loading import model_identity, resolve_model
 
         if resolve_kind(self.params.backend) == "openai":
-            return f"openai:{self.params.model}"
+            from winnow.synth.openai_backend import model_identity as served_identity
+
+            return served_identity(self.params.url or "", self.params.model or "")
         return model_identity(resolve_model(self.params.model))
 
     def _request_seed(self, chunk: str, style: str) -> int:
@@ -199,7 +200,7 @@ class RephraseStage(Stage):
                 drop_text.append("")
                 reasons.append(f"generation_failed: {gen.error}")
                 continue
-            verdict = check(gen.text, chunk, style, prompts.INSTRUCTIONS[style], p.guard)
+            verdict = check(gen.text, chunk, style, prompts.INSTRUCTIONS[style], p.guard, gen.finish_reason)
             if verdict.reason is None:
                 kept_idx.append(j)
                 kept_text.append(verdict.text)
@@ -246,9 +247,10 @@ class RephraseStage(Stage):
         return _with_fields(_with_fields(out, derived), fields)
 
     def manifest_extra(self, state: Any) -> dict:
-        """What made the rewrites: backend, model, prompt template version, sampling and guard settings."""
+        """What made the rewrites: backend, model, the prompt texts, sampling and guard settings."""
         return {"backend": resolve_kind(self.params.backend), "model": self._model_id(),
-                "template_version": prompts.TEMPLATE_VERSION, "sampling": self.sampling(),
+                "prompts": {"system": prompts.SYSTEM, "instructions": prompts.INSTRUCTIONS, "cues": prompts.CUES},
+                "sampling": self.sampling(),
                 "guard": self.params.guard.model_dump(), "cache_dir": state["cache_dir"]}
 
     def shard_stats(self, data: pa.Table, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:

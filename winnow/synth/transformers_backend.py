@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import threading
 
+from winnow.models.loading import load_causal_lm, model_identity, parameter_count, resolve_model
 from winnow.raters.scorer import resolve_device
-from winnow.synth.backend import Generation, GenerationParams, Request
-from winnow.synth.models import load_causal_lm, model_identity, parameter_count, resolve_model
+from winnow.synth.types import Generation, GenerationParams, Request
 
 
 class TransformersBackend:
@@ -69,7 +69,10 @@ class TransformersBackend:
         eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         results = []
         for row, n_prompt in zip(new.tolist(), prompt_tokens, strict=True):
-            length = next((k + 1 for k, t in enumerate(row) if t in eos), len(row))
+            stop = next((k + 1 for k, t in enumerate(row) if t in eos), None)
+            length = stop or len(row)
             text = self.tokenizer.decode(row[:length], skip_special_tokens=True)
-            results.append(Generation(text=text, prompt_tokens=int(n_prompt), completion_tokens=length))
+            # no end-of-sequence token: generation ran into max_new_tokens and the answer is cut off
+            results.append(Generation(text=text, prompt_tokens=int(n_prompt), completion_tokens=length,
+                                      finish_reason="stop" if stop else "length"))
         return results

@@ -4,9 +4,9 @@ not depend on batching. Tests skip this backend when `vllm` does not import."""
 
 from __future__ import annotations
 
+from winnow.models.loading import model_identity, resolve_model
 from winnow.pipeline.errors import WinnowError
-from winnow.synth.backend import Generation, GenerationParams, Request
-from winnow.synth.models import model_identity, resolve_model
+from winnow.synth.types import Generation, GenerationParams, Request
 
 
 class VllmBackend:
@@ -33,7 +33,8 @@ class VllmBackend:
         except (RuntimeError, ValueError) as e:
             return [Generation(error=f"backend_error: {type(e).__name__}: {str(e)[:200]}") for _ in requests]
         return [Generation(text=o.outputs[0].text, prompt_tokens=len(o.prompt_token_ids),
-                           completion_tokens=len(o.outputs[0].token_ids)) for o in outs]
+                           completion_tokens=len(o.outputs[0].token_ids), finish_reason=o.outputs[0].finish_reason)
+                for o in outs]
 
 
 def _approx_parameters(config) -> int:

