@@ -25,6 +25,18 @@ def client():
         yield c
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny proxy models: one torch thread is several times faster than many on a shared 2-core machine,
+    and the result does not depend on the core count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def web_files(n: int) -> list[str]:
     """The first `n` web sample files, smallest first (keeps tests fast and deterministic)."""
     files = sorted(WEB.rglob("*.jsonl"), key=lambda p: (p.stat().st_size, str(p)))

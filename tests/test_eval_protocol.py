@@ -287,17 +287,6 @@ def test_seed_statistics_use_the_sample_std_and_a_t_interval():
     assert two["std"] == pytest.approx(0.6 / math.sqrt(2))
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny proxy models: one torch thread is several times faster than many on a shared 2-core machine."""
-    import torch
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_eval_json_schema(tmp_path, web_docs, one_thread):
     """A short end-to-end eval: eval.json has the documented keys."""
     from winnow.proxy.evaluate import EvalConfig, run_eval

@@ -59,15 +59,6 @@ def test_multiplier_interpolates_in_log_flops_and_bounds_outside():
     assert m["multiplier"] == pytest.approx(2.0) and m["net_multiplier"] == pytest.approx(1.0)
 
 
-@pytest.fixture
-def one_thread():
-    """Tiny matrices: one torch thread is several times faster than many on a shared 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 PLANTED_BUDGET = 1e12
 
 
