@@ -1,4 +1,13 @@
-"""What must not be trained on, measured: the `pii` stage beside datatrove's `PIIFormatter`.
+"""What must not be trained on, measured: the `decontaminate` stage with HellaSwag, PIQA and GSM8K
+indexed, and the `pii` stage beside datatrove's `PIIFormatter`.
+
+decontaminate: the index of all three benchmarks beside the repository (../shared/data/eval) is
+built once (seconds; its n-grams, its bytes as shipped to a worker, bytes per million n-grams),
+then `DecontaminateStage.apply` runs over the web documents in one process, one core: docs/s for
+`action: drop`, and for `action: remove` on the same documents with one GSM8K question pasted
+into every 20th (so the span-cutting path runs); documents flagged per benchmark.
+
+    python bench/contamination.py decontaminate      # all 13,255 web documents
 
 pii: both read the same documents (all of ../shared/data/web unless --limit) in one process, one
 core, and replace what they find; docs/s for each:
@@ -117,13 +126,58 @@ def bench_pii(limit: int | None) -> None:
     print(f"ratio winnow/datatrove: {dt_seconds / w2_seconds:.2f}")
 
 
+EVAL = REPO.parent / "shared" / "data" / "eval"
+BENCHMARKS = [{"name": "hellaswag", "paths": [str(EVAL / "hellaswag" / "*.jsonl")], "fields": ["ctx", "endings"]},
+              {"name": "piqa", "paths": [str(EVAL / "piqa" / "valid.jsonl")], "fields": ["goal", "sol1", "sol2"]},
+              {"name": "gsm8k", "paths": [str(EVAL / "gsm8k" / "test.jsonl")], "fields": ["question", "answer"]}]
+
+
+def bench_decontaminate(limit: int | None) -> None:
+    import pyarrow as pa
+
+    from winnow.filters.decontaminate import DecontaminateParams, DecontaminateStage, index_size
+
+    docs = read_web(limit)
+    n = len(docs)
+    t0 = time.perf_counter()
+    state = DecontaminateStage(DecontaminateParams(benchmarks=BENCHMARKS)).fit([], None)
+    fit_seconds = time.perf_counter() - t0
+    size = index_size(state)
+    print(f"decontaminate: {n} documents, {sum(len(t.encode()) for _, t in docs) / 1e6:.1f} MB, one process")
+    for name, c in state.counts.items():
+        print(f"  {name:10} items {c['items']:>6,}  indexed {c['items_indexed']:>6,}  skipped {c['items_skipped']:>5,}"
+              f"  values skipped {c['texts_skipped']:>5,}  n-grams {c['ngrams']:>8,}")
+    print(f"index: {size['ngrams']:,} n-grams built in {fit_seconds:.1f} s; {size['array_bytes'] / 1e6:.1f} MB of "
+          f"arrays, {size['pickled_bytes'] / 1e6:.1f} MB shipped to each worker")
+    print(f"index memory per million n-grams: {size['bytes_per_million_ngrams'] / 1e6:.1f} MB")
+    question = json.loads((EVAL / "gsm8k" / "test.jsonl").open().readline())["question"]
+    planted = [(i, f"{t}\n\n{question}" if k % 20 == 0 else t) for k, (i, t) in enumerate(docs)]
+    print(f"{'':40}{'seconds':>9}{'docs/s':>10}{'flagged':>9}")
+    rates = {}
+    for action, rows in (("drop", docs), ("remove", planted)):
+        table = pa.table({"id": pa.array([d[0] for d in rows], pa.string()),
+                          "text": pa.array([d[1] for d in rows], pa.string())})
+        stage = DecontaminateStage(DecontaminateParams(benchmarks=BENCHMARKS, action=action))
+        t0 = time.perf_counter()
+        kept, rejected, removed = stage.apply(table, state)
+        seconds = time.perf_counter() - t0
+        flagged = stage.shard_stats(table, kept, rejected)
+        label = f"decontaminate {action}" + (" (1 in 20 planted)" if action == "remove" else "")
+        rates[action] = n / seconds
+        print(f"{label:40}{seconds:9.2f}{n / seconds:10.0f}{int(flagged['documents']):9}  "
+              + ", ".join(f"{k.split(':')[1]} {int(v)}" for k, v in flagged.items() if k.startswith("documents:")))
+    print(f"decontaminate docs/s: drop {rates['drop']:.0f}, remove {rates['remove']:.0f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("part", choices=["pii"], help="which measurement")
+    ap.add_argument("part", choices=["pii", "decontaminate"], help="which measurement")
     ap.add_argument("--limit", type=int, default=None, help="the first N web documents only")
     args = ap.parse_args()
     if args.part == "pii":
         bench_pii(args.limit)
+    else:
+        bench_decontaminate(args.limit)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ from conftest import SHARED_DATA, run, web_files
 from winnow.report.render import SECTIONS
 
 XSS = "<script>alert(1)</script>"
+EMAIL, PHONE = "dana.whitfield@northbrook-mail.com", "+1 415 555 2671"
+GSM8K = {"name": "gsm8k", "paths": [str(SHARED_DATA / "eval/gsm8k/test.jsonl")], "fields": ["question", "answer"]}
 REFERENCE = str(SHARED_DATA / "reference" / "wikipedia" / "*.jsonl")
 
 
@@ -28,8 +30,17 @@ def _planted(folder: Path) -> str:
     text = f"{XSS} planted markup in a document\n{body}"
     near = text.replace(" the state", " the nation", 1)   # dedup lower-cases: change a word, not its case
     assert near != text
+    wiki_lines = (SHARED_DATA / "reference/wikipedia/llamafactory_wiki_demo-000.jsonl").open().readlines()
+    # whole sentences: C4's rules drop a line without terminal punctuation
+    bodies = [json.loads(line)["text"][:3000].rsplit(". ", 1)[0] + "." for line in wiki_lines[2:4]]
+    # a GSM8K test question pasted into an article (decontaminate drops it), and personal data in another
+    # (pii redacts it; the report shows its context masked, never the data)
+    question = json.loads((SHARED_DATA / "eval/gsm8k/test.jsonl").open().readline())["question"]
+    leak = f"{bodies[0]}\nHomework: {question}"
+    personal = f"{bodies[1]}\nWrite to {EMAIL} or call {PHONE} for details."
     lines = [json.dumps({"id": "planted-xss", "text": text}), json.dumps({"id": "planted-xss-copy", "text": text}),
-             json.dumps({"id": "planted-near", "text": near}), '{"id": "planted-broken", "text": "<script>alert(2)']
+             json.dumps({"id": "planted-near", "text": near}), '{"id": "planted-broken", "text": "<script>alert(2)',
+             json.dumps({"id": "planted-<leak>", "text": leak}), json.dumps({"id": "planted-pii", "text": personal})]
     path = folder / "planted.jsonl"
     path.write_text("\n".join(lines) + "\n")
     return str(path)
@@ -44,11 +55,12 @@ def reported(tmp_path_factory, client):
     out = root / "run"
     run({"input": {"paths": [_planted(root), *web_files(2)]}, "output": str(out),
          "stages": [{"normalize": {}}, {"exact_dedup": {}}, {"minhash_dedup": {}}, {"heuristics": {}},
+                    {"decontaminate": {"benchmarks": [GSM8K]}}, {"pii": {}},
                     {"fasttext_quality": {"positives": {"paths": [REFERENCE], "max_docs": 300}, "keep_top": 0.5,
                                           "train_args": {"bucket": 50_000}}},
                     {"tokenize": {"vocab_size": 600, "train_docs": 500}}, {"pack": {"seq_len": 128}}]}, client)
     # the smallest eval that still has every part: two arms, two held-out sets, two seeds, downstream
-    cfg = EvalConfig(arms={"raw": str(out / "00-ingest"), "fasttext": str(out / "05-fasttext_quality")},
+    cfg = EvalConfig(arms={"raw": str(out / "00-ingest"), "fasttext": str(out / "07-fasttext_quality")},
                      output=str(root / "eval"), pool_heldout_fraction=0.1, pool_tokens=4_000, seq_len=128,
                      heldout={"ref": {"paths": [str(SHARED_DATA / "reference/speeches/*.jsonl")], "tokens": 4_000}},
                      vocab_size=600, flop_budget=2e10, baseline_budgets=[0.5, 1.0], seeds=[0, 1], n_evals=2,
@@ -72,7 +84,7 @@ def test_markup_in_documents_is_escaped_and_every_section_is_filled(reported):
     assert not re.findall(r'(?:src|href)="(?!data:image/png;base64,|#)', page)   # nothing to fetch
     sections = _sections(page)
     assert list(sections) == list(SECTIONS)
-    assert all(stage in sections["funnel"] for stage in ("00-ingest", "03-minhash_dedup", "07-pack"))
+    assert all(stage in sections["funnel"] for stage in ("00-ingest", "03-minhash_dedup", "09-pack"))
     assert "invalid_json" in sections["rejections"] and "exact_duplicate" in sections["rejections"]
     assert "fasttext_score" in sections["scores"] and "cut" in sections["scores"]
     assert "lowest-scored" in sections["scores"] and "highest-scored" in sections["scores"]
@@ -90,6 +102,17 @@ def test_markup_in_documents_is_escaped_and_every_section_is_filled(reported):
     assert len(re.findall(r'<td class="n">\d[\d,.]* (?:MB|GB)</td>', sections["timings"])) >= 8
     assert "bytes removed" in sections["funnel"]
     assert "fasttext_quality:" in sections["config"] and "flop_budget" in sections["config"]
+    # which benchmark item leaked, and where (the document id escaped); personal data counted and masked
+    contamination = sections["contamination"]
+    assert "<h3>05-decontaminate</h3>" in contamination and "gsm8k" in contamination
+    assert re.search(r'<span class="rejected">1</span>', contamination)        # one item leaked
+    assert "<code>planted-&lt;leak&gt;</code>" in contamination and "Janet’s ducks lay 16 eggs" in contamination
+    personal = sections["personal"]
+    found = dict(re.findall(r'<tr><td>([a-z_]+)</td><td class="n">(\d+)</td>', personal))
+    assert set(found) == {"email", "ip", "phone", "credit_card", "iban"}
+    assert int(found["email"]) >= 1 and found["phone"] == "1"                   # the planted number, no other
+    assert "Write to &lt;EMAIL&gt; or call &lt;PHONE&gt;" in personal and "planted-pii" in personal
+    assert EMAIL not in page and PHONE not in page and "555 2671" not in page    # never what pii removed
     images = re.findall(r'<img class="plot" src="data:image/png;base64,([^"]+)"', page)
     assert len(images) == page.count("<img ") >= 7
     from PIL import Image
@@ -148,6 +171,10 @@ def test_report_opens_cleanly_in_headless_chromium(reported, tmp_path):
         images = driver.execute_script(
             "return Array.from(document.images).map(i => [i.alt, i.complete && i.naturalWidth > 0])")
         assert len(images) >= 7 and all(ok for _, ok in images), images
+        shown = driver.execute_script("return document.getElementById('contamination').innerText")
+        assert "gsm8k" in shown and "planted-<leak>" in shown, shown
+        shown = driver.execute_script("return document.getElementById('personal').innerText")
+        assert "Write to <EMAIL> or call <PHONE>" in shown and "email" in shown, shown
         # each stage's reasons fold: only the first stage's table shows until a reader opens another
         folds = driver.execute_script(
             "return Array.from(document.querySelectorAll('#rejections details')).map(d => [d.open, "
@@ -390,3 +417,34 @@ def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):
     assert scores.count('<img class="plot"') == 5                 # four histograms and the plane
     assert "&lt;b&gt;document" in scores and "<b>document" not in page
     assert "No pack stage" in _sections(page)["packing"] and "No dedup stage" in _sections(page)["dedup"]
+
+
+def test_personal_data_is_counted_and_shown_masked_where_tag_mode_left_it_in_the_text(tmp_path):
+    """`pii` with `action: tag` keeps the personal data in the rows it counts: the report's contexts are
+    masked through the stage's own `display_text`, so the data itself appears nowhere on the page."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.manifest import ShardRecord, write_manifest
+    from winnow.pipeline.registry import get_stage_class
+    from winnow.report import build_report
+
+    pii = get_stage_class("pii")
+    stage = pii(pii.Params(action="tag"))
+    texts = [f"For the reunion, contact {EMAIL} before Friday.", "Nothing personal in this one.",
+             f"Tickets: call {PHONE} after noon."]
+    table = pa.table({"id": ["a", "b", "c"], "text": texts})
+    kept, rejected, _ = stage.apply(table, None)
+    folder = tmp_path / "00-pii"
+    (folder / "rejected").mkdir(parents=True)
+    pq.write_table(kept, folder / "train-00000.parquet")
+    pq.write_table(rejected, folder / "rejected" / "part-00000.parquet")
+    assert EMAIL in pq.read_table(folder / "train-00000.parquet").column("text")[0].as_py()   # tag keeps it
+    record = ShardRecord("part-00000", 3, 3, 0, rows_out=3, stats=stage.shard_stats(table, kept, rejected))
+    write_manifest(folder, "pii", "h", {"action": "tag"}, [record], 0.1, {})
+    page = build_report(tmp_path).read_text()
+    personal = _sections(page)["personal"]
+    assert "<h3>00-pii: <code>tag</code></h3>" in personal
+    assert "contact &lt;EMAIL&gt; before Friday" in personal and "call &lt;PHONE&gt; after noon" in personal
+    assert EMAIL not in page and PHONE not in page and "555 2671" not in page
+    assert "No <code>decontaminate</code> stage" in _sections(page)["contamination"]

@@ -17,6 +17,7 @@ STAGES: dict[str, str] = {
     "exact_dedup": "winnow.filters.exact_dedup:ExactDedupStage",
     "heuristics": "winnow.filters.heuristics:HeuristicsStage",
     "pii": "winnow.filters.pii:PIIStage",
+    "decontaminate": "winnow.filters.decontaminate:DecontaminateStage",
     "flagged_words": "winnow.filters.flagged_words:FlaggedWordsStage",
     "minhash_dedup": "winnow.filters.minhash_dedup:MinhashDedupStage",
     "line_dedup": "winnow.filters.line_dedup:LineDedupStage",

@@ -30,6 +30,8 @@ def build_report(out_dir: str | Path, eval_dir: str | Path | None = None, output
         "rejections": sections.rejections(gather.rejections(stages, examples)),
         "scores": sections.scores(gather.scores(stages, examples)),
         "dedup": sections.dedup(gather.dedup(stages, examples)),
+        "contamination": sections.decontamination(gather.decontamination(stages, examples)),
+        "personal": sections.personal_data(gather.personal_data(stages, examples)),
         "packing": sections.packing(gather.packing(stages)),
         "eval": sections.evaluation(eval_data),
         "timings": sections.timings(timing),

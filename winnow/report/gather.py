@@ -7,8 +7,10 @@ a large run costs seconds. Where a number was not recorded the value is None and
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -384,6 +386,100 @@ def dedup(stages: list[StageInfo], examples: int) -> list[dict]:
                         "top_units": [{"documents": u["documents"], "snippet": snippet(u.get("text"), 2)}
                                       for u in s.manifest.get("top_units", [])[:10]]})
     return out
+
+
+# what must not be trained on
+LEAKED_SHOWN = 5             # leaked items shown with their text per benchmark
+LEAKED_LISTED = 60           # leaked item numbers listed per benchmark
+PII_CONTEXT = 40             # characters shown on each side of a masked span
+PII_TAG = re.compile(r"<(EMAIL|IP|PHONE|CREDIT_CARD|IBAN)>")
+
+
+def decontamination(stages: list[StageInfo], examples: int) -> list[dict]:
+    """Per `decontaminate` stage, per benchmark: items indexed and skipped, items that appear in the corpus
+    (their numbers and a few with their text and a matching document's id), from the manifest alone."""
+    out = []
+    for s in stages:
+        if s.kind != "decontaminate":
+            continue
+        m, stats = s.manifest, s.totals.get("stats", {})
+        rows = []
+        for name, b in (m.get("benchmarks") or {}).items():
+            leaked = list(b.get("leaked_items") or [])
+            rows.append({"name": name, "items": b.get("items"), "items_indexed": b.get("items_indexed"),
+                         "items_skipped": b.get("items_skipped"), "texts_skipped": b.get("texts_skipped"),
+                         "ngrams": b.get("ngrams"), "items_leaked": b.get("items_leaked", len(leaked)),
+                         "leaked_items": leaked[:LEAKED_LISTED], "more_leaked": max(0, len(leaked) - LEAKED_LISTED),
+                         "documents": _int(stats.get(f"documents:{name}")),
+                         "bytes_removed": (m.get("removed_reasons") or {}).get(f"decontaminate:{name}"),
+                         "examples": [{"item": e.get("item"), "where": e.get("where"),
+                                       "text": snippet(e.get("text"), 4, 240), "document": e.get("document"),
+                                       "documents": e.get("documents")}
+                                      for e in (b.get("examples") or [])[:max(examples, LEAKED_SHOWN)]]})
+        params = m.get("params") or {}
+        out.append({"stage": s.dirname, "action": params.get("action", "drop"), "index": m.get("index") or {},
+                    "documents": _int(stats.get("documents")), "unaligned": _int(stats.get("unaligned")),
+                    "rejected": s.totals["rejected"], "bytes_removed": s.totals.get("bytes_removed"),
+                    "benchmarks": rows})
+    return out
+
+
+def personal_data(stages: list[StageInfo], examples: int) -> list[dict]:
+    """Per `pii` stage: spans and documents per kind (manifest `found:<kind>` / `documents:<kind>`), bytes
+    removed per kind, and a few contexts around what it found, the personal data itself masked: every
+    text shown goes through the stage's `display_text` (pii masks what it finds), and only the characters
+    around a mask are kept."""
+    out = []
+    for s in stages:
+        if s.kind != "pii":
+            continue
+        m, stats = s.manifest, s.totals.get("stats", {})
+        params = m.get("params") or {}
+        kinds = [k.split(":", 1)[1] for k in stats if k.startswith("found:")]
+        removed = m.get("removed_reasons") or {}
+        rows = [{"kind": k, "found": _int(stats.get(f"found:{k}")), "documents": _int(stats.get(f"documents:{k}")),
+                 "bytes_removed": removed.get(f"pii:{k}"), "rejected": s.manifest.get("reasons", {}).get(f"pii:{k}")}
+                for k in kinds]
+        out.append({"stage": s.dirname, "action": params.get("action", "redact"), "kinds": rows,
+                    "documents_in": s.totals["rows_in"], "rejected": s.totals["rejected"],
+                    "contexts": _pii_contexts(s, params, max(examples, 3) * 2)})
+    return out
+
+
+def _pii_contexts(s: StageInfo, params: dict, limit: int) -> list[dict]:
+    """Up to `limit` (id, context) pairs from rows the stage found personal data in (kept, then rejected)."""
+    display = _display(s.manifest)
+    tag = str(params.get("replacement") or "<{kind}>")
+    tags = [PII_TAG]
+    if tag != "<{kind}>":   # a custom replacement: redact mode's kept rows hold masks like it
+        with contextlib.suppress(KeyError, IndexError, ValueError):
+            tags.append(re.compile("|".join(re.escape(tag.format(kind=k))
+                                            for k in ("EMAIL", "IP", "PHONE", "CREDIT_CARD", "IBAN"))))
+    out: list[dict] = []
+    for files in (s.kept_files, s.rejected_files):
+        if len(out) >= limit or not files:
+            continue
+        found = sample.scan(files, ["pii_found"], SCAN_ROWS)
+        values = found.table.column("pii_found").to_pylist()
+        idx = [i for i, v in enumerate(values) if isinstance(v, dict) and any(c for c in v.values() if c)]
+        idx = idx[:limit - len(out)]
+        if not idx:
+            continue
+        rows = sample.fetch(found.files, found.file_index[idx], found.row_index[idx], ["id", "text"])
+        for r in rows:
+            masked = display(r["text"] or "")   # masks whatever pii finds: tag and drop modes keep the data
+            for pattern in tags:
+                hit = pattern.search(masked)
+                if hit:
+                    a, b = max(0, hit.start() - PII_CONTEXT), min(len(masked), hit.end() + PII_CONTEXT)
+                    context = ("…" if a else "") + " ".join(masked[a:b].split()) + ("…" if b < len(masked) else "")
+                    out.append({"id": r["id"], "context": context})
+                    break
+    return out[:limit]
+
+
+def _int(value: Any) -> int | None:
+    return int(value) if isinstance(value, int | float) else None
 
 
 # packing

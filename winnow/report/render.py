@@ -13,6 +13,7 @@ from string import Template
 from typing import Any
 
 SECTIONS = {"funnel": "Funnel", "rejections": "Rejections and removals", "scores": "Scores", "dedup": "Dedup",
+            "contamination": "Decontamination", "personal": "Personal data",
             "packing": "Packing", "eval": "Proxy evaluation", "timings": "Timings", "config": "Config"}
 
 PAGE = Template("""<!DOCTYPE html>

@@ -207,6 +207,72 @@ def dedup(items: list[dict]) -> str:
     return "\n".join(out)
 
 
+def decontamination(items: list[dict]) -> str:
+    """Per decontaminate stage: the index, then per benchmark what was indexed and which items leaked."""
+    if not items:
+        return na("No <code>decontaminate</code> stage in this run: nothing checked the corpus against the "
+                  "evaluation benchmarks (add one with <code>benchmarks: [{name, paths, fields}]</code>).")
+    out = []
+    for s in items:
+        ix = s["index"]
+        what = ("documents holding an item dropped (reason <code>contaminated</code>)" if s["action"] == "drop"
+                else "matching spans cut out of the documents (reason <code>decontaminate:&lt;benchmark&gt;</code>)")
+        facts = [["action", f"<code>{esc(s['action'])}</code>: {what}"],
+                 ["documents that matched", num(s["documents"])],
+                 ["index", esc(f"{ix.get('ngrams', 0):,} hashed {ix.get('ngram')}-grams, "
+                               f"{ix.get('bytes', 0) / 1e6:.1f} MB; values of {ix.get('min_item_words')} to "
+                               f"{(ix.get('ngram') or 1) - 1} words matched whole") if ix else num(None)]]
+        if s["action"] == "remove":
+            facts.append(["bytes removed", size(s["bytes_removed"])])
+            if s["unaligned"]:
+                facts.append(["dropped instead (words not locatable)", num(s["unaligned"])])
+        rows = []
+        for b in s["benchmarks"]:
+            listed = ", ".join(str(i) for i in b["leaked_items"]) + (f", … ({b['more_leaked']:,} more)"
+                                                                     if b["more_leaked"] else "")
+            rows.append([esc(b["name"]), num(b["items"]), num(b["items_indexed"]), num(b["items_skipped"]),
+                         num(b["ngrams"]), f'<span class="{"rejected" if b["items_leaked"] else "kept"}">'
+                         f'{num(b["items_leaked"])}</span>', num(b["documents"]), esc(listed) or "—"])
+        body = [f"<h3>{esc(s['stage'])}</h3>", table([], facts, {1}),
+                table(["benchmark", "items", "indexed", "skipped (too short)", "n-grams", "items leaked",
+                       "documents", "leaked items (numbers)"], rows, {1, 2, 3, 4, 5, 6})]
+        for b in s["benchmarks"]:
+            if not b["examples"]:
+                continue
+            ex = [[num(e["item"]), doc(e["text"], e.get("where") or ""),
+                   f"<code>{esc(e['document'])}</code>" + (f' <span class="muted">(and {e["documents"] - 1:,} more)'
+                                                          "</span>" if (e.get("documents") or 0) > 1 else "")]
+                  for e in b["examples"]]
+            body.append(f"<p><b>{esc(b['name'])}</b>: items found in the corpus</p>"
+                        + table(["item", "the item (benchmark file:line)", "matching document"], ex, {0}))
+        body.append('<p class="muted">An item is one record of a benchmark (a question with its answers), numbered '
+                    "from 0 over its files; skipped: every field value shorter than the shortest matched length.</p>")
+        out.append("\n".join(body))
+    return "\n".join(out)
+
+
+def personal_data(items: list[dict]) -> str:
+    """Per pii stage: counts per kind and a few contexts with the personal data masked (never the data)."""
+    if not items:
+        return na("No <code>pii</code> stage in this run: personal data (e-mails, public IPs, phone numbers, "
+                  "card numbers, IBANs) was neither counted nor removed.")
+    out = []
+    for s in items:
+        rows = [[esc(k["kind"]), num(k["found"]), num(k["documents"]),
+                 size(k["bytes_removed"]) if k["bytes_removed"] is not None else num(None), num(k["rejected"])]
+                for k in s["kinds"]]
+        body = [f"<h3>{esc(s['stage'])}: <code>{esc(s['action'])}</code></h3>",
+                table(["kind", "found", "documents", "bytes removed", "documents rejected"], rows, {1, 2, 3, 4})]
+        if s["contexts"]:
+            body.append("<p>Where it was found (the personal data itself masked):</p>"
+                        + table(["document", "context"], [[f"<code>{esc(c['id'])}</code>", doc(c["context"])]
+                                                         for c in s["contexts"]]))
+        else:
+            body.append(na("No personal data found in the rows read."))
+        out.append("\n".join(body))
+    return "\n".join(out)
+
+
 def packing(items: list[dict]) -> str:
     if not items:
         return na("No pack stage in this run (add <code>tokenize</code> and <code>pack</code> stages).")
