@@ -324,3 +324,29 @@ def test_eval_json_schema(tmp_path, web_docs, one_thread):
         assert s["removed_from_training"] >= max(s["removed_from_training_by_arm"].values()), name
     assert set(report["downstream"]) == {"all", "half"}                      # the baseline is scored too
     assert report["downstream"]["all"]["piqa"]["items"] == 4
+    assert set(report["downstream_overlap"]["piqa"]) == {"all", "half"}                # every arm checked
+
+
+def test_training_documents_holding_a_scored_downstream_item_are_reported(tmp_path, web_docs):
+    """eval.json's downstream_overlap: which arms train on items HellaSwag/PIQA then score, by the
+    decontaminate stage's n-gram rule (re-cased and re-wrapped pastes found, a short phrase not)."""
+    from winnow.proxy.arms import read_arms
+    from winnow.proxy.downstream import task_values
+    from winnow.proxy.overlap import downstream_overlap
+
+    ids, texts = web_docs
+    data = SHARED_DATA / "eval"
+    tasks = {"hellaswag": task_values(data, "hellaswag", 40), "piqa": task_values(data, "piqa", 40)}
+    ctx = tasks["hellaswag"][7][0]
+    p_item = next(i for i, values in enumerate(tasks["piqa"]) if 8 <= len(values[0].split()) < 13)
+    goal = tasks["piqa"][p_item][0]       # shorter than 13 words: matched whole
+    assert len(ctx.split()) >= 13
+    planted = {"paste-h": f"{texts[0]}\n{ctx.upper()}\n{texts[1]}",
+               "paste-p": f"{texts[2]}\n> " + "\n> ".join(goal.split()) + f"\n{texts[3]}",
+               "phrase": f"{texts[4]}\n{' '.join(ctx.split()[:6])}\n{texts[5]}"}
+    clean = _text_arm(tmp_path / "clean", ids[:100], texts[:100])
+    dirty = _text_arm(tmp_path / "dirty", ids[:100] + list(planted), texts[:100] + list(planted.values()))
+    found = downstream_overlap(read_arms({"clean": clean, "dirty": dirty}), tasks, None, held=lambda d: False)
+    assert found["hellaswag"]["clean"]["items"] == 0 and found["piqa"]["clean"]["items"] == 0
+    assert found["hellaswag"]["dirty"] == {"documents": 1, "items": 1, "leaked_items": [7]}
+    assert found["piqa"]["dirty"] == {"documents": 1, "items": 1, "leaked_items": [p_item]}

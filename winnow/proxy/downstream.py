@@ -36,6 +36,16 @@ def load_piqa(folder: Path, n: int) -> list[tuple[str, list[str], int]]:
     return items
 
 
+def task_values(folder: Path, task: str, n: int) -> list[list[str]]:
+    """The texts of the first `n` items `score_downstream` scores, per item as the benchmark holds them
+    (HellaSwag: the context and each ending; PIQA: the goal and both solutions): what a training
+    document must not contain (eval.json's `downstream_overlap`)."""
+    if task == "hellaswag":
+        return [[ctx, *(e[1:] for e in endings)] for ctx, endings, _ in load_hellaswag(folder, n)]
+    goals = (folder / "piqa" / "valid.jsonl").read_text().rstrip("\n").split("\n")[:n]
+    return [[r["goal"], r["sol1"], r["sol2"]] for r in map(json.loads, goals)]
+
+
 @torch.inference_mode()
 def choice_scores(model, tokenizer, context: str, choices: list[str], seq_len: int) -> list[float]:
     device = next(model.parameters()).device

@@ -111,6 +111,8 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
         log(f"held-out {name}: {overlap.removed_from_training(name):,} training documents under other ids share "
             f"a 13-gram with it: removed from every arm ({overlap.common.get(name, 0):,} n-grams in more than "
             f"{MAX_NGRAM_DOCS} training documents ignored as common phrasing)")
+    downstream_overlap = check_downstream_overlap(cfg, arms, tokenizer, held_by_id(excluded, cfg.pool_heldout_fraction),
+                                                  log)
     rows = {}
     for name, arm in arms.items():
         rows[name] = training_rows(arm, tokenizer, cfg.seq_len, excluded, cfg.pool_heldout_fraction, cfg.max_docs,
@@ -120,6 +122,7 @@ def run_eval(cfg: EvalConfig, log=print) -> dict:
             + (f"; curation {arm.cost.per_token():,.0f} FLOPs per kept token" if arm.cost.scoring_flops else ""))
     runs = train_grid(cfg, rows, {k: v.rows for k, v in heldout.items()}, tokenizer, baseline, out, log)
     report = summarize(cfg, runs, baseline, arms, rows, heldout, overlap)
+    report["downstream_overlap"] = downstream_overlap
     report["tokenizer_vocab"] = tokenizer.vocab_size
     report["tokenizer_hash"] = tokenizer.hash
     report["plot"] = plot(report, out / "loss_vs_flops.png")
@@ -211,6 +214,23 @@ def train_grid(cfg: EvalConfig, rows: dict[str, PackedRows], eval_sets: dict[str
                                    score_downstream(model, tokenizer.tokenizer, cfg.downstream, cfg.seq_len).items()}
         runs.append(entry)
     return runs
+
+
+def check_downstream_overlap(cfg: EvalConfig, arms: dict[str, Arm], tokenizer, held, log) -> dict:
+    """Training documents of each arm that hold an item of a downstream task this eval scores."""
+    from winnow.proxy.downstream import task_values
+    from winnow.proxy.overlap import downstream_overlap
+
+    wanted = {task: n for task, n in (("hellaswag", cfg.downstream.hellaswag), ("piqa", cfg.downstream.piqa)) if n}
+    if not wanted:
+        return {}
+    tasks = {task: task_values(Path(cfg.downstream.data), task, n) for task, n in wanted.items()}
+    found = downstream_overlap(arms, tasks, tokenizer, held)
+    for task, by_arm in found.items():
+        leaked = {arm: f["items"] for arm, f in by_arm.items() if f["items"]}
+        log(f"downstream {task}: {len(tasks[task]):,} items scored; training documents hold "
+            + (", ".join(f"{n} in arm {arm}" for arm, n in leaked.items()) if leaked else "none of them"))
+    return found
 
 
 def summarize(cfg: EvalConfig, runs: list[dict], baseline: str, arms: dict[str, Arm], rows: dict[str, PackedRows],

@@ -83,3 +83,34 @@ def heldout_overlap(arms: dict[str, Arm], heldout_texts: dict[str, list[str]], t
                 result.by_set[name][arm_name].add(doc_id)
                 result.by_arm[arm_name].add(doc_id)
     return result
+
+
+def downstream_overlap(arms: dict[str, Arm], tasks: dict[str, list[list[str]]], tokenizer, held,
+                       n: int = NGRAM) -> dict[str, dict[str, dict]]:
+    """Per downstream task and arm, the training documents that hold one of the task's scored items
+    (a value of 13+ words by a shared n-gram, one of 8-12 words whole: the `decontaminate` stage's
+    rule, from the same module) and which items: {task: {arm: {documents, items, leaked_items}}}.
+    Reported, not removed: the arm is what curation made, and this says how far to trust its accuracy."""
+    indexes = {}
+    for task, items in tasks.items():
+        owner = [i for i, values in enumerate(items) for _ in values]
+        indexes[task] = (NgramIndex.build([v for values in items for v in values], n=n), owner)
+    seen: dict[int, dict[str, set[int]]] = {}
+    out = {task: {} for task in tasks}
+    for arm_name, arm in arms.items():
+        found = {task: ([], set()) for task in tasks}
+        for doc_id, text in zip(*arm_documents(arm, tokenizer), strict=True):
+            if held(doc_id):
+                continue
+            key = xxhash.xxh3_64_intdigest(text.encode("utf-8", "surrogatepass"))
+            if key not in seen:
+                hashed = word_hashes(words(text))
+                seen[key] = {task: {owner[v] for v in index.matches_words(hashed)}
+                             for task, (index, owner) in indexes.items()}
+            for task, items in seen[key].items():
+                if items:
+                    found[task][0].append(doc_id)
+                    found[task][1].update(items)
+        for task, (docs, items) in found.items():
+            out[task][arm_name] = {"documents": len(docs), "items": len(items), "leaked_items": sorted(items)[:50]}
+    return out
