@@ -715,6 +715,8 @@ def stage_recipe(name: str, request) -> tuple[dict, str | None]:
         "extract": lambda: ({"html_column": "text", "extractor": "resiliparse", "min_chars": 0}, None),
         "url_filter": lambda: ({"url_column": "source", "banned_words": ["web"]}, None),
         "pii": lambda: ({}, None),
+        "decontaminate": lambda: ({"benchmarks": [{"name": "gsm8k", "paths": [str(SHARED_DATA / "eval/gsm8k/test.jsonl")],
+                                                   "fields": ["question"]}]}, None),
         "flagged_words": lambda: ({"lists": {"en": str(request.getfixturevalue("flagged_list"))}}, None),
     }
     if name not in recipes:

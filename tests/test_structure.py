@@ -140,7 +140,7 @@ CONTENT_HASHES = {
     "synth/rephrase.py": {"RephraseStage._request_seed"},             # chunk + style -> sampling seed
     "pipeline/verify.py": {"_id_hashes"},                              # id sets of two runs compared
     "pipeline/ngrams.py": {"word_hashes"},                             # words of n-grams (decontamination)
-    "proxy/overlap.py": {"heldout_overlap"},                           # texts checked once against held-out sets
+    "proxy/overlap.py": {"heldout_overlap", "downstream_overlap"},     # texts checked once against held-out sets
 }
 
 

@@ -53,7 +53,10 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
     so after a power loss a marker never points at a file the disk did not keep."""
     path = Path(path)
     with _storage_errors(path) as tmp:
-        pq.write_table(table, tmp, **WRITE_OPTIONS)
+        # our own file object, closed on any error: Arrow's writer given a path can leave its handle
+        # open when a write fails (a full disk), and an open deleted file keeps a disk busy
+        with open(tmp, "wb") as f:
+            pq.write_table(table, f, **WRITE_OPTIONS)
         digest = file_hash(tmp, sync=True)
         os.replace(tmp, path)
     _sync_dir(path.parent)
