@@ -50,6 +50,20 @@ def _random_rows(n: int, seq_len: int, vocab: int, generator: torch.Generator) -
             "loss_mask": segment_ids.double()}
 
 
+def _float64_rater_and_inner(cfg: MetaConfig, vocab: int, generator: torch.Generator):
+    """A float64 rater moved away from its zero-head start (so every parameter matters), a fresh float64
+    inner model and its zeroed Adam state."""
+    rater = DataRater(cfg.rater_config(vocab)).double()
+    with torch.no_grad():
+        for p in rater.parameters():
+            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
+    model = ProxyLM(cfg.inner_config(vocab)).double()
+    params = {k: p.detach() for k, p in model.named_parameters()}
+    state = InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
+                       {k: torch.zeros_like(p) for k, p in params.items()})
+    return rater, model, state
+
+
 @pytest.mark.parametrize("inner_opt", ["adam", "sgd"])
 def test_meta_gradient_matches_finite_differences(inner_opt: str):
     torch.manual_seed(0)
@@ -58,14 +72,7 @@ def test_meta_gradient_matches_finite_differences(inner_opt: str):
     cfg = MetaConfig(rater_layers=1, rater_heads=2, rater_d=16, seq_len=seq_len, inner_layers=1, inner_heads=2,
                      inner_d=16, unroll=2, inner_opt=inner_opt, inner_lr=1e-2 if inner_opt == "adam" else 0.5,
                      dtype="float64")
-    rater = DataRater(cfg.rater_config(vocab)).double()
-    with torch.no_grad():  # a rater away from its zero-head start, so every parameter matters
-        for p in rater.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    model = ProxyLM(cfg.inner_config(vocab)).double()
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    state = InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
-                       {k: torch.zeros_like(p) for k, p in params.items()})
+    rater, model, state = _float64_rater_and_inner(cfg, vocab, generator)
     for _ in range(2):  # two plain Adam steps first: m and v away from zero, as in a pre-warmed model
         batch = _random_rows(6, seq_len, vocab, generator)
         live = {k: p.detach().requires_grad_() for k, p in state.params.items()}
@@ -242,14 +249,7 @@ def _window_setup(cfg: MetaConfig, vocab: int, seed: int):
     """A rater away from its zero-head start, a pre-warmed inner model, and one window's batches (float64)."""
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    rater = DataRater(cfg.rater_config(vocab)).double()
-    with torch.no_grad():
-        for p in rater.parameters():
-            p.add_(0.3 * torch.randn(p.shape, generator=generator, dtype=p.dtype))
-    model = ProxyLM(cfg.inner_config(vocab)).double()
-    params = {k: p.detach() for k, p in model.named_parameters()}
-    state = InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
-                       {k: torch.zeros_like(p) for k, p in params.items()})
+    rater, model, state = _float64_rater_and_inner(cfg, vocab, generator)
     inner = [_random_rows(6, cfg.seq_len, vocab, generator) for _ in range(cfg.unroll)]
     return rater, model, state, inner, _random_rows(8, cfg.seq_len, vocab, generator)
 

@@ -271,6 +271,30 @@ def _manifest_keys(stage_dir: Path, set_top: dict, set_totals: dict, drop_totals
     path.write_text(json.dumps(m))
 
 
+def _hand_written_stage(folder: Path, kind: str, ids: list[str], texts: list[str], columns: dict, keep,
+                        extra: dict, **record_bytes: int) -> Path:
+    """A stage folder in the run layout, written by hand: kept rows, rejected rows (`<kind>_low`), one
+    shard record and the manifest (with `extra`)."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from winnow.pipeline.manifest import ShardRecord, write_manifest
+
+    keep = np.asarray(keep, bool)
+    (folder / "rejected").mkdir(parents=True)
+    table = pa.table({"id": ids, "text": texts, **columns})
+    pq.write_table(table.filter(pa.array(keep)), folder / "train-00000.parquet")
+    rejected = table.filter(pa.array(~keep))
+    rejected = rejected.append_column("stage", pa.array([kind] * rejected.num_rows)).append_column(
+        "reason", pa.array([f"{kind}_low"] * rejected.num_rows))
+    pq.write_table(rejected, folder / "rejected" / "part-00000.parquet")
+    record = ShardRecord("part-00000", len(ids), int(keep.sum()), int((~keep).sum()), rows_out=int(keep.sum()),
+                         reasons={f"{kind}_low": int((~keep).sum())} if (~keep).any() else {}, **record_bytes)
+    write_manifest(folder, kind, "h", {}, [record], 0.1, extra)
+    return folder
+
+
 def test_memory_removed_bytes_and_flat_scores_from_the_manifests(tmp_path):
     """Peak memory in human units where a manifest records it ("not recorded" only where not), bytes
     removed beside rejected ones with the removal reasons and removed text, each stage's reasons folded
@@ -279,7 +303,6 @@ def test_memory_removed_bytes_and_flat_scores_from_the_manifests(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from winnow.pipeline.manifest import ShardRecord, write_manifest
     from winnow.report import build_report
 
     n = 20
@@ -287,19 +310,8 @@ def test_memory_removed_bytes_and_flat_scores_from_the_manifests(tmp_path):
     texts = [f"<b>document {i}</b>\nline two" for i in range(n)]
 
     def stage(dirname: str, kind: str, columns: dict, keep: np.ndarray, extra: dict) -> Path:
-        folder = tmp_path / dirname
-        (folder / "rejected").mkdir(parents=True)
-        table = pa.table({"id": ids, "text": texts, **columns})
-        pq.write_table(table.filter(pa.array(keep)), folder / "train-00000.parquet")
-        rejected = table.filter(pa.array(~keep))
-        rejected = rejected.append_column("stage", pa.array([kind] * rejected.num_rows)).append_column(
-            "reason", pa.array([f"{kind}_low"] * rejected.num_rows))
-        pq.write_table(rejected, folder / "rejected" / "part-00000.parquet")
-        record = ShardRecord("part-00000", n, int(keep.sum()), int((~keep).sum()), rows_out=int(keep.sum()),
-                             bytes_in=10_000, bytes_kept=4_000, bytes_rejected=1_000,
-                             reasons={f"{kind}_low": int((~keep).sum())} if (~keep).any() else {})
-        write_manifest(folder, kind, "h", {}, [record], 0.1, extra)
-        return folder
+        return _hand_written_stage(tmp_path / dirname, kind, ids, texts, columns, keep, extra,
+                                   bytes_in=10_000, bytes_kept=4_000, bytes_rejected=1_000)
 
     everything, half = np.ones(n, bool), np.arange(n) < n // 2
     ingest = stage("00-ingest", "ingest", {}, half, {})
@@ -368,11 +380,8 @@ def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):
     """Stage folders written by hand in the run layout (prune's ppl/entropy and plane, a DataRater cut
     with -inf below, a perplexity band with two ends): each score column gets a histogram and its cut."""
     import numpy as np
-    import pyarrow as pa
-    import pyarrow.parquet as pq
     from PIL import Image
 
-    from winnow.pipeline.manifest import ShardRecord, write_manifest
     from winnow.report import build_report
 
     rng = np.random.default_rng(0)
@@ -381,17 +390,7 @@ def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):
     texts = [f"<b>document {i}</b>\nline two" for i in range(n)]
 
     def stage(dirname: str, kind: str, columns: dict, keep: np.ndarray, extra: dict) -> None:
-        folder = tmp_path / dirname
-        (folder / "rejected").mkdir(parents=True)
-        table = pa.table({"id": ids, "text": texts, **columns})
-        pq.write_table(table.filter(pa.array(keep)), folder / "train-00000.parquet")
-        rejected = table.filter(pa.array(~keep))
-        rejected = rejected.append_column("stage", pa.array([kind] * rejected.num_rows)).append_column(
-            "reason", pa.array([f"{kind}_low"] * rejected.num_rows))
-        pq.write_table(rejected, folder / "rejected" / "part-00000.parquet")
-        record = ShardRecord("part-00000", n, int(keep.sum()), int((~keep).sum()), rows_out=int(keep.sum()),
-                             reasons={f"{kind}_low": int((~keep).sum())} if (~keep).any() else {})
-        write_manifest(folder, kind, "h", {}, [record], 0.1, extra)
+        _hand_written_stage(tmp_path / dirname, kind, ids, texts, columns, keep, extra)
 
     everything = np.ones(n, bool)
     stage("00-ingest", "ingest", {}, everything, {})
