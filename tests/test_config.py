@@ -211,3 +211,21 @@ def test_per_language_argument_typo_is_reported_at_its_own_line(tmp_path):
     assert (e.value.key, e.value.line) == ("stages[1].heuristics.gopher_quality.per_language.de.min_doc_word", 10), \
         str(e.value)
     assert "did you mean 'min_doc_words'" in e.value.reason
+
+
+def test_storage_options_is_a_mapping_whose_secrets_never_reach_the_resolved_config(tmp_path):
+    text = GOOD.format(web="s3://bucket/in/*.jsonl.gz", out="s3://bucket/out") + (
+        "storage_options:\n  endpoint_url: http://127.0.0.1:9000\n  secret: hunter2-not-for-files\n"
+        "  client_kwargs: {region_name: eu-west-1, aws_session_token: tok-not-for-files}\n  anon: false\n")
+    cfg = load_config(write(tmp_path, text))
+    assert cfg.pipeline.storage_options["endpoint_url"] == "http://127.0.0.1:9000"
+    written = cfg.to_yaml()
+    assert "hunter2-not-for-files" not in written and "tok-not-for-files" not in written
+    assert "endpoint_url: http://127.0.0.1:9000" in written and "region_name: eu-west-1" in written
+    assert "anon: false" in written
+    with pytest.raises(ConfigError) as e:   # a misspelt top-level key is caught, with the near name
+        load_config(write(tmp_path, GOOD.format(web="x.jsonl", out="o") + "storage_option: {}\n"))
+    assert e.value.key == "storage_option" and "storage_options" in str(e.value)
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, GOOD.format(web="x.jsonl", out="o") + "storage_options: [a]\n"))
+    assert e.value.key == "storage_options"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 
@@ -28,7 +30,7 @@ def eval_(config: str, overrides: tuple[str, ...]) -> None:
     from winnow.pipeline.config import load_model
     from winnow.proxy.evaluate import EvalConfig, run_eval
 
-    cfg = load_model(config, EvalConfig, overrides)
+    cfg = localized(load_model(config, EvalConfig, overrides))
     report = run_eval(cfg, log=click.echo)
     click.echo(f"\nheadline held-out set: {report['eval_set']}; plot: {report['plot']}")
     for name, by_set in report["arms"].items():
@@ -40,3 +42,21 @@ def eval_(config: str, overrides: tuple[str, ...]) -> None:
             stderr = f" ± {res['stderr']:.3f}" if res["stderr"] is not None else ""
             click.echo(f"{arm} {task}: accuracy {res['accuracy']:.3f}{stderr} ({res['items']} items, "
                        f"chance {res['chance']}, the {res['per_seed'][0].get('budget', 1.0):g}x runs)")
+
+
+def localized(cfg: Any) -> Any:
+    """The eval config with every URL among its inputs (arms, held-out paths, tokenizer, downstream data)
+    replaced by a local copy under the winnow cache, fetched once per content (credentials and
+    `AWS_ENDPOINT_URL` from the standard chain). The eval's `output` stays a local folder."""
+    from winnow.models.loading import cache_root
+    from winnow.pipeline.storage import localize
+
+    cache = cache_root() / "inputs"
+    cfg.arms = {name: localize(path, cache) for name, path in cfg.arms.items()}
+    for held in cfg.heldout.values():
+        held.paths = [localize(p, cache) for p in held.paths]
+    if cfg.tokenizer:
+        cfg.tokenizer = localize(cfg.tokenizer, cache)
+    if getattr(cfg, "downstream", None) is not None and getattr(cfg.downstream, "data", None):
+        cfg.downstream.data = localize(cfg.downstream.data, cache)
+    return cfg

@@ -38,9 +38,14 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
     result = run_pipeline(resolved, force=force, console=console)
     render_funnel(result.out_dir, Console(width=max(Console().width, 140)))
     documents = result.documents_dir or result.final_dir
-    click.echo(f"final documents: {documents}  (datasets folder: {result.out_dir / 'dataset'})")
+    where = result.location.rstrip("/")   # an object store's URL, or the local folder
+
+    def shown(path: Path) -> str:
+        return f"{where}/{path.relative_to(result.out_dir).as_posix()}"
+
+    click.echo(f"final documents: {shown(documents)}  (datasets folder: {where}/dataset)")
     if documents != result.final_dir:
-        click.echo(f"packed rows: {result.final_dir}  (datasets folder: {result.out_dir / 'packed'})")
+        click.echo(f"packed rows: {shown(result.final_dir)}  (datasets folder: {where}/packed)")
     click.echo(f"done in {result.seconds:.1f} s")
     stray = stray_stage_dirs(result.out_dir)
     if stray:
@@ -48,7 +53,9 @@ def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> No
                    "config: stats and report leave them out, `winnow verify` flags them; delete them when done")
     report = write_report(result.out_dir) if resolved.pipeline.outputs.report else None
     if report is not None:
-        click.echo(f"report: {report}  (open it in a browser)")
+        if result.remote is not None:
+            result.remote.put(report.relative_to(result.out_dir).as_posix())
+        click.echo(f"report: {shown(report)}  (open it in a browser)")
 
 
 def write_report(out_dir: Path) -> Path | None:

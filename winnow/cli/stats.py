@@ -9,7 +9,7 @@ import click
 
 
 @click.command(epilog="Examples:\n\n\b\n  winnow stats out/quickstart\n  winnow stats out/web --json")
-@click.argument("out_dir", type=click.Path(file_okay=False, exists=True))
+@click.argument("out_dir")
 @click.option("--json", "as_json", is_flag=True, help="print the funnel as JSON")
 def stats(out_dir: str, as_json: bool) -> None:
     """Per stage: rows and bytes in, kept and rejected (by reason), bytes removed from kept rows (by
@@ -19,14 +19,25 @@ def stats(out_dir: str, as_json: bool) -> None:
     non-alphanumeric fraction, mean word length and line repetition."""
     from rich.console import Console
 
+    from winnow.pipeline.remote_output import local_copy
     from winnow.pipeline.report import funnel, render_funnel
+    from winnow.pipeline.storage import is_url, local_path
 
-    if as_json:
-        click.echo(json.dumps({"funnel": funnel(out_dir), "scores": scoring_stages(out_dir)}, indent=1))
-    else:
-        console = Console(width=max(Console().width, 140))
-        render_funnel(out_dir, console)
-        render_scores(out_dir, console)
+    if not is_url(out_dir) and not Path(local_path(out_dir)).is_dir():
+        raise click.BadParameter(f"{out_dir!r} is not a folder", param_hint="OUT_DIR")
+    # on an object store: the manifests, the config and the kept shards (for the score columns)
+    with local_copy(out_dir, skip=_not_for_stats) as local:
+        if as_json:
+            click.echo(json.dumps({"funnel": funnel(local), "scores": scoring_stages(local)}, indent=1))
+        else:
+            console = Console(width=max(Console().width, 140))
+            render_funnel(local, console)
+            render_scores(local, console)
+
+
+def _not_for_stats(rel: str) -> bool:
+    parts = rel.split("/")
+    return bool({"_fit", "rejected", "removed"} & set(parts)) or parts[0] in ("dataset", "packed", "tokens", "megatron")
 
 
 def scoring_stages(out_dir: str | Path) -> dict[str, dict]:

@@ -1,8 +1,10 @@
 """`extract` stage: the `html` column becomes main-content `text` (trafilatura, or resiliparse's much faster
 main-content plain text), with a per-document time limit.
 
-By default trafilatura falls back to resiliparse on a page where it finds less than half of what
-resiliparse finds (`fallback`, `fallback_below`; why: at FALLBACK_BELOW).
+By default trafilatura runs without its own backup extractors (`no_fallback`: readability-lxml and
+jusText, ~40% of its time) and falls back to resiliparse on a page where it finds less than 0.4 of what
+resiliparse finds, with resiliparse's short non-sentence lines (menus, buttons) dropped first
+(`fallback`, `fallback_below`, `fallback_min_words`; why: at TRAFILATURA_DEFAULTS and FALLBACK_BELOW).
 
 Rows whose extracted text is shorter than `min_chars` are rejected `no_main_text`; a page the
 extractor has spent `timeout_s` seconds of CPU time on without finishing is rejected `extract_timeout`
@@ -46,17 +48,22 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from winnow.pipeline.stage import Cuts, Stage, utf8_bytes
 
-# trafilatura's defaults, except comments off: reader comments are not the article (measured with
-# bench/extract_quality.py; the stage's options override these)
-TRAFILATURA_DEFAULTS: dict[str, Any] = {"include_comments": False}
+# trafilatura's defaults, except comments off (reader comments are not the article) and no_fallback (its
+# readability/jusText backups cost ~40% of its CPU; with resiliparse as this stage's fallback they add
+# 0.0014 shingle F1 on the tuning half: bench/extract_quality.py). The stage's options override these.
+TRAFILATURA_DEFAULTS: dict[str, Any] = {"include_comments": False, "no_fallback": True}
 RESILIPARSE_DEFAULTS: dict[str, Any] = {"main_content": True, "preserve_formatting": True,
                                         "alt_texts": False, "comments": False}
 # The fallback: when trafilatura keeps less than half of what resiliparse's main-content pass finds, it has
 # usually locked onto one block of a page (a teaser, a caption, a cookie notice) and missed the article, so
 # resiliparse's text is taken instead. Chosen by bench/extract_quality.py on the tuning half of the 400
-# labelled pages (the best of trafilatura's options, precision/recall modes and fallback shares 0.2-0.8 by
-# 4-word-shingle F1 there); resiliparse costs ~10 ms a page against trafilatura's ~80.
-FALLBACK_BELOW = 0.5
+# labelled pages (trafilatura's modes with and without no_fallback, fallback shares 0.2-0.8, line filters
+# 0/3/4 words, by 4-word-shingle F1 there); resiliparse costs ~1.6 ms of CPU a page against ~12-19.
+FALLBACK_BELOW = 0.4
+# the fallback's lines with fewer words than this that do not end like a sentence are navigation, buttons,
+# "Auch interessant": dropped before its text is compared and used (chosen with FALLBACK_BELOW)
+FALLBACK_MIN_WORDS = 4
+_SENTENCE_END = tuple('.!?:;"”“»«)')
 # a page whose child has used no CPU for this many times timeout_s (stopped, swapped out, blocked) is rejected
 BACKSTOP_FACTOR = 10.0
 # how often the child's CPU time is read while waiting for its answer (at most; less for tiny limits)
@@ -78,10 +85,12 @@ class ExtractParams(BaseModel):
         "than fallback_below of it; null: trafilatura alone")
     fallback_below: float = Field(FALLBACK_BELOW, ge=0, le=1, description="share of the fallback's length below "
                                   "which trafilatura's text is replaced")
+    fallback_min_words: int = Field(FALLBACK_MIN_WORDS, ge=0, description="the fallback's lines with fewer "
+                                    "words that do not end like a sentence are dropped; 0: keep every line")
 
     def setup(self) -> tuple:
         """What `extract_one` needs, picklable for the child process."""
-        return (self.extractor, self.options, self.fallback, self.fallback_below)
+        return (self.extractor, self.options, self.fallback, self.fallback_below, self.fallback_min_words)
 
 
 def _extract_with(extractor: str, options: dict[str, Any], html: str, url: str | None) -> str:
@@ -97,21 +106,31 @@ def _extract_with(extractor: str, options: dict[str, Any], html: str, url: str |
 def extract_one(setup: tuple, html: str, url: str | None) -> str:
     """Main text of one page ('' when the extractor finds none); runs in the child process or in-line.
 
-    `setup` is (extractor, options, fallback, fallback_below), as `ExtractParams.setup()` gives it."""
-    extractor, options, fallback, fallback_below = setup
+    `setup` is (extractor, options, fallback, fallback_below, fallback_min_words), as
+    `ExtractParams.setup()` gives it."""
+    extractor, options, fallback, fallback_below, min_words = setup
     if not html:
         return ""
     text = _extract_with(extractor, options, html, url)
     # the fallback is plain text: it only stands in for trafilatura's plain-text output
     if fallback is None or fallback == extractor or options.get("output_format", "txt") != "txt":
         return text
-    other = _extract_with(fallback, {}, html, url)
+    other = drop_short_lines(_extract_with(fallback, {}, html, url), min_words)
     return other if len(text) < fallback_below * len(other) else text
+
+
+def drop_short_lines(text: str, min_words: int) -> str:
+    """`text` without its lines of fewer than `min_words` words that do not end like a sentence."""
+    if min_words <= 0:
+        return text
+    return "\n".join(line for line in text.splitlines()
+                     if len(line.split()) >= min_words or line.rstrip().endswith(_SENTENCE_END)
+                     or not line.strip())
 
 
 def _import_extractors(setup: tuple) -> None:
     """Import the modules `extract_one` will use with this setup (a second or more of CPU for trafilatura)."""
-    extractor, _, fallback, _ = setup
+    extractor, _, fallback = setup[:3]
     for name in {extractor, fallback} - {None}:
         if name == "trafilatura":
             import trafilatura  # noqa: F401

@@ -45,6 +45,11 @@ def resolve_model(model: str | None) -> str:
     """The model path to load: `model` as given (made absolute when it exists), or the default GGUF."""
     if not model:
         return default_gguf()
+    from winnow.pipeline import storage
+
+    if storage.is_url(model) and not model.startswith(("http://", "https://")):  # http(s): a served model
+        return storage.cached_copy(model, cache_root() / "models")   # s3://…/model.gguf or a model folder
+    model = storage.local_path(model)
     return os.path.abspath(model) if os.path.exists(model) else model
 
 

@@ -152,6 +152,9 @@ class PipelineConfig(Strict):
     engine: EngineConfig = Field(default_factory=EngineConfig)
     outputs: OutputsConfig = Field(default_factory=OutputsConfig)
     seed: int = 0
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options for every remote filesystem the run opens (e.g. "
+        "endpoint_url for an S3-compatible server); credentials come from each cloud's own chain, never from here")
     stages: list[dict[str, Any]] = Field(default_factory=list)
 
 
@@ -177,6 +180,9 @@ class ResolvedConfig(BaseModel):
     def to_dict(self) -> dict:
         data = self.pipeline.model_dump(mode="json")
         data["stages"] = [{s.name: s.params.model_dump(mode="json")} for s in self.stages]
+        from winnow.pipeline.storage import scrub
+
+        data["storage_options"] = scrub(data.get("storage_options") or {})   # never write a secret anywhere
         return data
 
     def to_yaml(self) -> str:

@@ -56,6 +56,7 @@ from winnow.pipeline.config import stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.faults import inject
 from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
+from winnow.pipeline.remote_output import RemoteOutput
 from winnow.pipeline.shards import (
     TEMP_GLOB,
     file_hash,
@@ -118,14 +119,19 @@ class PeakRSS:
 
 
 def run_shard(stage: Stage, state: Any, ref: ShardRef, stage_dir: str, config_hash: str,
-              input_fingerprint: str, write_removed: bool = False) -> ShardRecord:
+              input_fingerprint: str, write_removed: bool = False, remote: RemoteOutput | None = None) -> ShardRecord:
     """One Dask task: load → apply → check conservation → write kept, rejected, removed, marker (in
-    that order)."""
+    that order). With `remote` (an output on an object store) each file is also put under its final
+    name there, and the marker last: on the store, too, the marker is the commit."""
     with PeakRSS() as rss:
         record = _run_shard(stage, state, ref, stage_dir, config_hash, input_fingerprint, write_removed)
         record.peak_rss = rss.peak
+        if remote is not None:
+            remote.publish_shard(stage_dir, ref.name)
         inject("before_marker", stage_dir, ref.name)
         record.save(stage_dir)
+        if remote is not None:
+            remote.commit_shard(stage_dir, ref.name)
     return record
 
 
@@ -230,8 +236,10 @@ class Engine:
     """Runs stages over shards on a Dask client. Verbs: `run_stage`, `run`."""
 
     def __init__(self, client: Any, out_dir: str | Path, seed: int = 0, force: bool = False,
-                 retries: int = 2, progress: bool = True, console: Any = None, write_removed: bool = False):
+                 retries: int = 2, progress: bool = True, console: Any = None, write_removed: bool = False,
+                 remote: RemoteOutput | None = None):
         self.client, self.out_dir, self.seed = client, Path(out_dir), seed
+        self.remote = remote  # an output on an object store: out_dir is its local working copy
         self.write_removed = write_removed  # outputs.removed: text-editing stages write removed/
         self.force, self.retries, self.progress, self.console = force, retries, progress, console
         # in task keys: a rerun on the same client (a long-lived scheduler) must not be handed the
@@ -291,6 +299,8 @@ class Engine:
         write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
                        extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3),
                               "driver_peak_rss": driver_peak_rss(), **stage.manifest_extra(state)})
+        if self.remote is not None:
+            self.remote.publish_stage(stage_dir, {ref.name for ref in shards})
         outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
                             fingerprint=r.output_fingerprint) for r in ordered if r.rows_out]
         return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
@@ -327,7 +337,7 @@ class Engine:
         for ref, input_fp in todo:
             shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
             fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
-                                     self.write_removed and stage.edits_text,
+                                     self.write_removed and stage.edits_text, self.remote,
                                      key=f"{dirname}-{ref.name}-{input_fp}-{self.run_token}", retries=self.retries,
                                      resources=resources, pure=False, priority=_size_kb(ref))
             futures[fut] = ref

@@ -12,7 +12,9 @@ With `strict: true` the first bad record stops the run with an `InputError` nami
 
 `fit` reads every shard once to learn the union schema of the extra columns (files may differ)
 and to find duplicate ids globally; `apply` reads again, conforms to that schema and drops
-later copies of a duplicate id. Parsing JSON twice costs little next to any filter downstream.
+later copies of a duplicate id. Parsing JSON twice costs little next to any filter downstream; a crawl
+file's fit pass leaves the HTML undecoded (its ids and record checks are all it needs), and a crawl file
+that is not a WARC fails only its own shards (in `apply`), so every other file is still ingested.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any
 import orjson
 import pyarrow as pa
 
+from winnow.pipeline import storage, warc
 from winnow.pipeline.config import InputConfig, stable_hash
 from winnow.pipeline.dupfind import KEY_SCHEMA, Duplicates, find_duplicates, hash128
 from winnow.pipeline.errors import InputError, InputPathError
@@ -83,6 +86,8 @@ class IngestStage(Stage):
         for i, part in enumerate(parts):
             stat = [(f, os.path.getsize(f), os.stat(f).st_mtime_ns) for f in (part.files or (part.path,))
                     if os.path.exists(f)] if part.fmt != "installed_packages" else list(part.files)
+            # an object on a store: its size and ETag (a changed object reruns its shards)
+            stat += [storage.signature(f) for f in (part.files or (part.path,)) if storage.is_url(f)]
             refs.append(ShardRef(shard_name(i), part.path, stable_hash([asdict(part), stat]),
                                  meta={"part": part}))
         return refs
@@ -91,14 +96,16 @@ class IngestStage(Stage):
         return ref.meta["part"]  # ingest is the reader: apply() parses the part itself
 
     # ---------------------------------------------------------------- parsing
-    def parse(self, part: Part, raw_for: frozenset[int] = frozenset()) -> Parsed:
+    def parse(self, part: Part, raw_for: frozenset[int] = frozenset(), with_html: bool = True) -> Parsed:
         """Read and check every record of `part`. `raw_for`: locations whose original bytes (the JSONL
-        line as it is in the file; a table row as JSON) `Parsed.raws` keeps, for rows rejected later."""
+        line as it is in the file; a table row as JSON) `Parsed.raws` keeps, for rows rejected later.
+        `with_html=False`: a crawl record's `html` stays None (the duplicate-id scan needs ids only)."""
         p: InputConfig = self.params
         out = Parsed()
         source = part.path
         crawl = part.fmt in CRAWL_FORMATS
-        for loc, item in (READERS[part.fmt](part, out.skipped) if crawl else READERS[part.fmt](part)):
+        records = warc.read_crawl(part, out.skipped, with_html) if crawl else READERS[part.fmt](part)
+        for loc, item in records:
             if part.fmt == "txt":
                 source = item.source if isinstance(item, Unreadable) else item.get("id", source)
             own_id = None
@@ -223,7 +230,16 @@ class IngestStage(Stage):
         return IngestState(schema, json_columns, duplicates)
 
     def _scan(self, ref: ShardRef) -> tuple[pa.Table, tuple[pa.Schema, set[str]]]:
-        parsed = self.parse(ref.meta["part"])
+        part: Part = ref.meta["part"]
+        crawl = part.fmt in CRAWL_FORMATS
+        try:   # a crawl page's HTML is most of the work of reading it and no part of its id
+            parsed = self.parse(part, with_html=not crawl)
+        except InputError:
+            if not crawl or self.params.strict:
+                raise
+            # a crawl file that is not a WARC fails its own shard in `apply` (same error, file and byte
+            # offset); the other files' shards are still written, and the run fails at the end
+            parsed = Parsed()
         table, as_json = self.to_table(parsed)
         hi, lo = hash128(table.column("id").to_pylist())
         source = ref.path

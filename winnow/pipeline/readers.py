@@ -12,6 +12,7 @@ its start: simple, and cheap next to parsing).
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import gzip
 import io
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from winnow.pipeline import storage
 from winnow.pipeline.errors import InputPathError
 
 JSONL_SUFFIXES = (".jsonl", ".json", ".ndjson", ".jsonl.gz", ".json.gz", ".jsonl.zst", ".json.zst", ".jsonl.zstd")
@@ -69,6 +71,10 @@ def discover(paths: list[str], fmt: str) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for i, pattern in enumerate(paths):
         key = f"input.paths[{i}]"
+        if storage.is_url(pattern):
+            found.extend(_discover_remote(pattern, fmt, key))
+            continue
+        pattern = storage.local_path(pattern)
         if fmt == "hf" or (os.path.isdir(pattern) and os.path.exists(os.path.join(pattern, "state.json"))):
             found.append((pattern, "hf"))
             continue
@@ -104,22 +110,64 @@ def discover(paths: list[str], fmt: str) -> list[tuple[str, str]]:
     return unique
 
 
+def _discover_remote(pattern: str, fmt: str, key: str) -> list[tuple[str, str]]:
+    """`discover` for a URL: a glob, a folder (every readable file under it) or one object."""
+    if fmt == "hf" or storage.exists(storage.join(pattern, "state.json")):
+        return [(pattern, "hf")]
+    if glob.has_magic(pattern):
+        matches = storage.glob(pattern)
+        if not matches:
+            raise InputPathError(f"no object matches the pattern {pattern!r}", file=pattern, key=key)
+    elif storage.isdir(pattern):
+        matches = storage.find(pattern)
+    elif storage.exists(pattern):
+        return [(pattern, _known_format(pattern, fmt, key))]
+    else:
+        raise InputPathError(f"input object does not exist: {pattern!r}", file=pattern, key=key)
+    readable = [(m, fmt if fmt != "auto" else _format_of(m)) for m in matches if _format_of(m)]
+    if not readable:
+        raise InputPathError(f"{pattern!r} holds {len(matches)} object(s), none with a suffix winnow reads "
+                             f"({' '.join(sorted(FORMAT_BY_SUFFIX))})", file=pattern, key=key)
+    return readable
+
+
+def _known_format(path: str, fmt: str, key: str) -> str:
+    f = fmt if fmt != "auto" else _format_of(path)
+    if f is None:
+        raise InputPathError(f"cannot tell the format of {path!r} from its name; set input.format", file=path, key=key)
+    return f
+
+
+def open_raw(path: str) -> io.BufferedIOBase:
+    """The file's bytes as stored, from a local path or a URL (remote files read by byte ranges): the
+    one place input files are opened (warc.py too)."""
+    return storage.open_file(path, "rb")
+
+
+def file_size(path: str) -> int:
+    return storage.size(path)
+
+
 def open_stream(path: str) -> io.BufferedIOBase:
     """A binary stream of the file's decompressed content."""
     lower = path.lower()
     if lower.endswith(".gz"):
-        return gzip.open(path, "rb")
+        if not storage.is_url(path):
+            return gzip.open(storage.local_path(path), "rb")
+        stream = gzip.GzipFile(fileobj=open_raw(path), mode="rb")
+        stream.myfileobj = stream.fileobj   # closed with the stream, as gzip.open does with the file it opens
+        return stream
     if lower.endswith((".zst", ".zstd")):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open_raw(path), closefd=True))
+    return open_raw(path)
 
 
 def plan_jsonl(path: str, shard_bytes: int) -> list[Part]:
     """Cut a JSONL file into parts of about `shard_bytes`, on line boundaries, with their first line number."""
     compressed = path.lower().endswith((".gz", ".zst", ".zstd"))
-    if not compressed and os.path.getsize(path) <= shard_bytes:
+    if not compressed and file_size(path) <= shard_bytes:
         return [Part(path, "jsonl")]
     parts: list[Part] = []
     start, start_line = 0, 1
@@ -147,8 +195,7 @@ def plan_jsonl(path: str, shard_bytes: int) -> list[Part]:
 def read_jsonl(part: Part) -> Iterator[tuple[int, bytes]]:
     with open_stream(part.path) as f:
         if part.start:
-            if isinstance(f, io.BufferedReader) and f.seekable() and not part.path.lower().endswith(
-                    (".gz", ".zst", ".zstd")):
+            if f.seekable() and not part.path.lower().endswith((".gz", ".zst", ".zstd")):
                 f.seek(part.start)
             else:
                 remaining = part.start
@@ -170,7 +217,8 @@ def read_jsonl(part: Part) -> Iterator[tuple[int, bytes]]:
 def plan_parquet(path: str, shard_bytes: int) -> list[Part]:
     import pyarrow.parquet as pq
 
-    meta = pq.ParquetFile(path).metadata
+    with _parquet_source(path) as f:   # a remote file: only the footer is fetched
+        meta = pq.ParquetFile(f).metadata
     parts, first, size = [], 0, 0
     for rg in range(meta.num_row_groups):
         size += meta.row_group(rg).total_byte_size
@@ -182,15 +230,22 @@ def plan_parquet(path: str, shard_bytes: int) -> list[Part]:
     return parts
 
 
+def _parquet_source(path: str) -> contextlib.AbstractContextManager:
+    """What pyarrow opens: a local path as it is (Arrow's own file, no Python in the read loop), a remote
+    object as an fsspec file that reads the byte ranges pyarrow asks for."""
+    return open_raw(path) if storage.is_url(path) else contextlib.nullcontext(storage.local_path(path))
+
+
 def read_parquet(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     import pyarrow.parquet as pq
 
-    pf = pq.ParquetFile(part.path)
-    row = sum(pf.metadata.row_group(rg).num_rows for rg in range(part.start)) + 1
-    for rg in range(part.start, part.end or pf.metadata.num_row_groups):
-        table = pf.read_row_group(rg)
-        yield from _table_rows(table, row)
-        row += table.num_rows
+    with _parquet_source(part.path) as f:   # byte ranges: the footer, then this part's row groups only
+        pf = pq.ParquetFile(f)
+        row = sum(pf.metadata.row_group(rg).num_rows for rg in range(part.start)) + 1
+        for rg in range(part.start, part.end or pf.metadata.num_row_groups):
+            table = pf.read_row_group(rg)
+            yield from _table_rows(table, row)
+            row += table.num_rows
 
 
 def _table_rows(table, first: int) -> Iterator[tuple[int, dict | Unreadable]]:
@@ -245,15 +300,20 @@ def _holds_nat(value) -> bool:
 def plan_hf(path: str) -> list[Part]:
     import json
 
-    state = json.loads(Path(path, "state.json").read_text())
-    return [Part(str(Path(path) / f["filename"]), "hf") for f in state["_data_files"]]
+    with open_raw(storage.join(path, "state.json")) as f:
+        state = json.loads(f.read())
+    return [Part(storage.join(path, f["filename"]), "hf") for f in state["_data_files"]]
 
 
 def read_hf(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     import pyarrow as pa
 
-    with pa.memory_map(part.path) as source:
-        table = pa.ipc.open_stream(source).read_all()
+    if storage.is_url(part.path):
+        with open_raw(part.path) as f:
+            table = pa.ipc.open_stream(f.read()).read_all()
+    else:
+        with pa.memory_map(part.path) as source:
+            table = pa.ipc.open_stream(source).read_all()
     yield from _table_rows(table, 1)
 
 
@@ -261,7 +321,7 @@ def plan_txt(files: list[str], shard_bytes: int) -> list[Part]:
     parts, group, size = [], [], 0
     for path in files:
         group.append(path)
-        size += os.path.getsize(path)
+        size += file_size(path)
         if size >= shard_bytes:
             parts.append(Part(group[0], "txt", files=tuple(group)))
             group, size = [], 0
@@ -272,7 +332,8 @@ def plan_txt(files: list[str], shard_bytes: int) -> list[Part]:
 
 def read_txt(part: Part) -> Iterator[tuple[int, dict | Unreadable]]:
     for i, path in enumerate(part.files):
-        data = Path(path).read_bytes()
+        with open_raw(path) as f:
+            data = f.read()
         try:
             text = data.decode("utf-8")
         except UnicodeDecodeError as e:
@@ -371,11 +432,10 @@ def plan(paths: list[str], fmt: str, shard_bytes: int | None, n_workers: int = 1
         raise InputPathError("input.paths is empty: name at least one file, folder or glob", file="<config>",
                              key="input.paths")
     files = discover(paths, fmt)
-    # a crawl file is a natural shard (Common Crawl's ~1 GB WARCs hold ~35k pages): cut one only when
-    # asked to, since finding record starts in a .gz file means reading it through once on the driver
-    crawl_shard_bytes = shard_bytes or float("inf")
+    # crawl files are cut by their own default (warc.CRAWL_SHARD_BYTES) unless shard_size_mb is set
+    crawl_shard_bytes = shard_bytes
     if shard_bytes is None:
-        shard_bytes = auto_shard_bytes(sum(os.path.getsize(p) for p, f in files if f != "hf"), n_workers)
+        shard_bytes = auto_shard_bytes(sum(file_size(p) for p, f in files if f != "hf"), n_workers)
     parts: list[Part] = []
     txt_files = [p for p, f in files if f == "txt"]
     for path, f in files:

@@ -8,6 +8,10 @@ Final outputs, beside the stage folders:
 - `_run.json`: which stage folder is final, its fingerprints, which stage `dataset/` holds, and the
   wall time;
 - whatever the last stage's `finalize` writes (pack: `packed/`, `tokens/`, `megatron/`);
+An `output:` URL on an object store (`s3://bucket/run`) is worked in a local scratch copy
+(storage.RemoteOutput): on start the copy is made to hold exactly the shards the store's markers
+vouch for; each shard's objects are put as its task ends, marker last; each stage's side files and
+manifest when it ends; the run-level files at the end, `_run.json` last.
 - (`report.html` when `outputs.report` is set: the CLI writes it, winnow/cli/run.py, since the report
   sits above the engine.)
 """
@@ -27,8 +31,10 @@ from winnow.pipeline.config import ResolvedConfig, stable_hash
 from winnow.pipeline.engine import Engine, StageResult, kept_files
 from winnow.pipeline.ingest import IngestStage
 from winnow.pipeline.registry import get_stage_class
+from winnow.pipeline.remote_output import RemoteOutput
 from winnow.pipeline.shards import write_bytes_atomic
 from winnow.pipeline.stage import RunOutputs
+from winnow.pipeline.storage import StoragePlugin, configure, is_url, local_path, scratch_for
 
 
 @dataclass
@@ -38,6 +44,12 @@ class RunResult:
     final_dir: Path
     seconds: float
     documents_dir: Path | None = None   # the stage `dataset/` was made from (final_dir unless it packs)
+    remote: RemoteOutput | None = None   # the output on an object store (out_dir is its local copy)
+
+    @property
+    def location(self) -> str:
+        """Where the output lives: its URL, or the local folder."""
+        return self.remote.url if self.remote is not None else str(self.out_dir)
 
 
 def build_stages(config: ResolvedConfig) -> list[tuple[str, Any, dict]]:
@@ -52,21 +64,35 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
                  console: Any = None) -> RunResult:
     """Run a whole config; reuses `client` when given, else starts the configured cluster."""
     t0 = time.perf_counter()
-    out = Path(config.pipeline.output)
+    options = config.pipeline.storage_options
+    configure(options)
+    remote = None
+    if is_url(config.pipeline.output):
+        remote = RemoteOutput(config.pipeline.output, str(scratch_for(config.pipeline.output)), options)
+        remote.check_reachable()   # a missing bucket or refused credentials: fail before any work
+    out = Path(remote.local if remote else local_path(config.pipeline.output))
     out.mkdir(parents=True, exist_ok=True)
     write_bytes_atomic(config.to_yaml().encode(), out / "config.resolved.yaml")
     eng_cfg = config.pipeline.engine
     if client is None:
         def announce(started: Any) -> None:
+            if options:   # workers open remote inputs with the run's storage_options (also those that restart)
+                started.register_plugin(StoragePlugin(options))
             if console is not None and eng_cfg.progress and dashboard_address(eng_cfg) and not eng_cfg.scheduler:
                 console.print(f"Dask dashboard: {started.dashboard_link}")
 
         with lazy_cluster_client(eng_cfg, on_start=announce) as own:
             return run_pipeline(config, force=force, client=own, console=console)
+    if options and not hasattr(client, "worker_count_hint"):   # a caller's client (a LazyClient registers on start)
+        client.register_plugin(StoragePlugin(options))
     engine = Engine(client, out, seed=config.pipeline.seed, force=force, retries=eng_cfg.retries,
                     progress=eng_cfg.progress and console is not None, console=console,
-                    write_removed=config.pipeline.outputs.removed)
+                    write_removed=config.pipeline.outputs.removed, remote=remote)
     chain = build_stages(config)
+    if remote is not None:
+        remote.put("config.resolved.yaml")
+        if not force:
+            remote.hydrate([dirname for dirname, _, _ in chain])
     results = engine.run(chain)
     final_dir = out / results[-1].dirname
     fingerprints = [r.output_fingerprint for r in results[-1].records]
@@ -84,7 +110,9 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
                "dataset_stage": documents.dirname, "dataset_fingerprints": document_fingerprints,
                "wall_seconds": round(seconds, 3)}
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
-    return RunResult(out, results, final_dir, seconds, out / documents.dirname)
+    if remote is not None:
+        remote.publish_tree()
+    return RunResult(out, results, final_dir, seconds, out / documents.dirname, remote)
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:

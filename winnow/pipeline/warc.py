@@ -25,17 +25,21 @@ from __future__ import annotations
 
 import codecs
 import gzip
-import os
 import re
 import zlib
 from collections import Counter
 from collections.abc import Iterator
 
 from winnow.pipeline.errors import InputError
-from winnow.pipeline.readers import FORMAT_BY_SUFFIX, Part, Unreadable
+from winnow.pipeline.readers import FORMAT_BY_SUFFIX, Part, Unreadable, file_size, open_raw
 
 HTML_TYPES = ("text/html", "application/xhtml+xml", "application/xml+xhtml")
 MAX_PAYLOAD_BYTES = 16_000_000   # as ingest's max_text_bytes: a longer payload is rejected, never held
+# A crawl file is cut into parts of about this many file bytes unless input.shard_size_mb says otherwise: a
+# worker holds one part's pages (decoded HTML is ~4x a .warc.gz part), so its memory does not grow with
+# the file (a 1 GB Common Crawl WARC becomes ~120 parts of ~300 responses).
+CRAWL_SHARD_BYTES = 8 * 2**20
+PROBE_BYTES = 1 << 20   # how far past a cut target plan_warc reads at a time looking for a record start
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.I)
 _SNIFF_HTML = re.compile(rb"^\s*(<!--.*?-->\s*)*<(!doctype\s+html|html|head|body)\b", re.I | re.S)
 
@@ -48,7 +52,7 @@ def format_of(path: str) -> str | None:
 
 
 def _is_gzip(path: str) -> bool:
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         return f.read(2) == b"\x1f\x8b"
 
 
@@ -59,34 +63,63 @@ def _is_arc(path: str) -> bool:
 # ------------------------------------------------------------------ planning
 
 
-def plan_warc(path: str, shard_bytes: int, fmt: str = "warc") -> list[Part]:
-    """Cut a WARC/WET file into parts of about `shard_bytes` (file bytes) at record boundaries.
+def plan_warc(path: str, shard_bytes: int | None = None, fmt: str = "warc") -> list[Part]:
+    """Cut a WARC/WET file into parts of about `shard_bytes` file bytes (None: CRAWL_SHARD_BYTES) at
+    record boundaries, so that no worker holds more than a part's pages however big the file is.
 
     A part is [start, end) in file offsets: a reader seeks to `start` (a gzip member or record start)
-    and reads records that begin before `end`. A file smaller than `shard_bytes`, an ARC file, or a
-    .gz file that is one gzip stream (records are not separately seekable) is one part.
+    and reads records that begin before `end`. Cuts are found by probing near each multiple of
+    `shard_bytes` (`_record_start_from`), never by reading the file through on the driver. A file
+    smaller than `shard_bytes`, an ARC file, or a .gz file that is one gzip stream (records are not
+    separately seekable) is one part.
     """
-    size = os.path.getsize(path)
+    shard_bytes = shard_bytes or CRAWL_SHARD_BYTES
+    size = file_size(path)
     if size <= shard_bytes or _is_arc(path):
         return [Part(path, fmt)]
-    from fastwarc.warc import ArchiveIterator
-
     gz = _is_gzip(path)
     cuts = [0]
-    with open(path, "rb") as f:
-        try:
-            for record in ArchiveIterator(f, parse_http=False):
-                if record.stream_pos - cuts[-1] >= shard_bytes:
-                    cuts.append(record.stream_pos)
-        except OSError:
-            pass   # the reader of the last part meets the bad bytes again and says where
-        if gz:   # every cut must start a gzip member, or seeking there cannot decompress
-            for pos in cuts[1:]:
-                f.seek(pos)
-                if f.read(2) != b"\x1f\x8b":
-                    return [Part(path, fmt)]
+    with open_raw(path) as f:
+        while cuts[-1] + shard_bytes < size:
+            pos = _record_start_from(f, cuts[-1] + shard_bytes, gz)
+            if pos is None:
+                break
+            cuts.append(pos)
     ends = [*cuts[1:], None]
     return [Part(path, fmt, start, end) for start, end in zip(cuts, ends, strict=True)]
+
+
+def _record_start_from(f, pos: int, gz: bool) -> int | None:
+    """The first offset at or after `pos` where a WARC record starts (in a .gz file: a gzip member that
+    inflates to `WARC/1.`; else `WARC/1.` right after the blank line that ends the record before), or
+    None. A candidate must also carry a WARC-Type header, so a payload that merely contains such bytes
+    is not taken for a record (a cut inside a record would only cost that record: its part reads
+    from the record before)."""
+    magic = b"\x1f\x8b\x08" if gz else b"\r\n\r\nWARC/1."
+    skip = 0 if gz else 4
+    while True:
+        f.seek(pos)
+        window = f.read(PROBE_BYTES + len(magic))
+        if len(window) < len(magic):
+            return None
+        at = window.find(magic)
+        while at >= 0:
+            if _starts_record(f, pos + at + skip, gz):
+                return pos + at + skip
+            at = window.find(magic, at + 1)
+        pos += PROBE_BYTES
+
+
+def _starts_record(f, pos: int, gz: bool) -> bool:
+    f.seek(pos)
+    head = f.read(1 << 16)
+    if gz:
+        try:
+            head = zlib.decompressobj(wbits=31).decompress(head, 4096)
+        except zlib.error:
+            return False
+    header = head.split(b"\r\n\r\n", 1)[0]
+    return head.startswith(b"WARC/1.") and b"\r\nwarc-type:" in header.lower()
 
 
 # ------------------------------------------------------------------ reading
@@ -100,18 +133,31 @@ def read_warc(part: Part, skipped: Counter | None = None) -> Iterator[tuple[int,
         yield from _read(part, "warc", skipped)
 
 
+def read_crawl(part: Part, skipped: Counter | None = None,
+               with_html: bool = True) -> Iterator[tuple[int, dict | Unreadable]]:
+    """`read_warc` or `read_wet` by the part's format; `with_html=False` leaves a response's `html` None
+    (every check on the record is still made: the same records come out, kept or rejected alike)."""
+    if part.fmt == "wet":
+        yield from _read(part, "wet", skipped)
+    elif _is_arc(part.path):
+        yield from _read_arc(part, skipped, with_html)
+    else:
+        yield from _read(part, "warc", skipped, with_html)
+
+
 def read_wet(part: Part, skipped: Counter | None = None) -> Iterator[tuple[int, dict | Unreadable]]:
     """One `(offset, record)` per `conversion` record: its text goes straight into `text`."""
     yield from _read(part, "wet", skipped)
 
 
-def _read(part: Part, fmt: str, skipped: Counter | None) -> Iterator[tuple[int, dict | Unreadable]]:
+def _read(part: Part, fmt: str, skipped: Counter | None,
+          with_html: bool = True) -> Iterator[tuple[int, dict | Unreadable]]:
     from fastwarc.warc import ArchiveIterator
 
     skipped = Counter() if skipped is None else skipped
     document_type = "response" if fmt == "warc" else "conversion"
     last_pos, truncated = None, False
-    with open(part.path, "rb") as f:
+    with open_raw(part.path) as f:
         f.seek(part.start)
         records = ArchiveIterator(f, parse_http=(fmt == "warc"))
         try:
@@ -133,7 +179,7 @@ def _read(part: Part, fmt: str, skipped: Counter | None) -> Iterator[tuple[int, 
                 if fmt == "wet":
                     yield pos, _wet_row(record, raw, part.path, truncated)
                 else:
-                    yield pos, _response_row(record, raw, part.path, truncated)
+                    yield pos, _response_row(record, raw, part.path, truncated, with_html)
         except OSError as e:
             offset = _end_of_record(part.path, last_pos) if last_pos is not None else part.start
             tail = _truncated_tail(part.path, offset)
@@ -146,7 +192,7 @@ def _read(part: Part, fmt: str, skipped: Counter | None) -> Iterator[tuple[int, 
         # FastWARC stops quietly at a record cut inside its header: compare where the last record
         # ends with the file's size, so no byte is silently left unread
         offset = _end_of_record(part.path, last_pos) if last_pos is not None else part.start
-        if offset < os.path.getsize(part.path):
+        if offset < file_size(part.path):
             tail = _truncated_tail(part.path, offset)
             if tail is None:
                 raise InputError(f"not a WARC file from byte offset {offset} on", file=part.path,
@@ -154,7 +200,7 @@ def _read(part: Part, fmt: str, skipped: Counter | None) -> Iterator[tuple[int, 
             yield offset, tail
 
 
-def _response_row(record, raw: bytes, path: str, truncated: bool) -> dict | Unreadable:
+def _response_row(record, raw: bytes, path: str, truncated: bool, with_html: bool = True) -> dict | Unreadable:
     status = record.http_headers.status_code if record.http_headers is not None else None
     content_type = record.http_headers.get("Content-Type") if record.http_headers is not None else None
     if truncated:
@@ -170,7 +216,7 @@ def _response_row(record, raw: bytes, path: str, truncated: bool) -> dict | Unre
     mime = (content_type or "").split(";")[0].strip().lower()
     if not (mime in HTML_TYPES or (not mime and _SNIFF_HTML.match(body[:2048]))):
         return Unreadable("not_html", f"content type {content_type!r}", raw[:4096], source=path)
-    html = decode_html(body, charset_of(content_type))
+    html = decode_html(body, charset_of(content_type)) if with_html else None
     return {"id": _unbracket(record.record_id), "text": None, "url": _unbracket(record.headers.get("WARC-Target-URI")),
             "warc_date": record.headers.get("WARC-Date"), "http_status": status, "content_type": content_type,
             "html": html, "warc_file": path, "warc_offset": record.stream_pos}
@@ -271,7 +317,7 @@ def decode_html(body: bytes, header_charset: str | None = None) -> str:
 
 def _end_of_record(path: str, pos: int) -> int:
     """The file offset just past the record starting at `pos` (its gzip member, or header + block + CRLFs)."""
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         f.seek(pos)
         if f.read(2) == b"\x1f\x8b":
             f.seek(pos)
@@ -292,7 +338,7 @@ def _end_of_record(path: str, pos: int) -> int:
 def _truncated_tail(path: str, offset: int) -> Unreadable | None:
     """The bytes from `offset` to the end as a `truncated_record`, if they are the start of a WARC
     record cut short (a WARC header line, or a prefix of one); None when they are not WARC at all."""
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         f.seek(offset)
         raw = f.read(MAX_PAYLOAD_BYTES)
     data = raw
@@ -314,13 +360,14 @@ def _truncated_tail(path: str, offset: int) -> Unreadable | None:
 # ------------------------------------------------------------------ ARC (warcio)
 
 
-def _read_arc(part: Part, skipped: Counter | None) -> Iterator[tuple[int, dict | Unreadable]]:
+def _read_arc(part: Part, skipped: Counter | None,
+              with_html: bool = True) -> Iterator[tuple[int, dict | Unreadable]]:
     """ARC files (the Internet Archive's older format) through warcio, which converts them to WARC."""
     from warcio.archiveiterator import ArchiveIterator
     from warcio.exceptions import ArchiveLoadFailed
 
     skipped = Counter() if skipped is None else skipped
-    with open(part.path, "rb") as f:
+    with open_raw(part.path) as f:
         records = ArchiveIterator(f, arc2warc=True)
         try:
             for record in records:
@@ -343,7 +390,8 @@ def _read_arc(part: Part, skipped: Counter | None) -> Iterator[tuple[int, dict |
                 yield pos, {"id": f"{part.path}:{pos}", "text": None,
                             "url": record.rec_headers.get_header("WARC-Target-URI"),
                             "warc_date": record.rec_headers.get_header("WARC-Date"), "http_status": status,
-                            "content_type": content_type, "html": decode_html(body, charset_of(content_type)),
+                            "content_type": content_type,
+                            "html": decode_html(body, charset_of(content_type)) if with_html else None,
                             "warc_file": part.path, "warc_offset": pos}
         except ArchiveLoadFailed as e:
             raise InputError(f"not an ARC file ({e})", file=part.path, reason="not_warc") from None
@@ -353,7 +401,7 @@ def fetch_record(path: str, offset: int) -> bytes:
     """The payload of the record at `offset` of a WARC file (`warc_file`, `warc_offset` of a row)."""
     from fastwarc.warc import ArchiveIterator
 
-    with open(path, "rb") as f:
+    with open_raw(path) as f:
         f.seek(offset)
         for record in ArchiveIterator(f, parse_http=True):
             return record.reader.read()
