@@ -1,10 +1,16 @@
 """Tokenize throughput against datatrove's DocumentTokenizer, and packing speed and quality.
 
 1. Trains one byte-level BPE (32k) on the web sample and saves it as tokenizer.json.
-2. Tokenizes all of ../shared/data/web with it, each side in its own process, N processes each:
-   - datatrove: JsonlReader → DocumentTokenizer(eos, no shuffling) on LocalPipelineExecutor(workers=N)
-   - winnow:    `winnow run` with ingest + tokenize(tokenizer=that file) on a LocalCluster of N workers
-   tokens/s over wall time (start-up included) and peak RSS of each process tree.
+2. Tokenizes all of ../shared/data/web with it, each side in its own process, N processes each, as a
+   user runs each tool (wall time of the whole child process, start-up included), and peak RSS of each
+   process tree:
+   - datatrove: interpreter start and imports, LocalPipelineExecutor(workers=N) forking its pool,
+     JsonlReader (each line parsed once) → DocumentTokenizer(eos, no shuffling: `encode_batch` with
+     offsets, ids packed per document and written to .ds files with their index);
+   - winnow: interpreter start and imports, `run_pipeline` (= `winnow run`) starting a LocalCluster
+     (scheduler + N worker processes), the ingest stage (JSON to Parquet shards with ids, manifests,
+     checksummed markers), the tokenize stage (tokenizer=that file: ids to Parquet, manifests,
+     markers), the cluster's shutdown. The winnow line also prints the two stages' own wall seconds.
 3. Packs winnow's tokenized shards with concat, best_fit and bm25 (in this process): documents/s,
    padding rate, and how related the documents sharing a row are (mean TF-IDF cosine).
 
@@ -51,7 +57,7 @@ def child_winnow(files: list[str], workers: int, tokenizer: str, out: Path) -> N
     result = run_pipeline(cfg)
     stage = result.stages[-1]
     print(json.dumps({"tokens": _count_tokens(out / "w" / stage.dirname), "stage_seconds": stage.seconds,
-                      "dir": str(out / "w" / stage.dirname)}))
+                      "ingest_seconds": result.stages[0].seconds, "dir": str(out / "w" / stage.dirname)}))
 
 
 def _count_tokens(stage_dir: Path) -> int:
@@ -121,7 +127,7 @@ def main() -> None:
             r = run_measured([sys.executable, __file__, "--child", side, "--workers", str(args.workers),
                               "--tokenizer", tok_path, "--out", str(out), "--file-list", json.dumps(files)])
             results[side] = r
-            stage = (f"  (tokenize stage alone {r['stage_seconds']:.1f} s: "
+            stage = (f"  (ingest stage {r['ingest_seconds']:.1f} s, tokenize stage alone {r['stage_seconds']:.1f} s: "
                      f"{r['tokens'] / r['stage_seconds']:,.0f} tokens/s)" if "stage_seconds" in r else "")
             print(f"  {side:9s} {r['tokens'] / r['seconds']:12,.0f} tokens/s  {r['tokens']:,} tokens  "
                   f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB{stage}")

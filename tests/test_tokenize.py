@@ -146,3 +146,53 @@ def test_eval_trains_directly_on_packed_output(packed_run, tmp_path):
     assert report["tokenizer_vocab"] == 2048                     # the run's tokenizer, not a new one
     assert report["unique_tokens"]["packed"] == report["unique_tokens"]["documents"] > 0
     assert set(report["arms"]) == {"documents"} and report["arms"]["documents"]["held"]["per_seed"]
+
+
+def _real_texts() -> list[str]:
+    """Multilingual web pages (one holds U+3EB7E, which the two regex engines class differently) and
+    Common Crawl samples, plus real texts with the end-of-document token and an engine-differing
+    letter (U+0558: a letter in `regex`'s Unicode, unassigned in Oniguruma's) spliced in."""
+    from conftest import WEB
+
+    texts = [json.loads(line)["text"] for name in ("html_extracted/trafilatura_pages-000.jsonl",
+                                                   "cc_samples/cc_fixture_docs-000.jsonl")
+             for line in (WEB / name).read_text().splitlines()[:100]]
+    spliced = [t[:40] + "<|endoftext|>" + t[40:80] + "  <|endoftext|><|endoftext|>." + t[80:] for t in texts[:30]]
+    return texts + spliced + [t[:25] + "\u0558ab \u0558" + t[25:] for t in texts[30:40]] + ["", " ", "<|endoftext|>"]
+
+
+def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch):
+    from tokenizers import normalizers
+
+    import winnow.tokenize.word_encoder as word_encoder
+    from winnow.tokenize.tokenize_stage import TokenizeParams, TokenizerState, TokenizeStage
+    from winnow.tokenize.word_encoder import WordEncoder
+
+    texts = _real_texts()
+    tok = train_bpe(texts[:200], 1024)
+    expected = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    assert any(0 in ids[1:] for ids in expected)   # the spliced EOS is split out as a token inside documents
+
+    monkeypatch.setattr(word_encoder, "MAX_CACHED_WORDS", 2000)   # the cache restarts several times
+    encoder = WordEncoder(tok, tok.to_str())
+    assert encoder.fast
+    for start in range(0, len(texts), 64):
+        values, lengths = encoder.encode(texts[start:start + 64])
+        assert lengths.tolist() == [len(ids) for ids in expected[start:start + 64]]
+        assert values.tolist() == [i for ids in expected[start:start + 64] for i in ids]
+    assert {"\u0558", "\U0003eb7e"} <= encoder._differs   # texts holding them went to tokenizers whole
+
+    # through the stage, in small batches: each document's ids then EOS, in one list<uint16> column
+    state = TokenizerState(tok.to_str(), "<|endoftext|>")
+    table = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts})
+    kept, _ = TokenizeStage(TokenizeParams(batch_size=100)).apply(table, state)
+    assert kept.column("input_ids").type == pa.list_(pa.uint16())
+    assert kept.column("input_ids").to_pylist() == [ids + [state.eos_id] for ids in expected]
+    assert kept.column("n_tokens").to_pylist() == [len(ids) + 1 for ids in expected]
+
+    # a tokenizer outside the covered shape (a normalizer) is encoded by tokenizers itself
+    tok.normalizer = normalizers.NFKC()
+    other = WordEncoder(tok, tok.to_str())
+    assert not other.fast
+    values, lengths = other.encode(texts[:50])
+    assert values.tolist() == [i for t in texts[:50] for i in tok.encode(t, add_special_tokens=False).ids]

@@ -241,11 +241,10 @@ class PackStage(Stage):
         marker.unlink(missing_ok=True)  # from here the files change: a kill must not leave it vouching
         if wanted.token_files:
             write_token_files(final_dir, out / "tokens")
-        if wanted.megatron:
-            documents = []
-            for path in sorted(final_dir.glob("train-*.parquet")):
-                documents.extend(unpack(pq.read_table(path, columns=["input_ids", "cu_seqlens", "doc_ids",
-                                                                     "doc_offsets"])).values())
+        if wanted.megatron:  # a shard's documents are packed inside it: one shard in memory at a time
+            columns = ["input_ids", "cu_seqlens", "doc_ids", "doc_offsets"]
+            documents = (d for path in sorted(final_dir.glob("train-*.parquet"))
+                         for d in unpack(pq.read_table(path, columns=columns)).values())
             write_megatron(documents, out / "megatron" / "text_document")
         write_bytes_atomic(json.dumps({"key": key}).encode(), marker)
 

@@ -1,4 +1,4 @@
-"""The `tokenize` stage: every document to token ids (EOS appended), batched in Rust.
+"""The `tokenize` stage: every document to token ids (EOS appended), a batch at a time (tokenize/word_encoder.py).
 
 Adds `input_ids` (list<uint16> when the vocabulary fits in 16 bits, else list<uint32>) and
 `n_tokens` (int32). `fit` loads the configured tokenizer, or trains a byte-level BPE on the first
@@ -15,7 +15,7 @@ carried through only when its lengths match the new tokens, and the stage fails 
 
 from __future__ import annotations
 
-from itertools import chain
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from winnow.pipeline.shards import write_bytes_atomic
 from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage, utf8_bytes
 from winnow.tokenize.sft import token_mask, training_text
 from winnow.tokenize.tokenizer import EOS, eos_id, load_tokenizer, tokenizer_hash, train_bpe
+from winnow.tokenize.word_encoder import WordEncoder
 
 
 class TokenizeParams(BaseModel):
@@ -52,7 +53,8 @@ class TokenizerState:
         self._tok = None
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_tok": None}
+        # the same keys as before the encoder existed: the state's digest (shard fingerprints) is unchanged
+        return {k: v for k, v in self.__dict__.items() if k != "_encoders"} | {"_tok": None}
 
     @property
     def tokenizer(self):
@@ -61,6 +63,17 @@ class TokenizerState:
 
             self._tok = Tokenizer.from_str(self.json_text)
         return self._tok
+
+    @property
+    def encoder(self) -> WordEncoder:
+        """Built once per worker thread and kept: its cache of encoded pre-tokens serves every shard
+        the thread tokenizes (a worker holds the state once; its threads must not share the cache)."""
+        if "_encoders" not in self.__dict__:
+            self._encoders = threading.local()
+        encoder = getattr(self._encoders, "encoder", None)
+        if encoder is None:
+            encoder = self._encoders.encoder = WordEncoder(self.tokenizer, self.json_text)
+        return encoder
 
 
 class TokenizeStage(Stage):
@@ -93,16 +106,16 @@ class TokenizeStage(Stage):
         prompt_joined = table is not given
         texts = table.column("text").to_pylist()
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
-        ids_per_doc: list[list[int]] = []
         step = self.params.batch_size
-        for start in range(0, len(texts), step):
-            ids_per_doc.extend(enc.ids for enc in tok.encode_batch_fast(texts[start:start + step],
-                                                                         add_special_tokens=False))
-        lengths = np.fromiter((len(ids) + 1 for ids in ids_per_doc), np.int64, len(ids_per_doc))
-        eos = (state.eos_id,)
-        # one pass over every id into one array: per-document numpy arrays cost more than the encoding
-        values = np.fromiter(chain.from_iterable(chain(ids, eos) for ids in ids_per_doc), dtype, int(lengths.sum()))
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if values.size < 2**31 else np.int64)
+        batches = [state.encoder.encode(texts[start:start + step]) for start in range(0, len(texts), step)]
+        ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.uint32)
+        lengths = (np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, np.int64)) + 1
+        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if ids.size + len(lengths) < 2**31
+                                                                     else np.int64)
+        # every document's ids then its EOS, in one array: document d's ids shift by the d EOS before them
+        values = np.empty(ids.size + len(lengths), dtype)
+        values[np.arange(ids.size) + np.repeat(np.arange(len(lengths)), lengths - 1)] = ids
+        values[offsets[1:] - 1] = state.eos_id
         arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
             pa.array(offsets), pa.array(values))
         if "masked_spans" in table.column_names:

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import json
 import struct
+from array import array
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,7 @@ def write_token_files(stage_dir: Path, target: Path, extra: dict | None = None) 
     """The flat memmap of a packed stage's rows (see module docstring)."""
     target.mkdir(parents=True, exist_ok=True)
     files = sorted(Path(stage_dir).glob("train-*.parquet"))
-    n_rows, seq_len, dtype, segments = 0, None, None, []
+    n_rows, seq_len, dtype, segments = 0, None, None, []  # segments: one (k, 3) int64 array per file
     with open(target / ".tokens.bin.tmp", "wb") as tok_f, open(target / ".loss_mask.bin.tmp", "wb") as mask_f:
         for path in files:
             table = pq.read_table(path, columns=["input_ids", "loss_mask", "cu_seqlens"])
@@ -55,13 +57,18 @@ def write_token_files(stage_dir: Path, target: Path, extra: dict | None = None) 
             tok_f.write(values.astype(dtype, copy=False).tobytes())
             mask_f.write(table.column("loss_mask").combine_chunks().values.to_numpy(zero_copy_only=False)
                          .astype(np.uint8).tobytes())
-            for r, cu in enumerate(table.column("cu_seqlens").to_pylist()):
-                segments.extend((n_rows + r, a, b - a) for a, b in zip(cu[:-1], cu[1:], strict=True))
+            cu = table.column("cu_seqlens").combine_chunks()
+            bounds, per_row = cu.values.to_numpy(zero_copy_only=False).astype(np.int64), np.diff(cu.offsets.to_numpy())
+            starts = np.ones(len(bounds), bool)   # a row's last boundary starts no segment
+            starts[np.cumsum(per_row) - 1] = False
+            rows = np.repeat(np.arange(n_rows, n_rows + table.num_rows, dtype=np.int64), per_row)[starts]
+            segments.append(np.stack([rows, bounds[starts], np.diff(bounds)[starts[:-1]]], axis=1))
             n_rows += table.num_rows
     (target / ".tokens.bin.tmp").replace(target / "tokens.bin")
     (target / ".loss_mask.bin.tmp").replace(target / "loss_mask.bin")
     with open(target / ".segments.npy.tmp", "wb") as f:  # np.save to a file object: no suffix added
-        np.save(f, np.asarray(segments, np.int64).reshape(-1, 3))
+        segments = np.concatenate(segments) if segments else np.zeros((0, 3), np.int64)
+        np.save(f, segments)
     (target / ".segments.npy.tmp").replace(target / "segments.npy")
     meta = {"dtype": str(np.dtype(dtype or np.uint16)), "seq_len": seq_len or 0, "n_rows": n_rows,
             "n_segments": len(segments), "source": str(stage_dir), **(extra or {})}
@@ -69,19 +76,23 @@ def write_token_files(stage_dir: Path, target: Path, extra: dict | None = None) 
     return meta
 
 
-def write_megatron(documents: list[np.ndarray], prefix: Path) -> None:
-    """Write `documents` (1-D token arrays, one dtype) as `<prefix>.bin` and `<prefix>.idx`."""
+def write_megatron(documents: Iterable[np.ndarray], prefix: Path) -> None:
+    """Write `documents` (1-D token arrays, one dtype) as `<prefix>.bin` and `<prefix>.idx`, streaming:
+    one document in memory at a time, plus 4 bytes a document for the lengths the index needs."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
-    dtype = np.dtype(documents[0].dtype) if documents else np.dtype(np.uint16)
-    lengths = np.asarray([len(d) for d in documents], np.int32)
-    pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * dtype.itemsize)[:-1]]).astype(np.int64) \
-        if len(documents) else np.zeros(0, np.int64)
     # each file under a temporary name, renamed when complete: a killed run never leaves a short file
     # under the final name (the caller's marker, written after both, says the pair is whole)
     bin_tmp, idx_tmp = prefix.with_name(f".{prefix.name}.bin.tmp"), prefix.with_name(f".{prefix.name}.idx.tmp")
+    dtype, sizes = None, array("i")
     with open(bin_tmp, "wb") as f:
         for d in documents:
+            dtype = dtype or np.dtype(d.dtype)
             f.write(np.ascontiguousarray(d, dtype=dtype).tobytes())
+            sizes.append(len(d))
+    dtype = dtype or np.dtype(np.uint16)
+    lengths = np.frombuffer(sizes, np.int32) if len(sizes) else np.zeros(0, np.int32)
+    pointers = np.concatenate([[0], np.cumsum(lengths.astype(np.int64) * dtype.itemsize)[:-1]]).astype(np.int64) \
+        if len(lengths) else np.zeros(0, np.int64)
     header = MEGATRON_HEADER + struct.pack("<Q", 1) + struct.pack("<B", MEGATRON_CODES[dtype]) + \
         struct.pack("<Q", len(lengths)) + struct.pack("<Q", len(lengths) + 1)
     with open(idx_tmp, "wb") as f:
