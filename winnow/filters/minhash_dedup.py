@@ -169,7 +169,7 @@ def band_keys(signatures: np.ndarray, bands: int, rows: int) -> np.ndarray:
     return keys
 
 
-def _bucket_map(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
+def _bucket_map(args: tuple) -> int:
     ref, shard_idx, params, workdir, n_parts = args
     names = pq.read_schema(ref.path).names
     wanted = {"text", *keep_columns(params.keep)} | ({"dup_count"} & set(names))
@@ -189,7 +189,17 @@ def _bucket_map(args: tuple) -> tuple[int, np.ndarray, np.ndarray]:
             sl = slice(bounds[p], bounds[p + 1])
             pq.write_table(pa.table({"key": keys[sl], "shard": np.full(sl.stop - sl.start, shard_idx, np.int64),
                                      "row": rows[sl]}), out)
-    return len(texts), keep_scores(table, params.keep), dup_weights(table)
+    return len(texts)  # only the count: per-document scores stay in the shard (`_member_scores`)
+
+
+def _member_scores(args: tuple[ShardRef, np.ndarray, str]) -> tuple[np.ndarray, np.ndarray]:
+    """`keep` scores and `dup_count` weights of some rows of one shard (those with a duplicate), read
+    on a worker: the driver receives numbers for duplicated documents only, never one per document."""
+    ref, rows, keep = args
+    names = pq.read_schema(ref.path).names
+    wanted = {*keep_columns(keep)} | ({"dup_count"} & set(names))
+    table = pq.read_table(ref.path, columns=[c for c in names if c in wanted] or ["id"]).take(pa.array(rows))
+    return keep_scores(table, keep), dup_weights(table)
 
 
 def _bucket_reduce(args: tuple[str, np.ndarray, int]) -> tuple[np.ndarray, list[np.ndarray]]:
@@ -240,7 +250,7 @@ class MinhashDedupStage(Stage):
         shutil.rmtree(workdir, ignore_errors=True)
         n_parts = p.partitions or max(1, min(256, 4 * len(shards)))
         mapped = ctx.map(_bucket_map, [(ref, i, p, str(workdir), n_parts) for i, ref in enumerate(shards)])
-        offsets = np.concatenate([[0], np.cumsum([m[0] for m in mapped])]).astype(np.int64)
+        offsets = np.concatenate([[0], np.cumsum(mapped)]).astype(np.int64)
         if offsets[-1] >= 2**32:
             raise ValueError(f"minhash_dedup packs document numbers in 32 bits; {offsets[-1]:,} documents "
                              "is more: split the input")
@@ -255,7 +265,7 @@ class MinhashDedupStage(Stage):
         del codes
         if p.verify and (pairs.shape[1] or big):
             pairs = self._verify(pairs, big, offsets, shards)
-        return self._survivors(pairs, offsets, [m[1] for m in mapped], [m[2] for m in mapped], shards)
+        return self._survivors(pairs, offsets, None, None, shards, ctx)
 
     def manifest_extra(self, state: dict[str, Duplicates]) -> dict:
         p: MinhashParams = self.params
@@ -294,11 +304,14 @@ class MinhashDedupStage(Stage):
                 rest = unlinked
         return np.concatenate(linked, axis=1)
 
-    def _survivors(self, pairs: np.ndarray, offsets: np.ndarray, scores: list[np.ndarray],
-                   weights: list[np.ndarray], shards: list[ShardRef]) -> dict[str, Duplicates]:
+    def _survivors(self, pairs: np.ndarray, offsets: np.ndarray, scores: list[np.ndarray] | None,
+                   weights: list[np.ndarray] | None, shards: list[ShardRef],
+                   ctx: Context | None = None) -> dict[str, Duplicates]:
         """Connected components of the candidate pairs (2, n_edges) of global document numbers, one
         survivor each by `keep`; a survivor's `dup_count` sums its component's weights (documents
-        each member already stood for). scipy's connected_components: memory follows the duplicates."""
+        each member already stood for). scipy's connected_components: memory follows the duplicates,
+        and so do the scores and weights: given per shard (every row) by a caller that has them, else
+        fetched through `ctx` from the shards for the documents in a component only."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
@@ -311,10 +324,18 @@ class MinhashDedupStage(Stage):
         _, label = connected_components(graph, directed=False)
         shard_of = np.searchsorted(offsets, nodes, side="right") - 1
         row_of = nodes - offsets[shard_of]
-        score = np.fromiter((scores[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)),
-                            np.float64, len(nodes))
-        weight = np.fromiter((weights[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)),
-                             np.int64, len(nodes))
+        if scores is None or weights is None:
+            present = np.unique(shard_of)  # nodes ascend, so each shard's rows are a run, ascending
+            bounds = np.searchsorted(shard_of, np.append(present, len(shards)))
+            fetched = ctx.map(_member_scores, [(shards[s], row_of[bounds[k]:bounds[k + 1]], self.params.keep)
+                                               for k, s in enumerate(present.tolist())])
+            score = np.concatenate([f[0] for f in fetched]).astype(np.float64)
+            weight = np.concatenate([f[1] for f in fetched]).astype(np.int64)
+        else:
+            score = np.array([scores[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)],
+                             np.float64)
+            weight = np.array([weights[s][r] for s, r in zip(shard_of.tolist(), row_of.tolist(), strict=True)],
+                              np.int64)
         order = np.lexsort((nodes, -score, label))  # per component: best score, then earliest document
         first = np.ones(len(order), bool)
         first[1:] = label[order][1:] != label[order][:-1]
