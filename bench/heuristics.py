@@ -11,6 +11,7 @@ tree (driver, scheduler, workers), sampled every 50 ms. Wall time includes start
     python bench/heuristics.py                     # all of ../shared/data/web, 2 processes
     python bench/heuristics.py --files 4 --workers 2
     python bench/heuristics.py --scaling           # adds datatrove with 1 worker, for its scaling
+    python bench/heuristics.py --no-single         # only the two runs the ratio needs
 Last line: `ratio winnow/datatrove: X.XX`.
 """
 
@@ -69,6 +70,8 @@ def main() -> None:
     ap.add_argument("--files", type=int, default=0, help="use the first N web files (0 = all)")
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--scaling", action="store_true", help="also run datatrove with 1 worker")
+    ap.add_argument("--no-single", action="store_true", help="skip winnow with 1 worker (the ratio needs "
+                    "only the two runs with --workers)")
     ap.add_argument("--child", choices=["datatrove", "winnow"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
@@ -84,7 +87,7 @@ def main() -> None:
     print(f"{len(files)} files, {n_docs:,} documents, {args.workers} processes; "
           f"filters: gopher_quality, gopher_repetition, c4_quality, fineweb_quality")
     results = {}
-    runs = [("datatrove", args.workers), ("winnow", args.workers), ("winnow-1", 1)]
+    runs = [("datatrove", args.workers), ("winnow", args.workers)] + ([] if args.no_single else [("winnow-1", 1)])
     if args.scaling:
         runs.append(("datatrove-1", 1))
     for name, workers in runs:

@@ -95,6 +95,18 @@ def test_per_language_override_applies_to_its_language_only(pages):
         == ["c4_quality:too_few_sentences"]
 
 
+def test_shared_words_match_datatrove_filters_in_every_language(pages):
+    """German, French, Spanish and Chinese pages (their own tokenizers, stop words, skipped rules),
+    with lines and paragraphs: the rules fed from one word list decide, edit and account as
+    datatrove's own filters do (heuristics_rules.py)."""
+    table = pa.concat_tables([pages, _english_rows(30)])
+    for line_unit in ("line", "paragraph"):
+        shared = HeuristicsStage(HeuristicsParams(line_unit=line_unit)).apply(table, None)
+        own = HeuristicsStage(HeuristicsParams(line_unit=line_unit, shared_words=False)).apply(table, None)
+        assert all(a.equals(b) for a, b in zip(shared, own, strict=True))
+        assert shared[0].num_rows > len(EUROPEAN)
+
+
 def test_english_rows_with_a_language_column_match_no_column():
     english = _english_rows(120)
     with_column = HeuristicsStage().apply(english, None)

@@ -1,12 +1,14 @@
 """Heuristic quality filters: datatrove's Gopher, C4 and FineWeb rules, run per shard.
 
-The rules are datatrove's own classes (not re-implementations), so results match a datatrove
-pipeline with the same arguments; each YAML block is passed to the class constructor as is
-(`null` disables a filter). Filters run in the order listed; the first one that drops a document
+The filters are datatrove's own classes, built from each YAML block as is (`null` disables a
+filter), so results match a datatrove pipeline with the same arguments. Their rules run fed from one
+word list and one line list per document (filters/heuristics_rules.py: datatrove's code paths with
+the filter's own thresholds, same decisions, edits and per-line outcomes, about twice as fast);
+`shared_words: false`, another datatrove version or a subclass runs each filter's own `filter`. Filters run in the order listed; the first one that drops a document
 names the reason as `<filter>:<rule>`, e.g. `gopher_quality:gopher_short_doc`. C4's filter also
 removes lines from kept documents (its line rules), exactly as in datatrove, so `text` may change:
 each removed line is a cut named by the rule that removed it (`c4_quality:no_terminal_punct`,
-`c4_quality:too_few_words`, …, read from datatrove's own per-line counters), and the rest of the
+`c4_quality:too_few_words`, …, the per-line outcomes datatrove counts), and the rest of the
 change (line breaks, stripped indentation, citations) `c4_quality:whitespace_and_citations`; kept
 rows carry `heuristics_bytes_removed`, rejected rows the text they came in with.
 
@@ -77,6 +79,9 @@ class HeuristicsParams(BaseModel):
                              description="the order filters run in; the first to drop names the reason")
     warm_tokenizer: bool = Field(True, description="English filters share winnow's faster spaCy word "
                                  "splitter (same tokens as datatrove's); false: datatrove's own")
+    shared_words: bool = Field(True, description="datatrove's rules fed from one word and one line list "
+                               "per document (filters/heuristics_rules.py, same decisions); false: each "
+                               "datatrove filter's own `filter`")
     line_unit: Literal["line", "paragraph"] = Field(
         "line", description="what the filters' line rules see as a line: `line` (web pages, as the papers) "
         "or `paragraph` (hard-wrapped text: lines between blank lines joined; dropped paragraphs go whole)")
@@ -130,7 +135,8 @@ class HeuristicsStage(Stage):
 
     def __init__(self, params: HeuristicsParams | None = None):
         super().__init__(params)
-        self._filters: dict[str | None, list[tuple[str, Any, list[str]]]] = {}
+        # per language: (filter key, datatrove filter, rules skipped, its port fed from one word list)
+        self._filters: dict[str | None, list[tuple[str, Any, list[str], Any]]] = {}
         self._skips: Counter[str] = Counter()
 
     def __getstate__(self) -> dict:
@@ -144,6 +150,13 @@ class HeuristicsStage(Stage):
 
     def filters_for(self, language: str | None) -> list[tuple[str, Any, list[str]]]:
         """(filter key, datatrove filter, rules skipped) for documents in `language`; built once."""
+        return [(key, flt, skipped) for key, flt, skipped, _ in self._built(language)]
+
+    def _built(self, language: str | None) -> list[tuple[str, Any, list[str], Any]]:
+        """filters_for's filters, each with its port (heuristics_rules.py), or None where datatrove's
+        own `filter` runs."""
+        from winnow.filters.heuristics_rules import shared_rules
+
         language = language or DEFAULT_LANGUAGE
         if language not in self._filters:
             from winnow.filters.spacy_words import WarmSpacyTokenizer, import_spacy_without_torch
@@ -170,12 +183,12 @@ class HeuristicsStage(Stage):
                     kwargs, skipped = language_settings(key, language, kwargs, override)
                 flt = filter_class(key)(**kwargs)
                 flt.stat_update = _LineEvents(flt.stat_update)  # which line each line rule removed
-                built.append((key, flt, skipped))
+                built.append((key, flt, skipped, shared_rules(key, flt) if self.params.shared_words else None))
             self._filters[language] = built
         return self._filters[language]
 
     def apply(self, table: pa.Table, state: None) -> tuple[pa.Table, pa.Table, pa.Table]:
-        from datatrove.data import Document
+        from winnow.filters.heuristics_rules import TextView
 
         texts = table.column("text").to_pylist()
         ids = table.column("id").to_pylist()
@@ -191,27 +204,43 @@ class HeuristicsStage(Stage):
             text = text or ""
             units, seps = _paragraphs(text) if paragraphs else ([], [])
             alive = [u for u, unit in enumerate(units) if unit.strip()]  # the paragraph behind each line of the view
-            doc = Document(text="\n".join(" ".join(units[u].split()) for u in alive) if paragraphs else text,
-                           id=doc_id)
-            for key, flt, skipped in self.filters_for(language):
-                self._skips.update(f"skipped:{key}:{rule}:{language}" for rule in skipped)
-                before = doc.text
-                flt.stat_update.lines = []
-                result = flt.filter(doc)
-                ok, why = result if isinstance(result, tuple) else (result, None)
+            view = TextView("\n".join(" ".join(units[u].split()) for u in alive) if paragraphs else text)
+            for key, flt, skipped, rules in self._built(language):
+                if skipped:
+                    self._skips.update(f"skipped:{key}:{rule}:{language}" for rule in skipped)
+                before = view.text
+                ok, why, outcomes = self._run_filter(flt, rules, view, doc_id)
                 if not ok:
                     keep[i], reasons[i] = False, f"{key}:{why or 'dropped'}"
                     break
-                if doc.text != before:
-                    alive = self._cut_lines(cuts, i, key, before, doc.text, flt.stat_update.lines,
+                if view.text != before:
+                    alive = self._cut_lines(cuts, i, key, before, view.text, outcomes,
                                             units if paragraphs else None, alive)
             if not keep[i]:
                 continue
-            new_texts[i] = _join(units, seps, alive) if paragraphs else doc.text
+            new_texts[i] = _join(units, seps, alive) if paragraphs else view.text
             residue = len(text.encode()) - len(new_texts[i].encode()) - cuts.row_total(i)
             cuts.add(i, "heuristics:paragraph_breaks" if paragraphs else "heuristics:whitespace_and_citations",
                      residue)
         return self.split_edited(table, pa.array(new_texts, pa.string()), keep, reasons, cuts)
+
+    @staticmethod
+    def _run_filter(flt: Any, rules: Any, view: Any, doc_id: str) -> tuple[bool, str | None, list[str]]:
+        """(kept, reason, each line's outcome) of one filter on the view's text, which it may edit:
+        through the port where there is one, else through datatrove's own `filter`."""
+        if rules is not None:
+            outcomes: list[str] = []
+            result = rules(view, outcomes)
+        else:
+            from datatrove.data import Document
+
+            doc = Document(text=view.text, id=doc_id)
+            flt.stat_update.lines = outcomes = []
+            result = flt.filter(doc)
+            if doc.text != view.text:
+                view.set_text(doc.text)
+        ok, why = result if isinstance(result, tuple) else (result, None)
+        return ok, why, outcomes
 
     def shard_stats(self, data: Any, kept: pa.Table, rejected: pa.Table) -> dict[str, float]:
         """Per rule skipped for a language, the documents of that language its filter looked at
