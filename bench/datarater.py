@@ -12,14 +12,23 @@
    scoring and of the models' fit. Then what the rater learned: Spearman correlations of its score
    with simple features, and the lowest- and highest-rated documents.
 
+3. `--speed` (issue 25): the `datarater` stage with its CPU defaults on the quickstart pool (the rows
+   `configs/quickstart.yaml` keeps after `fasttext_quality`; target: the standard library's docstrings,
+   keep 80%), run by `winnow run` on its embedded cluster: `datarater fit seconds: X` (the manifest's
+   fit_seconds), `system time share: Y` (sys / (user + sys) of the whole `winnow run` process tree,
+   workers included), meta-steps/s, and GFLOP/s of the fit against a measured fp32 matmul peak.
+
     python bench/datarater.py                 # CPU: about 30-40 minutes on 2 cores
     python bench/datarater.py --skip-web      # the planted AUC only (~6 minutes)
+    python bench/datarater.py --speed         # the quickstart-pool fit (--meta-steps 20 for a quick look)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import subprocess
 import sys
 import time
@@ -84,6 +93,64 @@ def curate(web: Path, out: Path, keeps: list[float], meta: dict) -> dict[str, st
     return arms
 
 
+def matmul_peak_gflops(threads: int, n: int = 1024, repeats: int = 20) -> float:
+    """Measured fp32 matmul rate (n x n x n, best of `repeats`) on `threads` torch threads."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    best = float("inf")
+    for _ in range(repeats + 3):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def quickstart_pool(out: Path) -> Path:
+    """The quickstart's rows after `fasttext_quality` (the quickstart is run once into `out`)."""
+    stages = sorted(out.glob("*-fasttext_quality"))
+    if not stages or not (stages[0] / "_manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "winnow", "run", "configs/quickstart.yaml", "--set", f"output={out}",
+                        "--quiet"], cwd=REPO, check=True)
+        stages = sorted(out.glob("*-fasttext_quality"))
+    return stages[0]
+
+
+def speed(out: Path, meta_steps: int, meta: dict) -> None:
+    """The datarater stage's fit on the quickstart pool, with the CPU defaults, as `winnow run` runs it."""
+    pool = quickstart_pool(out / "quickstart")
+    stage = {"target": {"where": {"package": "python"}, "heldout_fraction": 0.2}, "keep_top": 0.8,
+             "meta": {"meta_steps": meta_steps, **meta}}
+    cfg = {"input": {"paths": [str(pool / "train-*.parquet")]}, "output": str(out / "speed"), "seed": 0,
+           "stages": [{"datarater": stage}]}
+    import yaml
+
+    path = out / "configs" / "speed.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    load = os.getloadavg()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "winnow", "run", str(path), "--force", "--quiet"], cwd=REPO, check=True)
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)   # the run and every worker it reaped
+    user, system = after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime
+    manifest = json.loads(next((out / "speed").glob("*-datarater/_manifest.json")).read_text())
+    fit, flops, steps = manifest["fit_seconds"], manifest["training_flops"], manifest["meta"]["steps"]
+    peak = matmul_peak_gflops(os.cpu_count() or 1)
+    print(f"quickstart pool: {manifest['meta']['inner_documents']} inner documents, "
+          f"{manifest['meta']['outer_documents']} target documents; {steps} meta-steps, {flops:.3g} FLOPs")
+    print(f"datarater fit seconds: {fit:.1f}")
+    print(f"system time share: {system / max(user + system, 1e-9):.3f}")
+    print(f"whole run {wall:.1f} s: user {user:.1f} s, sys {system:.1f} s (process tree)")
+    print(f"meta-steps/s: {steps / fit:.3f} (the fit includes the tokenizer and the models' plain pre-training)")
+    print(f"GFLOP/s: {flops / fit / 1e9:.1f} of a measured fp32 matmul peak {peak:.1f} "
+          f"({os.cpu_count()} threads, 1024^3): {flops / fit / 1e9 / peak:.0%}")
+    print(f"load average before: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; after: "
+          + " ".join(f"{v:.2f}" for v in os.getloadavg()))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
@@ -94,6 +161,7 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e12)
     ap.add_argument("--heldout-tokens", type=int, default=50_000)
     ap.add_argument("--skip-web", action="store_true")
+    ap.add_argument("--speed", action="store_true", help="only the quickstart-pool fit, timed (issue 25)")
     ap.add_argument("--device", default="auto", help="meta-training, scoring and proxy runs (cuda on a GPU box)")
     ap.add_argument("--meta-json", default="{}", help='MetaConfig overrides, e.g. \'{"inner_d": 256, "n_models": 4}\'')
     ap.add_argument("--size", default="tiny", choices=["tiny", "small", "base"], help="proxy size for winnow eval")
@@ -101,6 +169,9 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     meta = {"meta_steps": args.meta_steps, "device": args.device, **json.loads(args.meta_json)}
+    if args.speed:
+        speed(out, args.meta_steps, json.loads(args.meta_json))
+        return
 
     print(f"datarater auc: {planted_auc(out, meta):.3f}")
     if args.skip_web:

@@ -54,10 +54,12 @@ FLOP accounting (stated estimates, formulas in winnow/flops.py; `history["flops"
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -73,6 +75,7 @@ from winnow.pipeline.shards import temp_path
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token
 from winnow.proxy.model import ProxyConfig, ProxyLM
+from winnow.raters.retained_heap import retained_heap
 
 CHECKPOINT_NAME = "datarater_meta.pt"
 
@@ -307,8 +310,9 @@ class MetaConfig:
     # run
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = None     # CPU cores for meta-training (None: all this process may use)
     dtype: str = "float32"         # float64 for gradient checks
+    autocast: str | None = None    # "bf16": inner models' and rater's matmuls in bf16 (CPUs with avx512_bf16)
     checkpoint_every: int = 25
     log_every: int = 10
 
@@ -328,22 +332,40 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+class _HiddenStates(nn.Module):
+    """`lm.hidden` as a module's forward, so `functional_call` runs the LM without its output layer."""
+
+    def __init__(self, lm: ProxyLM):
+        super().__init__()
+        self.lm = lm
+
+    def forward(self, input_ids: torch.Tensor, segment_ids: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
+        return self.lm.hidden(input_ids, segment_ids, position_ids)
+
+
+def target_nll(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T-1) next-token NLL at the loss-masked targets, 0 elsewhere. The (tied) output layer and the
+    softmax run on the targets only: at a vocabulary of 2048 and d 64 they are most of the inner model's
+    work, and padding and each row's last position would only be multiplied by 0 (issue 25)."""
+    hidden = functional_call(_HiddenStates(model), {f"lm.{k}": v for k, v in params.items()},
+                             (batch["input_ids"], batch["segment_ids"], batch["position_ids"]))
+    rows, cols = (batch["loss_mask"][:, 1:] != 0).nonzero(as_tuple=True)
+    logits = F.linear(hidden[rows, cols], params["embed.weight"])  # (targets, V)
+    nll = F.cross_entropy(logits, batch["input_ids"][:, 1:][rows, cols], reduction="none")
+    return hidden.new_zeros(hidden.shape[0], hidden.shape[1] - 1).index_put((rows, cols), nll)
+
+
 def per_row_loss(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """(B,) mean token NLL of each row over its loss-masked targets (0 for a row without targets)."""
-    logits = functional_call(model, params, (batch["input_ids"], batch["segment_ids"], batch["position_ids"]))
-    B, T, V = logits.shape
-    targets = batch["input_ids"][:, 1:]
-    mask = batch["loss_mask"][:, 1:].to(logits.dtype)
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), targets.reshape(-1), reduction="none").view(B, T - 1)
+    nll = target_nll(model, params, batch)
+    mask = batch["loss_mask"][:, 1:].to(nll.dtype)
     return (nll * mask).sum(1) / mask.sum(1).clamp(min=1)
 
 
 def outer_loss(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Mean token NLL over all real target tokens of the batch (padding excluded)."""
-    logits = functional_call(model, params, (batch["input_ids"], batch["segment_ids"], batch["position_ids"]))
-    V = logits.shape[-1]
-    mask = batch["loss_mask"][:, 1:].to(logits.dtype).reshape(-1)
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, V), batch["input_ids"][:, 1:].reshape(-1), reduction="none")
+    nll = target_nll(model, params, batch)
+    mask = batch["loss_mask"][:, 1:].to(nll.dtype)
     return (nll * mask).sum() / mask.sum().clamp(min=1)
 
 
@@ -459,13 +481,22 @@ class MetaTrainer:
         self.inner_rows, self.outer_rows = inner_rows, outer_rows
         self.eval_fn, self.eval_every = eval_fn, eval_every
         self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir else None
-        if cfg.threads:
-            torch.set_num_threads(cfg.threads)
         self.device = _device(cfg.device)
+        # on the CPU the population's windows run side by side, one core each (their ops are too small for
+        # intra-op threads to pay: two threads per op on two shared cores ran 8x slower per step); cores
+        # left over go to each model's intra-op pool
+        cores = cfg.threads or (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+                                else os.cpu_count() or 1)
+        self.parallel = min(cfg.n_models, cores) if self.device.type == "cpu" else 1
+        self.intra_threads = max(1, cores // self.parallel)
+        torch.set_num_threads(self.intra_threads)
         self.dtype = getattr(torch, cfg.dtype)
         torch.manual_seed(cfg.seed)
         self.rater = DataRater(cfg.rater_config(vocab_size)).to(self.device, self.dtype)
         self.model = ProxyLM(cfg.inner_config(vocab_size)).to(self.device, self.dtype)  # the functional shell
+        # one shell per model: functional_call swaps a module's parameters in place while it runs, so two
+        # models side by side cannot share one
+        self.shells = [self.model] + [copy.deepcopy(self.model) for _ in range(cfg.n_models - 1)]
         self.generator = torch.Generator().manual_seed(cfg.seed)  # all data sampling (state is checkpointed)
         zeros = {k: torch.zeros_like(p) for k, p in self.rater.named_parameters()}
         self.meta_m = [dict(zeros) for _ in range(cfg.n_models)]
@@ -479,38 +510,69 @@ class MetaTrainer:
         self.rater_flops_per_token = training_flops_from_forward(scoring_flops_per_token(self.rater.cfg))
         self.inner: list[InnerState] = []
         if not self._resume():
-            for i in range(cfg.n_models):
-                # staggered ages: model i starts as if it had lived i/N of a lifetime (trained plainly)
-                offset = cfg.prewarm + i * (cfg.lifetime - cfg.prewarm) // cfg.n_models
-                self.inner.append(self._fresh_model(i, 0, offset))
+            # staggered ages: model i starts as if it had lived i/N of a lifetime (trained plainly); batches
+            # are drawn in model order, then the models train side by side
+            jobs = [(i, self._new_model(i, 0), self._draw_plain(cfg.prewarm + i * (cfg.lifetime - cfg.prewarm)
+                                                                // cfg.n_models)) for i in range(cfg.n_models)]
+            with retained_heap():
+                self.inner = self._map(lambda job: self._train_plainly(*job), jobs)
 
     # -- inner models ---------------------------------------------------------------------------
     def _sample(self, rows: PackedRows, n: int) -> dict[str, torch.Tensor]:
         index = torch.randint(0, len(rows), (n,), generator=self.generator)
         return _batch(rows, index, self.device)
 
-    def _fresh_model(self, i: int, resets: int, plain_steps: int) -> InnerState:
-        """Model i initialised from its own seed (seed, i, resets), then `plain_steps` unweighted Adam steps."""
+    def _new_model(self, i: int, resets: int) -> InnerState:
+        """Model i initialised from its own seed (seed, i, resets), Adam state zeroed."""
         with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG where it was
             torch.manual_seed(self.cfg.seed * 1_000_003 + i * 10_007 + resets)
             net = ProxyLM(self.cfg.inner_config(self.vocab_size)).to(self.device, self.dtype)
         params = {k: p.detach() for k, p in net.named_parameters()}
-        state = InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
-                           {k: torch.zeros_like(p) for k, p in params.items()}, 0, 0, resets)
-        for _ in range(plain_steps):
-            state = self._plain_step(state)
+        return InnerState(params, {k: torch.zeros_like(p) for k, p in params.items()},
+                          {k: torch.zeros_like(p) for k, p in params.items()}, 0, 0, resets)
+
+    def _draw_plain(self, steps: int) -> list[dict[str, torch.Tensor]]:
+        """The batches of `steps` plain inner steps (drawn here, in the sampler's order; counted as trained)."""
+        batches = [self._sample(self.inner_rows, self.cfg.inner_batch) for _ in range(steps)]
+        self.flops["plain"] += sum(self.lm_flops_per_token * b["input_ids"].numel() for b in batches)
+        return batches
+
+    def _train_plainly(self, i: int, state: InnerState, batches: list[dict[str, torch.Tensor]]) -> InnerState:
+        """Model i (in its own shell) after a plain step on each of `batches`."""
+        for batch in batches:
+            state = self._plain_step(state, batch, self.shells[i])
         return state
 
-    def _plain_step(self, state: InnerState) -> InnerState:
-        batch = self._sample(self.inner_rows, self.cfg.inner_batch)
+    def _plain_step(self, state: InnerState, batch: dict[str, torch.Tensor], model: ProxyLM) -> InnerState:
         params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
         # a token mean, as the weighted inner loss at equal scores and the outer loss
-        loss = token_mean(per_row_loss(self.model, params, batch), target_tokens(batch))
+        loss = token_mean(per_row_loss(model, params, batch), target_tokens(batch))
         names = list(params)
         grads = torch.autograd.grad(loss, [params[k] for k in names])
         state = InnerState(params, state.m, state.v, state.step, state.age, state.resets)
-        self.flops["plain"] += self.lm_flops_per_token * batch["input_ids"].numel()
         return inner_update(state, dict(zip(names, grads, strict=True)), self.cfg).detached()
+
+    def _map(self, fn: Callable, jobs: list) -> list:
+        """`fn` over `jobs`, side by side on `self.parallel` threads (results in job order). Each job is
+        computed exactly as it would be alone, so the result does not depend on the number of threads.
+        Attention runs on the math kernel throughout, plain steps included: sdpa_kernel's backend flags are
+        process-wide, and held here the windows' own (nested) switches cannot hand another thread's
+        attention to a kernel without a double backward."""
+        threads = self.intra_threads
+        if self.cfg.autocast not in (None, "bf16"):
+            raise ValueError(f"unknown autocast {self.cfg.autocast!r}: null or bf16")
+        bf16 = self.cfg.autocast == "bf16" and self.dtype == torch.float32
+
+        def run(job):
+            torch.set_num_threads(threads)  # OpenMP's thread count is per calling thread
+            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):  # autocast is per thread
+                return fn(job)
+
+        with sdpa_kernel(SDPBackend.MATH):
+            if self.parallel == 1 or len(jobs) == 1:
+                return [run(job) for job in jobs]
+            with ThreadPoolExecutor(self.parallel) as pool:
+                return list(pool.map(run, jobs))
 
     # -- one meta-step --------------------------------------------------------------------------
     def step(self) -> dict:
@@ -518,22 +580,33 @@ class MetaTrainer:
         rater_params = dict(self.rater.named_parameters())
         names = list(rater_params)
         updates, losses, grad_norms, entropies, inner_losses, resets = [], [], [], [], [], 0
+        # every batch of this meta-step is drawn first, model by model in the sampler's order (a reset's
+        # plain steps, the window's inner batches, its outer batch); then the models run side by side
+        jobs = []
         for i in range(cfg.n_models):
-            state = self.inner[i]
+            state, plain = self.inner[i], []
             if state.age + cfg.unroll > cfg.lifetime:
-                state = self._fresh_model(i, state.resets + 1, cfg.prewarm)
+                state, plain = self._new_model(i, state.resets + 1), self._draw_plain(cfg.prewarm)
                 resets += 1
             inner_batches = [self._sample(self.inner_rows, cfg.inner_batch) for _ in range(cfg.unroll)]
-            outer_batch = self._sample(self.outer_rows, cfg.outer_batch)
-            loss_out, new_state, diag = meta_window(self.rater, self.model, state, inner_batches, outer_batch, cfg)
+            jobs.append((i, state, plain, inner_batches, self._sample(self.outer_rows, cfg.outer_batch)))
+
+        def window(job) -> tuple[float, InnerState, dict, tuple[torch.Tensor, ...]]:
+            i, state, plain, inner_batches, outer_batch = job
+            state = self._train_plainly(i, state, plain)
+            loss_out, new_state, diag = meta_window(self.rater, self.shells[i], state, inner_batches, outer_batch,
+                                                    cfg)
             grads = torch.autograd.grad(loss_out, [rater_params[k] for k in names])
-            self.inner[i] = new_state.detached()  # truncation: the next window starts from here
+            return loss_out.item(), new_state.detached(), diag, grads  # truncation: the next window starts here
+
+        for i, (loss_out, new_state, diag, grads) in enumerate(self._map(window, jobs)):
+            self.inner[i] = new_state
             # clip this model's meta-gradient (global norm), then its own Adam state
             norm = torch.sqrt(sum((g.double() ** 2).sum() for g in grads))
             scale = min(1.0, cfg.meta_clip / (float(norm) + 1e-12))
             update = self._meta_adam(i, {k: g * scale for k, g in zip(names, grads, strict=True)})
             updates.append(update)
-            losses.append(loss_out.item())
+            losses.append(loss_out)
             grad_norms.append(float(norm))
             entropies.append(diag["weight_entropy"])
             inner_losses.append(diag["inner_loss"])
@@ -570,6 +643,10 @@ class MetaTrainer:
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> tuple[DataRater, dict]:
+        with retained_heap():  # no page faults on every step's freed activations (retained_heap.py)
+            return self._run()
+
+    def _run(self) -> tuple[DataRater, dict]:
         cfg = self.cfg
         t0 = time.perf_counter()
         while self.meta_step < cfg.meta_steps:
