@@ -64,6 +64,25 @@ def test_worker_killed_mid_shard_on_local_cluster(tmp_path, reference):
     same_as(reference, tmp_path / "out")
 
 
+def test_the_only_worker_killed_while_it_holds_the_fit_state(tmp_path, reference):
+    """The fit state a stage shares with every shard (tokenize's tokenizer) lives on the workers; when
+    the only worker dies (a one-job Slurm allocation cancelled), its replacement must get the state
+    again rather than the remaining shards failing on a lost dependency."""
+    from distributed import Client, LocalCluster
+
+    plan = write_plan(tmp_path, {"point": "before_apply", "stage": "tokenize", "shard": "part-00001",
+                                 "action": "kill_worker"})
+    os.environ[ENV] = plan
+    try:
+        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
+                          silence_logs=50) as cluster, Client(cluster) as c:
+            run(chain(web_files(1), tmp_path / "out", tokens=True), c)
+    finally:
+        os.environ.pop(ENV)
+    assert Path(f"{plan}.fired").exists()
+    same_as(reference, tmp_path / "out")
+
+
 def test_worker_killed_on_a_dask_scheduler_and_worker_cluster(tmp_path, reference):
     plan = write_plan(tmp_path, {"point": "before_marker", "stage": "heuristics", "action": "kill_worker"})
     bin_dir = Path(sys.executable).parent

@@ -325,35 +325,60 @@ class Engine:
     def _execute(self, dirname: str, stage: Stage, state: Any, todo: list, stage_dir: Path,
                  config_hash: str, total: int, skipped: int) -> dict[str, ShardRecord]:
         from distributed import as_completed
+        from distributed.client import FutureCancelledError
 
         if not todo:
             if self.console is not None and self.progress:
                 self.console.print(f"[bold]{dirname}[/]: all {total} shards up to date, skipped")
             return {}
-        futures = {}
-        shared_state = self.client.scatter(state, broadcast=True) if state is not None and \
-            type(stage).shard_state is Stage.shard_state else None
+        # A state every shard shares is scattered once to all workers. Scattered data has no task to
+        # recompute it from: when every worker holding it dies (the only worker, a one-job Slurm
+        # allocation cancelled) the shards waiting on it are cancelled, so it is scattered again to the
+        # replacement workers and those shards resubmitted (at most `retries` times).
+        shared = state is not None and type(stage).shard_state is Stage.shard_state
         resources = stage.task_resources(Context(client=self.client, seed=self.seed, workdir=str(stage_dir / "_fit")))
-        for ref, input_fp in todo:
-            shard_state = shared_state if shared_state is not None else stage.shard_state(state, ref)
-            fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
-                                     self.write_removed and stage.edits_text, self.remote,
-                                     key=f"{dirname}-{ref.name}-{input_fp}-{self.run_token}", retries=self.retries,
-                                     resources=resources, pure=False, priority=_size_kb(ref))
-            futures[fut] = ref
+
+        held = []   # the scattered state's futures, kept until the stage ends so the client holds them
+
+        def submit(todo_now: list, attempt: int) -> dict:
+            shared_state = self.client.scatter(state, broadcast=True) if shared else None
+            held.append(shared_state)
+            futures = {}
+            for ref, input_fp in todo_now:
+                shard_state = shared_state if shared else stage.shard_state(state, ref)
+                key = f"{dirname}-{ref.name}-{input_fp}-{self.run_token}" + (f"-again{attempt}" if attempt else "")
+                fut = self.client.submit(run_shard, stage, shard_state, ref, str(stage_dir), config_hash, input_fp,
+                                         self.write_removed and stage.edits_text, self.remote, key=key,
+                                         retries=self.retries, resources=resources, pure=False,
+                                         priority=_size_kb(ref))
+                futures[fut] = (ref, input_fp)
+            return futures
+
         records: dict[str, ShardRecord] = {}
         errors: list[str] = []
+        futures, attempt = submit(todo, 0), 0
         with self._progress(dirname, total, skipped) as advance:
-            for fut in as_completed(futures):
-                ref = futures[fut]
-                try:
-                    record = fut.result()
-                except Exception as e:  # other shards still finish and keep their markers
-                    errors.append(f"{ref.name} ({ref.path}): {e}")
-                    advance(0)
-                    continue
-                records[ref.name] = record
-                advance(record.rows_in)
+            while futures:
+                lost_state = []
+                for fut in as_completed(futures):
+                    ref, input_fp = futures[fut]
+                    try:
+                        record = fut.result()
+                    except FutureCancelledError as e:
+                        if shared and attempt < self.retries:
+                            lost_state.append((ref, input_fp))
+                            continue
+                        errors.append(f"{ref.name} ({ref.path}): {e}")
+                        advance(0)
+                        continue
+                    except Exception as e:  # other shards still finish and keep their markers
+                        errors.append(f"{ref.name} ({ref.path}): {e}")
+                        advance(0)
+                        continue
+                    records[ref.name] = record
+                    advance(record.rows_in)
+                attempt += 1
+                futures = submit(lost_state, attempt) if lost_state else {}
         if errors:
             shown = "\n  ".join(errors[:5]) + (f"\n  … and {len(errors) - 5} more" if len(errors) > 5 else "")
             raise ShardError(f"{len(errors)} shard(s) failed; finished shards are kept for resume:\n  {shown}",
