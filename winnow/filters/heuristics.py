@@ -159,11 +159,11 @@ class HeuristicsStage(Stage):
 
         language = language or DEFAULT_LANGUAGE
         if language not in self._filters:
-            from winnow.filters.spacy_words import WarmSpacyTokenizer, import_spacy_without_torch
+            from winnow.filters.spacy_words import import_spacy_without_torch, warm_tokenizer
 
             import_spacy_without_torch()
             if language == DEFAULT_LANGUAGE:
-                shared = WarmSpacyTokenizer("en") if self.params.warm_tokenizer else None
+                shared = warm_tokenizer("en") if self.params.warm_tokenizer else None
             built = []
             for key in self.params.order:
                 block = getattr(self.params, key)
