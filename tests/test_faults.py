@@ -48,19 +48,24 @@ def same_as(reference: Path, out: Path) -> None:
     check_conservation(out)
 
 
-def test_worker_killed_mid_shard_on_local_cluster(tmp_path, reference):
+def run_on_local_cluster_with_a_kill(tmp_path: Path, plan: dict, n_workers: int) -> None:
+    """The chain on a LocalCluster of `n_workers` worker processes while `plan` kills one; checks it fired."""
     from distributed import Client, LocalCluster
 
-    plan = write_plan(tmp_path, {"point": "after_kept", "stage": "minhash_dedup", "shard": "part-00001",
-                                 "action": "kill_worker"})
-    os.environ[ENV] = plan  # the workers inherit it when they start
+    path = write_plan(tmp_path, plan)
+    os.environ[ENV] = path  # the workers inherit it when they start
     try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                          silence_logs=50) as cluster, Client(cluster) as c:
+        with LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                          dashboard_address="127.0.0.1:0", silence_logs=50) as cluster, Client(cluster) as c:
             run(chain(web_files(1), tmp_path / "out", tokens=True), c)
     finally:
         os.environ.pop(ENV)
-    assert Path(f"{plan}.fired").exists()  # a worker did die mid-shard
+    assert Path(f"{path}.fired").exists()  # a worker did die mid-shard
+
+
+def test_worker_killed_mid_shard_on_local_cluster(tmp_path, reference):
+    run_on_local_cluster_with_a_kill(tmp_path, {"point": "after_kept", "stage": "minhash_dedup",
+                                                "shard": "part-00001", "action": "kill_worker"}, n_workers=2)
     same_as(reference, tmp_path / "out")
 
 
@@ -68,18 +73,8 @@ def test_the_only_worker_killed_while_it_holds_the_fit_state(tmp_path, reference
     """The fit state a stage shares with every shard (tokenize's tokenizer) lives on the workers; when
     the only worker dies (a one-job Slurm allocation cancelled), its replacement must get the state
     again rather than the remaining shards failing on a lost dependency."""
-    from distributed import Client, LocalCluster
-
-    plan = write_plan(tmp_path, {"point": "before_apply", "stage": "tokenize", "shard": "part-00001",
-                                 "action": "kill_worker"})
-    os.environ[ENV] = plan
-    try:
-        with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address="127.0.0.1:0",
-                          silence_logs=50) as cluster, Client(cluster) as c:
-            run(chain(web_files(1), tmp_path / "out", tokens=True), c)
-    finally:
-        os.environ.pop(ENV)
-    assert Path(f"{plan}.fired").exists()
+    run_on_local_cluster_with_a_kill(tmp_path, {"point": "before_apply", "stage": "tokenize",
+                                                "shard": "part-00001", "action": "kill_worker"}, n_workers=1)
     same_as(reference, tmp_path / "out")
 
 
