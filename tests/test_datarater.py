@@ -24,6 +24,7 @@ from winnow.raters.datarater import (
     per_row_loss,
     score_documents,
     score_rows,
+    uniform_control,
 )
 
 REFERENCE = SHARED_DATA / "reference"
@@ -179,6 +180,9 @@ def test_rater_separates_planted_corruption_on_unseen_documents():
     print(f"planted AUC {auc:.4f} per kind {per_kind}; meta-loss first 5 {np.mean(meta_loss[:5]):.4f} "
           f"last 5 {np.mean(meta_loss[-5:]):.4f}; {history['flops']['total']:.3g} FLOPs")
     assert auc >= 0.9
+    control = uniform_control(history)
+    print(f"uniform control {control}")
+    assert control["delta"] < 0   # the weights it learned train the inner models toward the target faster
     # document-level scoring (chunked) agrees with row scoring on passages that fit in one row
     short = [i for i in heldout[:20] if rows.segment_ids[i].sum() < cfg.seq_len]
     if short:
@@ -467,3 +471,42 @@ def test_bf16_autocast_meta_step_points_where_the_float32_one_does():
     with pytest.raises(ValueError, match="autocast"):
         MetaTrainer(MetaConfig(rater_d=16, seq_len=32, inner_layers=1, inner_d=16, n_models=1, prewarm=2,
                                device="cpu", autocast="fp8"), 256, inner, outer, log=lambda _: None)
+
+
+# ------------------------------------------------------------------------------------------------
+# The uniform-weight control
+
+
+def _control_trainer(seed: int) -> MetaTrainer:
+    gen = torch.Generator().manual_seed(seed)
+    rows = PackedRows(**{k: v for k, v in _random_rows(64, 16, 50, gen).items()}, n_documents=64)
+    cfg = MetaConfig(seq_len=16, n_models=2, prewarm=2, lifetime=20, inner_batch=8, outer_batch=8, meta_steps=1,
+                     rater_d=16, inner_d=16, log_every=0, device="cpu", seed=seed)
+    return MetaTrainer(cfg, 50, rows, subset(rows, np.arange(32)), log=lambda _: None)
+
+
+def test_the_uniform_control_replays_the_weighted_window_when_the_rater_is_flat():
+    """An untrained rater (zero head) gives uniform weights, so the control (same states, same batches,
+    uniform weights, no graph) must reach the weighted window's outer loss exactly; a rater with a head
+    gives other weights, and the two outer losses part."""
+    flat = _control_trainer(0)
+    record = flat.step()
+    assert record["uniform_outer_loss"] == pytest.approx(record["meta_loss"], rel=1e-6)
+    assert flat.flops["control"] > 0
+
+    tilted = _control_trainer(0)
+    with torch.no_grad():
+        tilted.rater.head.weight.normal_(0, 5.0, generator=torch.Generator().manual_seed(1))
+    record = tilted.step()
+    assert abs(record["uniform_outer_loss"] - record["meta_loss"]) > 1e-4
+    # the control does not depend on the rater: the same seed gives the same states, batches and control
+    assert record["uniform_outer_loss"] == pytest.approx(flat.history["uniform_outer_loss"][0], rel=1e-6)
+
+
+def test_uniform_control_summarises_the_last_half_of_meta_training():
+    history = {"meta_loss": [5.0, 5.0, 4.0, 3.0], "uniform_outer_loss": [5.0, 5.0, 4.5, 3.5]}
+    control = uniform_control(history)
+    assert control["weighted_outer_loss"] == 3.5 and control["uniform_outer_loss"] == 4.0
+    assert control["delta"] == -0.5 and control["steps"] == [3, 4]
+    # resumed from a checkpoint written before the control: only the steps that have both count
+    assert uniform_control({"meta_loss": [5.0, 4.0, 3.0], "uniform_outer_loss": [3.5]})["steps"] == [3, 3]

@@ -50,6 +50,14 @@ def test_datarater_stage_meta_trains_scores_and_cuts(planted, client):
     m = manifests[-1]
     assert m["training_flops"] > 0 and m["scoring_flops"] > 0 and m["meta"]["steps"] == 30
     assert m["meta"]["outer"] == "target" and len(m["meta"]["meta_loss"]) > 5
+    # the uniform-weight control: same batches, same states, uniform weights; the rater trained on a clean
+    # target against a 30%-corrupted pool must have lowered the outer loss below it
+    control = m["uniform_control"]
+    assert set(control) >= {"weighted_outer_loss", "uniform_outer_loss", "delta"}
+    assert control["delta"] == pytest.approx(control["weighted_outer_loss"] - control["uniform_outer_loss"], abs=2e-5)
+    assert len(m["meta"]["uniform_outer_loss"]) == len(m["meta"]["meta_loss"])
+    print(f"uniform control {control}")
+    assert control["delta"] < 0
     kept, rejected = kept_rows(out / "01-datarater"), rejected_rows(out / "01-datarater")
     assert kept.num_rows == pytest.approx(0.7 * 400, abs=2)
     assert set(rejected.column("reason").to_pylist()) == {"datarater_score_below_band"}

@@ -402,7 +402,10 @@ def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):
     rater = rng.normal(size=n)
     stage("02-datarater", "datarater", {"datarater_score": rater}, rater >= np.quantile(rater, 0.5),
           {"score_column": "datarater_score", "band": [0.5, 1.0], "acceptance": "cut",
-           "cut": {"lo": {"score": float(np.quantile(rater, 0.5)), "id_hash": 1}, "hi": None}})
+           "cut": {"lo": {"score": float(np.quantile(rater, 0.5)), "id_hash": 1}, "hi": None},
+           "meta": {"steps": 30, "meta_loss": [6.0, 5.8, 5.7], "uniform_outer_loss": [6.0, 5.85, 5.76]},
+           "uniform_control": {"weighted_outer_loss": 5.75, "uniform_outer_loss": 5.805, "delta": -0.055,
+                               "delta_se": 0.004, "steps": [16, 30]}})
     stage("03-perplexity_quality", "perplexity_quality", {"perplexity": ppl}, everything,
           {"score_column": "perplexity", "band": [0.0, 1.0], "cut": {"lo": {"score": "-inf", "id_hash": 0},
                                                                      "hi": {"score": float(ppl.max()), "id_hash": 2}}})
@@ -413,7 +416,10 @@ def test_every_kind_of_score_gets_its_histogram_and_prunes_plane(tmp_path):
         assert title in scores, title
     assert scores.count("Error-uncertainty plane") == 1 and "Q2" in scores
     assert "hi " in scores and "acceptance" in scores
-    assert scores.count('<img class="plot"') == 5                 # four histograms and the plane
+    # four histograms, the plane and the DataRater's uniform-weight control curves
+    assert scores.count('<img class="plot"') == 6
+    control = scores[scores.index("02-datarater: meta-training"):]
+    assert "5.805" in control and "-0.055" in control and "16–30" in control and "uniform-weight control" in control
     assert "&lt;b&gt;document" in scores and "<b>document" not in page
     assert "No pack stage" in _sections(page)["packing"] and "No dedup stage" in _sections(page)["dedup"]
 

@@ -19,7 +19,11 @@ whose score sits at corpus quantile p with probability P = sum_{s<N} C(B-1, s) (
 the draw per document is a seeded id hash, so the result is deterministic and independent of sharding.
 
 The manifest records meta-training FLOPs (`training_flops`, one-off), scoring FLOPs, meta-steps and
-the meta-loss curve. Measured on a planted pool (tests/test_datarater.py): a clean target gives
+the meta-loss curve, and `uniform_control: {weighted_outer_loss, uniform_outer_loss, delta}`: at every
+meta-step each inner model also takes the same updates with uniform weights from the same state on the
+same batches, and the outer losses after the two are compared (means over the second half of
+meta-training; delta = weighted - uniform, negative when the rater's weights help). A delta near 0
+says the rater changes nothing about training at this scale, whatever it separates. Measured on a planted pool (tests/test_datarater.py): a clean target gives
 ROC AUC >= 0.95 clean vs corrupted; the pool's own held-out slice as the outer set was unstable at
 CPU scale (bench/LOG.md).
 """
@@ -64,6 +68,12 @@ class DataRaterParams(QualityParams):
         return self
 
 
+def thinned(curve: list[float], points: int = 50) -> list[float]:
+    """About `points` means of consecutive steps: the manifest keeps the curve's shape, not every step."""
+    every = max(1, len(curve) // points)
+    return [round(float(np.mean(curve[i:i + every])), 4) for i in range(0, len(curve), every)]
+
+
 def acceptance_probability(p: np.ndarray, kept: int, drawn: int) -> np.ndarray:
     """P(a document at quantile p is among the best `kept` of `drawn` documents drawn with it):
     fewer than `kept` of the other drawn-1 score above it (ALGORITHMS.md section 1, step 8)."""
@@ -101,13 +111,12 @@ class DataRaterStage(QualityStage):
         history = Path(state["model"] or "") / HISTORY
         if state["model"] and history.exists():
             h = json.loads(history.read_text())
-            curve = h["meta_loss"]
-            every = max(1, len(curve) // 50)  # the manifest keeps about 50 points of the curve
             state["meta"] = {"steps": h["meta_steps"], "outer": h["outer"], "inner_documents": h["inner_documents"],
-                             "outer_documents": h["outer_documents"],
-                             "meta_loss": [round(float(np.mean(curve[i:i + every])), 4)
-                                           for i in range(0, len(curve), every)],
+                             "outer_documents": h["outer_documents"], "meta_loss": thinned(h["meta_loss"]),
+                             "uniform_outer_loss": thinned(h.get("uniform_outer_loss", [])),
                              "scoring_flops_per_token": h["scoring_flops_per_token"]}
+            if h.get("uniform_control"):
+                state["uniform_control"] = h["uniform_control"]
         return state
 
     def flat_advice(self, state: dict) -> str:
@@ -124,6 +133,8 @@ class DataRaterStage(QualityStage):
         extra = super().manifest_extra(state)
         if "meta" in state:
             extra["meta"] = state["meta"]
+        if "uniform_control" in state:
+            extra["uniform_control"] = state["uniform_control"]
         extra["acceptance"] = self.params.acceptance
         return extra
 

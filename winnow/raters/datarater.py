@@ -466,6 +466,48 @@ def meta_window(rater: DataRater, model: ProxyLM, state: InnerState, inner_batch
     return loss_out, state, {"weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses))}
 
 
+@torch.no_grad()
+def _no_grad_outer(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> float:
+    return float(outer_loss(model, params, batch))
+
+
+def uniform_window(model: ProxyLM, state: InnerState, inner_batches: list[dict], outer_batch: dict,
+                   cfg: MetaConfig) -> float:
+    """The control arm of a meta-window: the same updates from the same `state` on the same inner batches,
+    with uniform weights (a token mean: what an untrained rater gives), then the outer loss on the same outer
+    batch. Nothing here reaches the rater, so no graph is kept (about a third of the window's cost).
+    The weighted window's outer loss minus this one says whether the rater's weights help at all:
+    near 0, nothing the rater could learn changes training at this scale, whatever its AUC says."""
+    for batch in inner_batches:
+        params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
+        loss = token_mean(per_row_loss(model, params, batch), target_tokens(batch))
+        names = list(params)
+        grads = torch.autograd.grad(loss, [params[k] for k in names])
+        state = inner_update(InnerState(params, state.m, state.v, state.step, state.age, state.resets),
+                             dict(zip(names, grads, strict=True)), cfg, sgd=cfg.first_order).detached()
+    return _no_grad_outer(model, state.params, outer_batch)
+
+
+def uniform_control(history: dict, tail: float = 0.5) -> dict:
+    """`{weighted_outer_loss, uniform_outer_loss, delta}` over the last `tail` of the meta-steps (the rater
+    has had time to learn by then): the mean outer loss after the rater-weighted updates and after uniform
+    ones on the same batches from the same states; delta = weighted - uniform, negative when the rater
+    helps. `delta_se`: the standard error of the per-step deltas (steps treated as independent draws)."""
+    weighted = np.asarray(history.get("meta_loss", []), np.float64)
+    uniform = np.asarray(history.get("uniform_outer_loss", []), np.float64)
+    n = min(len(weighted), len(uniform))   # a run resumed from a checkpoint without the control
+    weighted, uniform = weighted[len(weighted) - n:], uniform[len(uniform) - n:]
+    start = int(n * (1 - tail))
+    if n - start < 1:
+        return {}
+    deltas = weighted[start:] - uniform[start:]
+    se = float(deltas.std(ddof=1) / np.sqrt(len(deltas))) if len(deltas) > 1 else float("nan")
+    return {"weighted_outer_loss": round(float(weighted[start:].mean()), 5),
+            "uniform_outer_loss": round(float(uniform[start:].mean()), 5),
+            "delta": round(float(deltas.mean()), 5), "delta_se": round(se, 5),
+            "steps": [start + 1 + (len(history["meta_loss"]) - n), len(history["meta_loss"])]}
+
+
 class MetaTrainer:
     """The population, the rater and the per-model meta-optimiser states; `run()` meta-trains to
     `cfg.meta_steps`, resuming from `checkpoint_dir` when a checkpoint is there."""
@@ -504,8 +546,8 @@ class MetaTrainer:
         self.meta_step = 0
         self.history: dict[str, list] = {"meta_loss": [], "meta_loss_per_model": [], "grad_norm": [],
                                          "update_norm": [], "weight_entropy": [], "inner_loss": [],
-                                         "resets": [], "eval": [], "seconds": []}
-        self.flops = {"meta": 0.0, "plain": 0.0, "rater": 0.0}
+                                         "resets": [], "eval": [], "seconds": [], "uniform_outer_loss": []}
+        self.flops = {"meta": 0.0, "plain": 0.0, "rater": 0.0, "control": 0.0}
         self.lm_flops_per_token = flops_per_token(cfg.inner_config(vocab_size), cfg.seq_len)
         self.rater_flops_per_token = training_flops_from_forward(scoring_flops_per_token(self.rater.cfg))
         self.inner: list[InnerState] = []
@@ -579,7 +621,7 @@ class MetaTrainer:
         cfg = self.cfg
         rater_params = dict(self.rater.named_parameters())
         names = list(rater_params)
-        updates, losses, grad_norms, entropies, inner_losses, resets = [], [], [], [], [], 0
+        updates, losses, grad_norms, entropies, inner_losses, controls, resets = [], [], [], [], [], [], 0
         # every batch of this meta-step is drawn first, model by model in the sampler's order (a reset's
         # plain steps, the window's inner batches, its outer batch); then the models run side by side
         jobs = []
@@ -594,9 +636,11 @@ class MetaTrainer:
         def window(job) -> tuple[float, InnerState, dict, tuple[torch.Tensor, ...]]:
             i, state, plain, inner_batches, outer_batch = job
             state = self._train_plainly(i, state, plain)
+            control = uniform_window(self.shells[i], state, inner_batches, outer_batch, cfg)
             loss_out, new_state, diag = meta_window(self.rater, self.shells[i], state, inner_batches, outer_batch,
                                                     cfg)
             grads = torch.autograd.grad(loss_out, [rater_params[k] for k in names])
+            diag["uniform_outer_loss"] = control
             return loss_out.item(), new_state.detached(), diag, grads  # truncation: the next window starts here
 
         for i, (loss_out, new_state, diag, grads) in enumerate(self._map(window, jobs)):
@@ -610,8 +654,11 @@ class MetaTrainer:
             grad_norms.append(float(norm))
             entropies.append(diag["weight_entropy"])
             inner_losses.append(diag["inner_loss"])
+            controls.append(diag["uniform_outer_loss"])
             tokens_in = cfg.unroll * cfg.inner_batch * cfg.seq_len
             self.flops["meta"] += meta_step_flops(self.lm_flops_per_token, tokens_in, cfg.outer_batch * cfg.seq_len)
+            # the control: plain steps on the same tokens, and a forward pass (a third of a step) on the outer batch
+            self.flops["control"] += self.lm_flops_per_token * (tokens_in + cfg.outer_batch * cfg.seq_len / 3)
             self.flops["rater"] += self.rater_flops_per_token * tokens_in
         self.meta_step += 1
         lr = cfg.meta_lr * min(1.0, self.meta_step / max(1, cfg.meta_warmup))
@@ -624,7 +671,7 @@ class MetaTrainer:
         record = {"meta_loss": float(np.mean(losses)), "meta_loss_per_model": losses,
                   "grad_norm": float(np.mean(grad_norms)), "update_norm": math.sqrt(update_norm),
                   "weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses)),
-                  "resets": resets}
+                  "uniform_outer_loss": float(np.mean(controls)), "resets": resets}
         for k, value in record.items():
             self.history[k].append(value)
         return record
@@ -661,7 +708,7 @@ class MetaTrainer:
                 self.save()
             if cfg.log_every and (self.meta_step % cfg.log_every == 0 or self.meta_step == 1):
                 self.log(f"meta step {self.meta_step}/{cfg.meta_steps}  outer {record['meta_loss']:.4f}  "
-                         f"inner {record['inner_loss']:.4f}  |g| {record['grad_norm']:.3g}  "
+                         f"uniform {record['uniform_outer_loss']:.4f}  inner {record['inner_loss']:.4f}  |g| {record['grad_norm']:.3g}  "
                          f"H(w) {record['weight_entropy']:.3f}  {time.perf_counter() - t0:.1f}s")
         self.history["flops"] = dict(self.flops, total=sum(self.flops.values()))
         self.history["scoring_flops_per_token"] = scoring_flops_per_token(self.rater.cfg)
@@ -708,6 +755,8 @@ class MetaTrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.history, self.flops = state["history"], state["flops"]
+        self.history.setdefault("uniform_outer_loss", [])   # checkpoints from before the control
+        self.flops.setdefault("control", 0.0)
         self.log(f"resumed meta-training at step {self.meta_step} from {self.checkpoint_dir / CHECKPOINT_NAME}")
         return True
 

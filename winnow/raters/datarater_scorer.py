@@ -1,7 +1,7 @@
 """A meta-trained DataRater as a scorer: train one into a folder, load it, score documents.
 
 The folder holds `tokenizer.json` (a BPE trained on the pool sample and the target), `rater.safetensors`
-with `rater.json` (its RaterConfig), `history.json` (the meta-loss curve and FLOPs) and `checkpoint/`
+with `rater.json` (its RaterConfig), `history.json` (the meta-loss curve, the uniform-weight control and FLOPs) and `checkpoint/`
 (meta-training state, keyed by config and data: a killed fit resumes from its last checkpoint). Scores are raw rater outputs,
 higher = more useful; a document longer than the rater's context is scored in consecutive chunks
 combined by their token-weighted mean (datarater.score_documents).
@@ -34,7 +34,7 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
     import torch
     from safetensors.torch import save_file
 
-    from winnow.raters.datarater import MetaConfig, document_chunks, meta_train
+    from winnow.raters.datarater import MetaConfig, document_chunks, meta_train, uniform_control
     from winnow.tokenize.tokenize_stage import TokenizerState
     from winnow.tokenize.tokenizer import EOS, train_bpe
 
@@ -73,7 +73,9 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
               os.path.join(folder, RATER_WEIGHTS))
     with open(os.path.join(folder, RATER_CONFIG), "w") as f:
         json.dump(asdict(rater.cfg), f)
-    summary = {"meta_steps": len(history["meta_loss"]), "meta_loss": history["meta_loss"], "flops": history["flops"],
+    summary = {"meta_steps": len(history["meta_loss"]), "meta_loss": history["meta_loss"],
+               "uniform_outer_loss": history["uniform_outer_loss"], "uniform_control": uniform_control(history),
+               "flops": history["flops"],
                "scoring_flops_per_token": history["scoring_flops_per_token"], "inner_documents": len(inner),
                "outer_documents": len(outer), "outer": "target" if target else "pool_heldout_slice",
                "config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(cfg).items()}}

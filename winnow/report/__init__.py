@@ -28,7 +28,8 @@ def build_report(out_dir: str | Path, eval_dir: str | Path | None = None, output
     bodies = {
         "funnel": sections.funnel(gather.funnel(stages, out, eval_data)),
         "rejections": sections.rejections(gather.rejections(stages, examples)),
-        "scores": sections.scores(gather.scores(stages, examples)),
+        "scores": sections.scores(gather.scores(stages, examples))
+        + sections.meta_training(gather.meta_training(stages)),
         "dedup": sections.dedup(gather.dedup(stages, examples)),
         "contamination": sections.decontamination(gather.decontamination(stages, examples)),
         "personal": sections.personal_data(gather.personal_data(stages, examples)),

@@ -192,6 +192,25 @@ def packing_chart(item: dict) -> str:
     return data_uri(fig)
 
 
+def control_curves(item: dict) -> str:
+    """The outer loss after the rater-weighted updates and after uniform ones (same states, same batches),
+    against the meta-step: the gap is what the rater's weights buy."""
+    weighted, uniform = item["weighted"], item["uniform"]
+    fig = Figure(figsize=(6.4, 3.2))
+    ax = fig.subplots()
+    for curve, label, color in ((weighted, "rater's weights", KEPT), (uniform, "uniform weights", ESTIMATE)):
+        if len(curve):
+            steps = np.linspace(1, item["steps"] or len(curve), len(curve))
+            ax.plot(steps, curve, color=color, label=label)
+    ax.set_xlabel("meta-step")
+    ax.set_ylabel("outer loss, nats/token")
+    ax.set_title(f"{item['stage']}: uniform-weight control", fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return data_uri(fig)
+
+
 def timing_chart(rows: list[dict]) -> str:
     """Wall seconds per stage, the global fit's part marked."""
     labels = [r["stage"] for r in rows]

@@ -354,6 +354,19 @@ def _plane(s: StageInfo) -> Path | None:
 
 
 # dedup
+def meta_training(stages: list[StageInfo]) -> list[dict]:
+    """The DataRater stages' meta-training: the uniform-weight control and the two outer-loss curves."""
+    out = []
+    for s in stages:
+        control, meta = s.manifest.get("uniform_control"), s.manifest.get("meta")
+        if not isinstance(control, dict) or not isinstance(meta, dict):
+            continue
+        out.append({"stage": s.dirname, "control": control, "steps": _int(meta.get("steps")),
+                    "weighted": _floats(meta.get("meta_loss") or []),
+                    "uniform": _floats(meta.get("uniform_outer_loss") or [])})
+    return out
+
+
 def dedup(stages: list[StageInfo], examples: int) -> list[dict]:
     out = []
     for s in stages:

@@ -162,6 +162,27 @@ def scores(items: list[dict]) -> str:
     return "\n".join(out)
 
 
+def meta_training(items: list[dict]) -> str:
+    """The DataRater's uniform-weight control: does training on its weights beat training on uniform ones?"""
+    out = []
+    for s in items:
+        c = s["control"]
+        steps = c.get("steps")
+        facts = [["outer loss, rater's weights", num(c.get("weighted_outer_loss"))],
+                 ["outer loss, uniform weights", num(c.get("uniform_outer_loss"))],
+                 ["delta (weighted − uniform)", num(c.get("delta"))
+                  + (f" ± {c['delta_se']:.2g} (s.e.)" if isinstance(c.get("delta_se"), float) else "")]]
+        if isinstance(steps, list) and len(steps) == 2:
+            facts.append(["meta-steps averaged", esc(f"{steps[0]}–{steps[1]}")])
+        out.append(f"<h3>{esc(s['stage'])}: meta-training</h3>" + table([], facts, {1})
+                   + '<p class="muted">Each inner model also takes the same updates from the same state with uniform '
+                   "weights; a negative delta means the rater's weights lower the outer loss. Near 0, the rater changes "
+                   "nothing about training at this scale, however well it separates documents.</p>")
+        if len(s["weighted"]) or len(s["uniform"]):
+            out.append(img(figures.control_curves(s), f"{s['stage']} uniform-weight control"))
+    return "\n".join(out)
+
+
 def _flat_banner(flat: dict) -> str:
     """A quality stage whose scores all lie within 0.01: either it kept everything (the default) or it cut
     on noise (`allow_flat_scores: true`, or a run from before the rule)."""
