@@ -18,6 +18,12 @@ kept documents is formed by drawing B = N / keep_top and keeping the best N, whi
 whose score sits at corpus quantile p with probability P = sum_{s<N} C(B-1, s) (1-p)^s p^(B-1-s);
 the draw per document is a seeded id hash, so the result is deterministic and independent of sharding.
 
+`distill: fasttext` scores the corpus at fastText's cost instead of the rater's: the rater rates its
+own pool sample, a fastText classifier (DCLM's recipe) learns its top vs its bottom `distill_fraction`
+on the first 80% of that sample, and the classifier's P(top) is `datarater_score`. The manifest's
+`distill` says how far the two rankings agree on the last 20% (Spearman, and the overlap of the kept
+top at this stage's keep fraction); the rating and the classifier's training count as fit FLOPs.
+
 The manifest records meta-training FLOPs (`training_flops`, one-off), scoring FLOPs, meta-steps and
 the meta-loss curve, and `uniform_control: {weighted_outer_loss, uniform_outer_loss, delta}`: at every
 meta-step each inner model also takes the same updates with uniform weights from the same state on the
@@ -42,6 +48,9 @@ from winnow.filters.quality import Positives, QualityParams, QualityStage
 from winnow.pipeline.documents import id_unit
 from winnow.pipeline.stage import Context, ShardRef
 from winnow.raters.datarater_scorer import HISTORY, DataRaterScorer, train_datarater
+from winnow.raters.fasttext_rater import FastTextScorer, fasttext_training_flops, train_fasttext
+
+DISTILLED = "distilled_fasttext.bin"   # the classifier `distill: fasttext` trains, in the stage folder
 
 
 class DataRaterParams(QualityParams):
@@ -58,6 +67,11 @@ class DataRaterParams(QualityParams):
     acceptance: Literal["percentile", "oversample"] = Field("percentile", description="percentile: a hard "
                                                             "cut at the band; oversample: the paper's top-N-of-B rule")
     oversample_batch: int = Field(128, gt=0, description="N, the kept batch of the oversample rule")
+    distill: Literal["fasttext"] | None = Field(None, description="fasttext: score the corpus with a fastText "
+                                                 "classifier trained on the rater's best vs worst scores over its "
+                                                 "pool sample (fastText's cost per document instead of the rater's)")
+    distill_fraction: float = Field(0.3, gt=0, le=0.5, description="with distill: the top and the bottom fraction "
+                                    "of the rated sample that are the classifier's two classes")
 
     @model_validator(mode="after")
     def _datarater(self) -> DataRaterParams:
@@ -82,23 +96,66 @@ def acceptance_probability(p: np.ndarray, kept: int, drawn: int) -> np.ndarray:
     return binom.cdf(kept - 1, drawn - 1, 1.0 - np.clip(p, 0.0, 1.0))
 
 
+def _distill(args: tuple) -> dict[str, Any]:
+    stage, model, sample, path = args
+    return stage.distill_into(model, sample, path)
+
+
 class DataRaterStage(QualityStage):
     name = "datarater"
     Params = DataRaterParams
     score_column = "datarater_score"
     model_file = "datarater"
 
-    def scorer(self, model: str) -> DataRaterScorer:
+    def scorer(self, model: str) -> DataRaterScorer | FastTextScorer:
         p = self.params
+        if model.endswith(DISTILLED):
+            return FastTextScorer(model)
         return DataRaterScorer(model, p.device, p.max_chunks, p.threads)
+
+    def scoring_model(self, model: str, shards: list[ShardRef], rows: int, ctx: Context, facts: dict) -> str:
+        if self.params.distill is None:
+            return model
+        # the pool sample the rater meta-trained on (read here when the rater was reused with `model:`)
+        sample = getattr(self, "_pool_sample", None) or self.training_texts(shards, rows, ctx)[1]
+        path = str(Path(ctx.workdir).parent / DISTILLED)
+        report = ctx.map(_distill, [(self, model, ctx.client.scatter(sample), path)], resources=ctx.gpu_resources())[0]
+        facts["training_flops"] += report.pop("flops")      # rating the sample and training the classifier
+        facts["distill"] = {"rater": model, **report}
+        return path
+
+    def distill_into(self, rater: str, sample: list[str], path: str) -> dict[str, Any]:
+        """Rate `sample` with the rater in folder `rater`, train fastText on the top vs the bottom
+        `distill_fraction` of its first 80% (seeded id-hash order, so a slice), save it at `path`, and
+        measure on the last 20% how the classifier's ranking agrees with the rater's."""
+        from scipy.stats import spearmanr
+
+        p = self.params
+        rated = DataRaterScorer(rater, p.device, p.max_chunks, p.threads)
+        scores = rated.score(sample)
+        cut = int(round(0.8 * len(sample)))
+        order = np.argsort(scores[:cut], kind="stable")
+        k = max(1, int(p.distill_fraction * cut))
+        best, worst = [sample[i] for i in order[-k:]], [sample[i] for i in order[:k]]
+        train_fasttext(best, worst, path, p.seed)
+        flops = rated.flops + fasttext_training_flops(best + worst)
+        held_rater, held = scores[cut:], FastTextScorer(path)
+        held_fasttext = held.score(sample[cut:])
+        keep = p.keep_top if p.keep_top is not None else 1 - p.band[0]
+        top = max(1, int(round(keep * len(held_rater))))
+        both = len(set(np.argsort(held_rater)[-top:]) & set(np.argsort(held_fasttext)[-top:]))
+        return {"model": "fasttext", "rated_documents": len(sample), "trained_on": 2 * k, "agreement_documents":
+                len(held_rater), "spearman": round(float(spearmanr(held_rater, held_fasttext).statistic), 4),
+                "top_overlap": round(both / top, 4), "flops": float(flops + held.flops)}
 
     def training_texts(self, shards: list[ShardRef], rows: int, ctx: Context) -> tuple[list[str], list[str]]:
         """(target, pool sample): the pool sample comes in seeded id-hash order, so its tail is an id-hash slice."""
         p = self.params
         target, matched = self.read_positives(p.target, shards, ctx, "target") if p.target is not None else ([], 0)
-        return target, self._negatives(shards, rows - matched, min(p.pool_docs, rows - matched), ctx,
+        self._pool_sample = self._negatives(shards, rows - matched, min(p.pool_docs, rows - matched), ctx,
                                        p.target.where if p.target is not None else None,
                                        p.target.heldout_fraction if p.target is not None else 0.0)
+        return target, self._pool_sample
 
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         p = self.params
@@ -108,8 +165,9 @@ class DataRaterStage(QualityStage):
 
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
         state = super().fit(shards, ctx)
-        history = Path(state["model"] or "") / HISTORY
-        if state["model"] and history.exists():
+        rater = state.get("distill", {}).get("rater", state["model"])
+        history = Path(rater or "") / HISTORY
+        if rater and history.exists():
             h = json.loads(history.read_text())
             state["meta"] = {"steps": h["meta_steps"], "outer": h["outer"], "inner_documents": h["inner_documents"],
                              "outer_documents": h["outer_documents"], "meta_loss": thinned(h["meta_loss"]),
@@ -135,6 +193,8 @@ class DataRaterStage(QualityStage):
             extra["meta"] = state["meta"]
         if "uniform_control" in state:
             extra["uniform_control"] = state["uniform_control"]
+        if "distill" in state:
+            extra["distill"] = state["distill"]
         extra["acceptance"] = self.params.acceptance
         return extra
 

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import Field
 
 from winnow.filters.quality import QualityParams, QualityStage
-from winnow.raters.fasttext_rater import DCLM_PARAMS, FastTextScorer, train_fasttext
+from winnow.raters.fasttext_rater import DCLM_PARAMS, FastTextScorer, fasttext_training_flops, train_fasttext
 
 
 class FastTextParams(QualityParams):
@@ -49,7 +49,4 @@ class FastTextQualityStage(QualityStage):
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         train_fasttext(positives, negatives, path, self.params.seed, self.params.passage_words,
                        **self.params.train_args)
-        args = {**DCLM_PARAMS, **self.params.train_args}
-        words = sum(len(t.split()) for t in positives + negatives)
-        # per word and epoch: one dim-vector for the word and one for its bigram, forward and back (x3)
-        return 3.0 * 2 * args["dim"] * 2 * words * args["epoch"]
+        return fasttext_training_flops(positives + negatives, **self.params.train_args)

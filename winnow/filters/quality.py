@@ -202,6 +202,7 @@ class QualityStage(Stage):
             facts["training_flops"] = ctx.map(_train, [(self, *texts, model)], resources=gpu)[0]
             facts.update(positives=len(pos), negatives=len(neg))
             Path(model + FIT_COST).write_text(json.dumps({"training_flops": facts["training_flops"]}))
+        model = self.scoring_model(model, shards, rows, ctx, facts)
         score_dir = Path(ctx.workdir) / "scores"
         score_dir.mkdir(parents=True, exist_ok=True)
         paths = {ref.name: str(score_dir / f"{ref.name}.{ref.fingerprint[:16]}.npy") for ref in shards}
@@ -222,6 +223,11 @@ class QualityStage(Stage):
             state["flat_scores"] = {"spread": float(spread), "kept_all": kept_all,
                                     "message": self.flat_message(state, spread, kept_all)}
         return state
+
+    def scoring_model(self, model: str, shards: list[ShardRef], rows: int, ctx: Context, facts: dict) -> str:
+        """The model that scores the corpus, given the trained (or reused) one: the same by default; a stage
+        may put a cheaper one in its place (the DataRater's `distill`), adding what that cost to `facts`."""
+        return model
 
     def flat_message(self, state: dict, spread: float, kept_all: bool) -> str:
         """What the manifest and the funnel say about flat scores: the spread, what the stage did, and

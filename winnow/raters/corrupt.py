@@ -66,6 +66,43 @@ def mojibake(text: str) -> str:
     return text.encode("utf-8").decode("cp500")
 
 
+def word_soup(text: str, vocabulary: list[str], rng: random.Random) -> str:
+    """As many words as `text` has, each drawn uniformly from `vocabulary` (the clean passages' distinct
+    words): every word is real, the order and the frequencies are not."""
+    return " ".join(rng.choice(vocabulary) for _ in text.split())
+
+
+def random_tokens(text: str, pieces: list[str], rng: random.Random) -> str:
+    """About as many characters as `text`, made of `pieces` (a tokenizer's vocabulary, decoded) drawn
+    uniformly: nothing in it is predictable from what came before."""
+    out, size = [], 0
+    while size < len(text):
+        piece = rng.choice(pieces)
+        out.append(piece)
+        size += len(piece)
+    return "".join(out)
+
+
+def junk_pool(reference: Path, n: int, kind: str, junk_frac: float = 0.1, seed: int = 0,
+              pieces: list[str] | None = None) -> tuple[list[str], np.ndarray]:
+    """(texts, is_clean): clean reference passages with a `junk_frac` share replaced by `word_soup` (kind
+    "soup", words from the clean passages' vocabulary) or `random_tokens` (kind "tokens", from `pieces`)."""
+    rng = random.Random(seed)
+    texts = reference_passages(reference, n, seed=seed)
+    vocabulary = sorted({w for t in texts for w in t.split()})
+    junk = set(rng.sample(range(n), int(junk_frac * n)))
+    for i in sorted(junk):
+        if kind == "soup":
+            texts[i] = word_soup(texts[i], vocabulary, rng)
+        elif kind == "tokens":
+            if not pieces:
+                raise ValueError("random tokens need the pieces to draw from")
+            texts[i] = random_tokens(texts[i], pieces, rng)
+        else:
+            raise ValueError(f"unknown junk kind {kind!r}: soup or tokens")
+    return texts, np.array([i not in junk for i in range(n)])
+
+
 def planted_pool(reference: Path, n: int, corrupt_frac: float = 0.3, seed: int = 0) -> tuple[list[str], np.ndarray, list[str]]:
     """(texts, is_clean (n,) bool, kind per text): a `corrupt_frac` of passages corrupted, kinds in turn."""
     rng = random.Random(seed)

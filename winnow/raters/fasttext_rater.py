@@ -64,6 +64,13 @@ def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: 
     return path
 
 
+def fasttext_training_flops(texts: list[str], **params) -> float:
+    """Training FLOPs of `train_fasttext` on `texts` (positives and negatives): per word and epoch, one
+    dim-vector for the word and one for its bigram, forward and back (x3)."""
+    args = {**DCLM_PARAMS, **params}
+    return 3.0 * 2 * args["dim"] * 2 * sum(len(t.split()) for t in texts) * args["epoch"]
+
+
 # fastText 0.9.2 with thread=1 writes its random init into only the first tenth of the input matrix
 # (DenseMatrix::uniform splits the matrix into 10 blocks, one per thread); the rest is whatever
 # malloc returns. Fresh pages are zero, but memory reused inside a long-lived worker holds old
