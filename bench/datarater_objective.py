@@ -17,7 +17,7 @@ control (outer loss after updates with the rater's weights minus after uniform o
 states; negative = the weights help) and the Spearman correlation of the score with length.
 
     python bench/datarater_objective.py                        # 3 pools x 3 seeds, CPU defaults (200 steps)
-    python bench/datarater_objective.py --meta-steps 100 --pools soup10
+    python bench/datarater_objective.py --meta-steps 100 --meta-json '{"seq_len": 64, "prewarm": 100, "lifetime": 300}'
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def one_fit(name: str, texts: list[str], clean: np.ndarray, kinds: list[str], n_
     from winnow.raters.corrupt import roc_auc
     from winnow.raters.datarater_scorer import DataRaterScorer, train_datarater
 
-    folder = out / f"{name}-seed{seed}"
+    folder = out / f"{name}-seed{seed}-steps{meta['meta_steps']}-T{meta.get('seq_len', 128)}"
     pool = texts[:n_pool]
     t0 = time.perf_counter()
     summary = train_datarater(pool, [], str(folder), {"threads": 1, **meta}, vocab_size=1024, seed=seed,
@@ -88,6 +88,7 @@ def main() -> None:
     ap.add_argument("--pool", type=int, default=1000, help="passages the rater trains on (20%% of them outer)")
     ap.add_argument("--test", type=int, default=600, help="unseen passages scored for the AUC")
     ap.add_argument("--meta-steps", type=int, default=200)
+    ap.add_argument("--meta-json", default="{}", help='MetaConfig overrides, e.g. \'{"seq_len": 64}\'')
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -100,10 +101,11 @@ def main() -> None:
         print(f"{name}: {len(texts)} passages, {int((~clean).sum())} junk; test {args.test} "
               f"({int((~clean[args.pool:]).sum())} junk)", flush=True)
         for seed in range(args.seeds):
-            results.append(one_fit(name, texts, clean, kinds, args.pool, seed, {"meta_steps": args.meta_steps}, out))
+            meta = {"meta_steps": args.meta_steps, **json.loads(args.meta_json)}
+            results.append(one_fit(name, texts, clean, kinds, args.pool, seed, meta, out))
     (out / "results.json").write_text(json.dumps(results, indent=1))
-    print(f"\n| pool | AUC clean vs junk (seeds) | mean ± std | uniform-control delta (± s.e.) per seed | "
-          f"Spearman(score, length) |\n|---|---|---|---|---|")
+    print("\n| pool | AUC clean vs junk (seeds) | mean ± std | uniform-control delta (± s.e.) per seed | "
+          "Spearman(score, length) |\n|---|---|---|---|---|")
     for name in args.pools.split(","):
         mine = [r for r in results if r["pool"] == name]
         aucs = [r["auc"] for r in mine]
