@@ -14,8 +14,15 @@ random pruning at the same token budget, and what does it buy against full-data 
    figure adds the reference model's scoring FLOPs. Exact-match accuracy is not reported: a model
    this small produces no correct GSM8K answers.
 
+4. `--dynamic`: Q-Tuning as published instead (winnow/proxy/qtuning_dynamic.py): every batch of the
+   full set scored by the model being tuned and pruned with the same rule, `r_sample` and `r_token`,
+   then stepped; beside it the same per-batch count of documents drawn at random (whole). Arms are
+   compared at equal epochs over their own rows, as the paper does (full, static Q-Tuning, static
+   random, dynamic, dynamic random), seeds x arms, final test response NLL; no FLOP curve.
+
     python bench/prune.py                    # CPU: about 15-25 minutes on 2 cores
     python bench/prune.py --quick            # a smoke run (1 seed, tiny budgets)
+    python bench/prune.py --dynamic --n-train 400 --epochs 2 --seeds 3 --batch-size 32
 """
 
 from __future__ import annotations
@@ -117,6 +124,53 @@ def arms(out: Path, base: Path, n_train: int | None, n_test: int, seq_len: int) 
     return tables, {"test": packed(out / "test" / "02-pack")}, float(prune["scoring_flops"])
 
 
+def equal_epochs(args, base: Path, rows: dict, test: dict, vocab: int, scoring: float) -> None:
+    """Each arm `args.epochs` passes over its own rows: full, static Q-Tuning, static random, and the
+    dynamic rule (and its random control) over the full set; final test response NLL per seed."""
+    from winnow.proxy.flops import flops_per_token
+    from winnow.proxy.model import config_for
+    from winnow.proxy.qtuning_dynamic import DynamicParams, DynamicSelector
+    from winnow.proxy.train import TrainConfig, train
+
+    per_token = flops_per_token(config_for(args.size, vocab, args.seq_len), args.seq_len)
+    arms = {"full": None, "qtuning": None, "random": None, "dynamic": "qtuning", "dynamic_random": "random"}
+    results: dict[str, list[dict]] = {}
+    t0 = time.perf_counter()
+    for seed in range(args.seeds):
+        for arm, selection in arms.items():
+            data = rows["full"] if selection else rows[arm]
+            steps = max(1, round(args.epochs * len(data) / args.batch_size))
+            cfg = TrainConfig(size=args.size, seq_len=args.seq_len, batch_size=args.batch_size, lr=1e-3,
+                              flop_budget=steps * args.batch_size * args.seq_len * per_token, n_evals=1, seed=seed,
+                              device=args.device, init_checkpoint=str(base / "model.safetensors"))
+            selector = None
+            if selection:
+                selector = DynamicSelector(DynamicParams(r_sample=0.25, r_token=0.5, lam=0.5, selection=selection,
+                                                         seed=seed), flops_per_scored_position=per_token / 3)
+            r = train(cfg, vocab, data, test, log=lambda *a: None, select_batch=selector)
+            extra = selector.summary() if selector else {}
+            scored = extra.get("scoring_flops", scoring if arm == "qtuning" else 0.0)
+            row = {"loss": r["points"][-1]["eval"]["test"], "flops": r["flops"], "scoring_flops": scored,
+                   "target_tokens": r["target_tokens"], "epochs": r["epochs"], "seconds": r["seconds"], **extra}
+            results.setdefault(arm, []).append(row)
+            print(f"  seed {seed} {arm:14} {r['epochs']:.2f} epochs of {len(data)} rows, {r['flops']:.3g} FLOPs "
+                  f"+ {scored:.3g} scoring, {r['target_tokens']:,} targets trained: test response NLL "
+                  f"{row['loss']:.4f}" + (f" (kept {extra['kept_share']:.3f} of documents, "
+                                          f"{extra['target_share']:.3f} of targets)" if extra else ""), flush=True)
+    print(f"SFT runs: {time.perf_counter() - t0:.0f} s")
+    print(f"\n| arm ({args.epochs} epochs over its rows) | rows | targets trained | training FLOPs | scoring FLOPs | "
+          f"test response NLL (mean ± sd over {args.seeds} seeds) | per seed |")
+    print("|---|---|---|---|---|---|---|")
+    for arm, runs in results.items():
+        losses = np.array([x["loss"] for x in runs])
+        sd = float(np.std(losses, ddof=1)) if len(losses) > 1 else float("nan")
+        data = rows["full"] if arms[arm] else rows[arm]
+        print(f"| {arm} | {len(data)} | {int(np.mean([x['target_tokens'] for x in runs])):,} | "
+              f"{np.mean([x['flops'] for x in runs]):.3g} | {np.mean([x['scoring_flops'] for x in runs]):.3g} | "
+              f"{losses.mean():.4f} ± {sd:.4f} | {', '.join(f'{x:.4f}' for x in losses)} |")
+    (Path(args.out) / "equal_epochs.json").write_text(json.dumps(results, indent=1))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default=str(REPO / "out" / "bench-prune"))
@@ -132,7 +186,16 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--dynamic", action="store_true", help="equal-epochs comparison with Q-Tuning scored per batch "
+                    "by the model being tuned (and its random control)")
+    ap.add_argument("--batch-size", type=int, default=8, help="rows per SFT step (the dynamic rule's quantiles "
+                    "come from the documents of one batch: 32 rows or more)")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.quick:
         args.n_train, args.n_test, args.base_flops, args.epochs, args.seeds = 600, 100, 3e11, 1.0, 1
     out = Path(args.out)
@@ -155,13 +218,16 @@ def main() -> None:
               f"{args.budget:.3g} FLOPs per pruned run")
     test = {k: rows_from_table(t) for k, t in evals.items()}
     vocab = load_tokenizer(str(base)).get_vocab_size()
+    if args.dynamic:
+        equal_epochs(args, base, rows, test, vocab, scoring)
+        return
     results: dict[str, list[tuple[float, float]]] = {}
     curve_scales = tuple(sorted({float(x) for x in args.scales.split(",")} | {1.0}))
     t0 = time.perf_counter()
     for seed in range(args.seeds):
         for arm, scales in (("full", curve_scales), ("qtuning", (1.0,)), ("random", (1.0,))):
             for scale in scales:
-                cfg = TrainConfig(size=args.size, seq_len=args.seq_len, batch_size=8, lr=1e-3, flop_budget=args.budget * scale,
+                cfg = TrainConfig(size=args.size, seq_len=args.seq_len, batch_size=args.batch_size, lr=1e-3, flop_budget=args.budget * scale,
                                   n_evals=1, seed=seed, device=args.device,
                                   init_checkpoint=str(base / "model.safetensors"))
                 r = train(cfg, vocab, rows[arm], test, log=lambda *a: None)

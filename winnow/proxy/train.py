@@ -119,7 +119,9 @@ def save_checkpoint(model: ProxyLM, path: str, meta: dict) -> None:
 
 
 def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[str, PackedRows],
-          log=print) -> dict:
+          log=print, select_batch=None) -> dict:
+    """`select_batch(model, batch) -> batch`, when given, runs before every step and may change the
+    batch's loss_mask (proxy/qtuning_dynamic.py: Q-Tuning scored by the model being trained)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)
@@ -172,6 +174,8 @@ def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[s
             order, cursor = permutation(), 0
         batch = batch_of(rows, order[cursor:cursor + batch_rows], device)
         cursor += batch_rows
+        if select_batch is not None:
+            batch = select_batch(model, batch)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = lm_loss(model, batch, cfg.intra_doc)
         opt.zero_grad(set_to_none=True)
