@@ -156,3 +156,17 @@ def test_without_a_target_the_outer_set_is_a_held_out_slice_of_the_pool_sample(t
     assert (summary["inner_documents"], summary["outer_documents"]) == (40, 10)
     assert json.loads((tmp_path / "rater" / HISTORY).read_text())["outer"] == "pool_heldout_slice"
     assert "against 10 held-out pool documents" in logged[0]
+
+
+def test_the_pool_sample_kept_for_distill_does_not_travel_with_the_stage():
+    """The stage object is pickled into every scoring and apply task: the pool sample it keeps on the
+    driver for `distill` (up to pool_docs documents) must not go with it."""
+    import pickle
+
+    from winnow.filters.datarater import DataRaterParams, DataRaterStage
+
+    stage = DataRaterStage(DataRaterParams(keep_top=0.5, distill="fasttext"))
+    stage._pool_sample = ["a long pool document " * 200] * 50
+    copy = pickle.loads(pickle.dumps(stage))
+    assert not hasattr(copy, "_pool_sample") and copy.params.distill == "fasttext"
+    assert len(pickle.dumps(stage)) < 10_000

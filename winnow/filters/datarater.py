@@ -107,6 +107,10 @@ class DataRaterStage(QualityStage):
     score_column = "datarater_score"
     model_file = "datarater"
 
+    def __getstate__(self) -> dict[str, Any]:
+        # the pool sample kept for `distill` stays on the driver: this object is pickled into every task
+        return {k: v for k, v in self.__dict__.items() if k != "_pool_sample"}
+
     def scorer(self, model: str) -> DataRaterScorer | FastTextScorer:
         p = self.params
         if model.endswith(DISTILLED):
