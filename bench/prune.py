@@ -14,7 +14,7 @@ random pruning at the same token budget, and what does it buy against full-data 
    figure adds the reference model's scoring FLOPs. Exact-match accuracy is not reported: a model
    this small produces no correct GSM8K answers.
 
-4. `--dynamic`: Q-Tuning as published instead (winnow/proxy/qtuning_dynamic.py): every batch of the
+4. `--dynamic`: Q-Tuning as published instead (winnow/raters/qtuning_dynamic.py): every batch of the
    full set scored by the model being tuned and pruned with the same rule, `r_sample` and `r_token`,
    then stepped; beside it the same per-batch count of documents drawn at random (whole). Arms are
    compared at equal epochs over their own rows, as the paper does (full, static Q-Tuning, static
@@ -129,8 +129,8 @@ def equal_epochs(args, base: Path, rows: dict, test: dict, vocab: int, scoring: 
     dynamic rule (and its random control) over the full set; final test response NLL per seed."""
     from winnow.proxy.flops import flops_per_token
     from winnow.proxy.model import config_for
-    from winnow.proxy.qtuning_dynamic import DynamicParams, DynamicSelector
     from winnow.proxy.train import TrainConfig, train
+    from winnow.raters.qtuning_dynamic import DynamicParams, DynamicSelector
 
     per_token = flops_per_token(config_for(args.size, vocab, args.seq_len), args.seq_len)
     arms = {"full": None, "qtuning": None, "random": None, "dynamic": "qtuning", "dynamic_random": "random"}

@@ -12,7 +12,7 @@ quadrants (Q1/Q2) of the `prune` stage, and how much of them does the stage keep
    (share / base share; 1 = blind, > 1 = the swap is favoured), and the ROC AUC of each axis for
    swapped vs intact (does the reference model see the swap at all?).
 4. Ablations at the same sample retention, scored on the same stored statistics: `r_token` 1 (no token
-   pruning), the reversed token rule (prune.kept_tokens(..., "highest"), the stage's `token_rule`),
+   pruning), the reversed token rule (eu_plane.kept_tokens(..., "highest"), the stage's `token_rule`),
    random samples (seeded) and the lowest-perplexity samples (a plain loss filter). For each: the share
    of swapped rows among kept samples and the share of kept response tokens (training targets) that
    come from swapped rows.
@@ -97,7 +97,7 @@ def auc(score: np.ndarray, positive: np.ndarray) -> float:
 def arm_targets(t: dict, nll: dict, keep: np.ndarray, r_token: float, lam: float, rule: str | None) -> np.ndarray:
     """Response tokens each row contributes as training targets when `keep` rows are kept and Q2 rows
     are token-pruned with `rule` (None: no token pruning)."""
-    from winnow.filters.prune import kept_tokens
+    from winnow.raters.eu_plane import kept_tokens
 
     out = np.zeros(len(keep), np.int64)
     for i in np.flatnonzero(keep):

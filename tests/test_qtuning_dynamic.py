@@ -1,4 +1,4 @@
-"""Q-Tuning's dynamic mode (winnow/proxy/qtuning_dynamic.py): each batch is scored by the model being
+"""Q-Tuning's dynamic mode (winnow/raters/qtuning_dynamic.py): each batch is scored by the model being
 trained, so what it keeps follows that model. Real tiny proxy LM, real BPE, real GSM8K answers."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 import torch
 from conftest import SHARED_DATA
 
-from winnow.filters.prune import kept_tokens
 from winnow.proxy.data import pack_tokenized
 from winnow.proxy.model import ProxyLM, config_for
-from winnow.proxy.qtuning_dynamic import DynamicParams, DynamicSelector, score_batch
 from winnow.proxy.train import TrainConfig, batch_of, token_losses, train
+from winnow.raters.eu_plane import kept_tokens
+from winnow.raters.qtuning_dynamic import DynamicParams, DynamicSelector, score_batch
 from winnow.tokenize.tokenize_stage import TokenizeParams, TokenizerState, TokenizeStage
 from winnow.tokenize.tokenizer import EOS, train_bpe
 

@@ -12,8 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import REPO, SHARED_DATA, kept_rows, rejected_rows, run
 
-from winnow.filters.prune import kept_tokens
-from winnow.raters.eu_plane import token_keep
+from winnow.raters.eu_plane import kept_tokens, token_keep
 
 sys.path.insert(0, str(REPO / "bench"))
 from qtuning_check import swapped_pool  # noqa: E402

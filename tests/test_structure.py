@@ -56,6 +56,7 @@ FLOP_NAMED_FUNCTIONS = {
     "proxy/flops.py": {"flops_per_token", "training_flops"},          # ProxyConfig -> winnow.flops
     "raters/datarater.py": {"scoring_flops_per_token"},               # RaterConfig -> winnow.flops
     "raters/embed.py": {"encoder_flops"},                             # a loaded encoder -> winnow.flops
+    "raters/fasttext_rater.py": {"fasttext_training_flops"},          # texts and settings -> winnow.flops
     "raters/reference_lm.py": {"LoadedLM.flops"},                     # a loaded LM -> winnow.flops
     "pipeline/stage.py": {"Stage.flops"},                             # the engine's hook (0 by default)
     "proxy/cost.py": {"CurationCost.net_flops", "chain_flops"},       # sums of recorded FLOPs

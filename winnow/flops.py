@@ -92,6 +92,12 @@ def approx_decoder_params(n_layer: int, d_model: int, vocab_size: int) -> int:
     return int(12 * n_layer * d_model * d_model + vocab_size * d_model)
 
 
+def fasttext_training_flops(dim: int, words: int, epochs: int) -> float:
+    """fastText supervised training: per word and epoch, one `dim`-vector for the word and one for its
+    bigram, forward and back (3 x the forward's 2 x dim each)."""
+    return 3.0 * 2 * dim * 2 * words * epochs
+
+
 def fasttext_flops(dim: int, words: int, lines: int, labels: int = 2) -> float:
     """fastText prediction: one `dim`-vector averaged per word and per word bigram (about 2 per word),
     then one (dim x labels) product per line: 2 x dim x (2 x words + labels x lines)."""

@@ -47,7 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from winnow.pipeline.documents import id_hashes
 from winnow.pipeline.shards import write_parquet_atomic
 from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage, utf8_bytes
-from winnow.raters.eu_plane import QUADRANT_NAMES, select, spans, token_keep
+from winnow.raters.eu_plane import QUADRANT_NAMES, kept_tokens, select, spans
 from winnow.tokenize.sft import training_text
 
 MIN_POOL = 64
@@ -71,19 +71,6 @@ class PruneParams(BaseModel):
         "lowest", description="which Q2 response tokens are kept: the lowest neighbour-smoothed perplexity "
         "scores (the paper) or the highest (the reversed rule, an ablation the paper reports as worse)")
     seed: int = 0
-
-
-def kept_tokens(nll: np.ndarray, r_token: float, lam: float, rule: str = "lowest") -> np.ndarray:
-    """Which response tokens of a Q2 sample are kept: eu_plane.token_keep, or for `rule` "highest" the
-    same number of tokens from the other end of its score order (the reversed rule)."""
-    if rule == "lowest":
-        return token_keep(nll, r_token, lam)
-    n = len(nll)
-    keep_n = max(1, int(round(r_token * n))) if n else 0
-    if keep_n >= n:
-        return np.ones(n, bool)
-    # the n - keep_n lowest scores are exactly the ones the reversed rule drops
-    return ~token_keep(nll, (n - keep_n) / n, lam)
 
 
 def rows_of_column(table: pa.Table, p: PruneParams) -> str:

@@ -121,7 +121,7 @@ def save_checkpoint(model: ProxyLM, path: str, meta: dict) -> None:
 def train(cfg: TrainConfig, vocab_size: int, rows: PackedRows, eval_sets: dict[str, PackedRows],
           log=print, select_batch=None) -> dict:
     """`select_batch(model, batch) -> batch`, when given, runs before every step and may change the
-    batch's loss_mask (proxy/qtuning_dynamic.py: Q-Tuning scored by the model being trained)."""
+    batch's loss_mask (raters/qtuning_dynamic.py: Q-Tuning scored by the model being trained)."""
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     device = pick_device(cfg.device)

@@ -120,3 +120,16 @@ def spans(offsets: np.ndarray, drop: np.ndarray) -> list[list[int]]:
         else:
             out.append([a, b])
     return out
+
+
+def kept_tokens(nll: np.ndarray, r_token: float, lam: float, rule: str = "lowest") -> np.ndarray:
+    """Which response tokens of a Q2 sample are kept: eu_plane.token_keep, or for `rule` "highest" the
+    same number of tokens from the other end of its score order (the reversed rule)."""
+    if rule == "lowest":
+        return token_keep(nll, r_token, lam)
+    n = len(nll)
+    keep_n = max(1, int(round(r_token * n))) if n else 0
+    if keep_n >= n:
+        return np.ones(n, bool)
+    # the n - keep_n lowest scores are exactly the ones the reversed rule drops
+    return ~token_keep(nll, (n - keep_n) / n, lam)

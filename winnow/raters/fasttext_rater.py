@@ -19,6 +19,7 @@ import sys
 import numpy as np
 
 from winnow.flops import fasttext_flops
+from winnow.flops import fasttext_training_flops as fasttext_training_flops_of
 from winnow.pipeline.shards import temp_path
 from winnow.raters.scorer import Scorer, cached, file_key
 
@@ -65,10 +66,10 @@ def train_fasttext(positives: list[str], negatives: list[str], path: str, seed: 
 
 
 def fasttext_training_flops(texts: list[str], **params) -> float:
-    """Training FLOPs of `train_fasttext` on `texts` (positives and negatives): per word and epoch, one
-    dim-vector for the word and one for its bigram, forward and back (x3)."""
+    """Training FLOPs of `train_fasttext` on `texts` (positives and negatives) with DCLM's settings
+    overridden by `params` (winnow.flops.fasttext_training_flops)."""
     args = {**DCLM_PARAMS, **params}
-    return 3.0 * 2 * args["dim"] * 2 * sum(len(t.split()) for t in texts) * args["epoch"]
+    return fasttext_training_flops_of(args["dim"], sum(len(t.split()) for t in texts), args["epoch"])
 
 
 # fastText 0.9.2 with thread=1 writes its random init into only the first tenth of the input matrix

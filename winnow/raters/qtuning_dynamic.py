@@ -5,7 +5,7 @@ The paper (Wang et al. 2025, Algorithm 1) re-scores each mini-batch with the *cu
 no-grad forward gives each sample's perplexity and mean predictive entropy over its response
 targets and each target's NLL; the quadrant rule of raters/eu_plane.py (the stage's own `select`)
 keeps Q2 ∪ Q4 (topped up from Q1 ∪ Q3 towards `r_sample`), and Q2 samples keep the `r_token`
-share of their targets (prune.kept_tokens, the stage's own rule). The step then trains on that.
+share of their targets (eu_plane.kept_tokens, the stage's own rule). The step then trains on that.
 
 Here a sample is a document (a segment of a packed row): its targets are the positions whose
 loss_mask is 1 (the response; prompts are masked by `tokenize`). Pruning is a loss mask (ALGORITHMS.md:
@@ -26,9 +26,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from winnow.filters.prune import kept_tokens
 from winnow.proxy.model import ProxyLM
-from winnow.raters.eu_plane import QUADRANT_NAMES, select
+from winnow.raters.eu_plane import QUADRANT_NAMES, kept_tokens, select
 
 
 @dataclass
@@ -36,7 +35,7 @@ class DynamicParams:
     r_sample: float = 0.25          # share of a batch's documents kept
     r_token: float = 0.5            # share of targets kept inside Q2 documents
     lam: float = 0.5                # neighbour weight in a token's score
-    token_rule: str = "lowest"      # prune.kept_tokens: lowest (the paper) or highest (reversed)
+    token_rule: str = "lowest"      # eu_plane.kept_tokens: lowest (the paper) or highest (reversed)
     selection: str = "qtuning"      # qtuning | random (same count of documents, whole, at random)
     intra_doc: bool = True          # as the trainer's TrainConfig.intra_doc
     seed: int = 0
