@@ -466,6 +466,18 @@ def meta_window(rater: DataRater, model: ProxyLM, state: InnerState, inner_batch
     return loss_out, state, {"weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses))}
 
 
+def plain_step(model: ProxyLM, state: InnerState, batch: dict[str, torch.Tensor], cfg: MetaConfig,
+               sgd: bool = False) -> InnerState:
+    """One unweighted optimiser step, detached: the loss is a token mean, as the weighted inner loss at
+    equal scores and the outer loss."""
+    params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
+    loss = token_mean(per_row_loss(model, params, batch), target_tokens(batch))
+    names = list(params)
+    grads = torch.autograd.grad(loss, [params[k] for k in names])
+    state = InnerState(params, state.m, state.v, state.step, state.age, state.resets)
+    return inner_update(state, dict(zip(names, grads, strict=True)), cfg, sgd=sgd).detached()
+
+
 @torch.no_grad()
 def _no_grad_outer(model: ProxyLM, params: dict[str, torch.Tensor], batch: dict[str, torch.Tensor]) -> float:
     return float(outer_loss(model, params, batch))
@@ -478,13 +490,8 @@ def uniform_window(model: ProxyLM, state: InnerState, inner_batches: list[dict],
     batch. Nothing here reaches the rater, so no graph is kept (about a third of the window's cost).
     The weighted window's outer loss minus this one says whether the rater's weights help at all:
     near 0, nothing the rater could learn changes training at this scale, whatever its AUC says."""
-    for batch in inner_batches:
-        params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
-        loss = token_mean(per_row_loss(model, params, batch), target_tokens(batch))
-        names = list(params)
-        grads = torch.autograd.grad(loss, [params[k] for k in names])
-        state = inner_update(InnerState(params, state.m, state.v, state.step, state.age, state.resets),
-                             dict(zip(names, grads, strict=True)), cfg, sgd=cfg.first_order).detached()
+    for batch in inner_batches:   # the first-order variant's window is an SGD look-ahead: so is its control
+        state = plain_step(model, state, batch, cfg, sgd=cfg.first_order)
     return _no_grad_outer(model, state.params, outer_batch)
 
 
@@ -582,17 +589,8 @@ class MetaTrainer:
     def _train_plainly(self, i: int, state: InnerState, batches: list[dict[str, torch.Tensor]]) -> InnerState:
         """Model i (in its own shell) after a plain step on each of `batches`."""
         for batch in batches:
-            state = self._plain_step(state, batch, self.shells[i])
+            state = plain_step(self.shells[i], state, batch, self.cfg)
         return state
-
-    def _plain_step(self, state: InnerState, batch: dict[str, torch.Tensor], model: ProxyLM) -> InnerState:
-        params = {k: p.detach().requires_grad_() for k, p in state.params.items()}
-        # a token mean, as the weighted inner loss at equal scores and the outer loss
-        loss = token_mean(per_row_loss(model, params, batch), target_tokens(batch))
-        names = list(params)
-        grads = torch.autograd.grad(loss, [params[k] for k in names])
-        state = InnerState(params, state.m, state.v, state.step, state.age, state.resets)
-        return inner_update(state, dict(zip(names, grads, strict=True)), self.cfg).detached()
 
     def _map(self, fn: Callable, jobs: list) -> list:
         """`fn` over `jobs`, side by side on `self.parallel` threads (results in job order). Each job is
