@@ -20,6 +20,7 @@ or its page was rejected) is its recall on boilerplate and its damage to content
 
     python bench/dedup_quality.py                      # everything
     python bench/dedup_quality.py --line-dedup-only    # the line_dedup section alone (~1 min)
+    python bench/dedup_quality.py --minhash-only       # the MinHash section alone, both tools
 """
 
 from __future__ import annotations
@@ -105,7 +106,7 @@ def shingles(text: str, n: int = 5) -> set[tuple[str, ...]]:
     return {tuple(words[i:i + n]) for i in range(max(len(words) - n + 1, 1))}
 
 
-def main() -> None:
+def main(minhash_only: bool = False) -> None:
     gut_files = sorted(str(p) for p in (NEARDUP / "gutenberg_versions").glob("*.jsonl"))
     books = [json.loads(line) for f in gut_files for line in Path(f).read_text().rstrip('\n').split('\n')]
     truth = {frozenset(p) for p in itertools.combinations(sorted(b["id"] for b in books), 2)
@@ -151,8 +152,9 @@ def main() -> None:
                          for c, v in sorted(per_cat.items()) if c != "non")
         non = per_cat.get("non", [])
         print(f"{tool:12s}{p:12.3f}{r:7.3f}{f:7.3f}   {cats}   non false pairing {sum(non) / max(len(non), 1):.3f}")
-    semantic_report()
-    line_dedup_report()
+    if not minhash_only:
+        semantic_report()
+        line_dedup_report()
     w = results["winnow"]
     print(f"winnow gutenberg recall: {w[1]:.3f} (target >= 0.95); non answers paired: {sum(w[3]['non'])}")
 
@@ -292,7 +294,9 @@ def line_dedup_report() -> None:
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--line-dedup-only", action="store_true", help="run only the line_dedup section")
-    if ap.parse_args().line_dedup_only:
+    ap.add_argument("--minhash-only", action="store_true", help="run only the MinHash section (both tools)")
+    args = ap.parse_args()
+    if args.line_dedup_only:
         line_dedup_report()
     else:
-        main()
+        main(minhash_only=args.minhash_only)

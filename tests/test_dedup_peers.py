@@ -16,7 +16,7 @@ import pytest
 from conftest import check_conservation, kept_rows, rejected_rows, run, web_files
 
 from winnow.filters.minhash_dedup import MinhashDedupStage, MinhashParams, _bucket_reduce, shingle_hashes
-from winnow.filters.textnorm import TextNorm
+from winnow.filters.textnorm import TextNorm, normalize_texts
 from winnow.pipeline.stage import ShardRef
 
 FRENCH = ("Le conseil municipal s'est réuni à l'hôtel de ville pour étudier le budget de l'école élémentaire. "
@@ -227,3 +227,21 @@ def test_dedup_keep_rejects_unknown_rules():
             ExactDedupParams(keep=bad)
     with pytest.raises(ValueError, match="keep must be one of"):
         MinhashParams(keep="prototypicality")  # semantic_dedup's rule only
+
+
+@pytest.mark.parametrize("options", [{}, {"norm_whitespace": False}, {"norm_unicode_diacritics": False},
+                                     {"lowercase": False}, {"norm_weekdays": True, "norm_monthnames": True}])
+def test_the_split_fast_path_gives_the_words_of_the_full_normalisation(options):
+    """MinHash asks for text it will split at whitespace (`split_after`): punctuation runs become one
+    space and whitespace is left as it is. The words must be those of the full normalisation, on real
+    web pages and on the cases where shortcuts go wrong (Turkish dotted I, ligatures, weekday names
+    written in capitals and then lowered, punctuation runs at both ends)."""
+    texts = [json.loads(line)["text"] for line in Path(web_files(1)[0]).read_text().splitlines()][:300]
+    texts += ["İstanbul MONDAY 3,14 ÄÖÜ ß ﬁ K Ǆ March", "a--b  c...d", "  --lead", "trail!!", "", "x\u3000y\x1cz",
+              FRENCH, unicodedata.normalize("NFD", FRENCH)]
+    norm = TextNorm(**options)
+    full = normalize_texts(texts, norm).to_pylist()
+    fast = normalize_texts(texts, norm, split_after=True).to_pylist()
+    assert [t.split() for t in fast] == [t.split() for t in full]
+    if norm.norm_whitespace:
+        assert all(t == " ".join(t.split()) for t in full)

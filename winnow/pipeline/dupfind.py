@@ -10,6 +10,7 @@ highest optional `score` (the stage's `keep` rule), then the first in (shard ord
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,11 @@ import xxhash
 
 from winnow.pipeline.stage import Context, ShardRef, Stage
 
+# Each map task writes one key file per partition, so partitions cost files: at one per shard (up to 64,
+# the old rule) ingest of the web sample x 8 wrote 88 x 64 = 5,632 files of a few kB for 106k keys. A
+# partition per 32 shards (at least two per worker) keeps the reduce parallel and the files few; a
+# partition of 64 still holds only ~1/64 of the keys (~60 B each).
+SHARDS_PER_PARTITION = 32
 KEY_SCHEMA = pa.schema([("hi", pa.uint64()), ("lo", pa.uint64()), ("row", pa.int64()), ("label", pa.string())])
 # optional key columns: `score` (float64, higher survives) and `weight` (int64, documents a row stands for)
 
@@ -133,7 +139,7 @@ def find_duplicates(ctx: Context, shards: list[ShardRef],
     """
     workdir = Path(ctx.workdir) / "keys"
     shutil.rmtree(workdir, ignore_errors=True)
-    n_parts = n_partitions or max(1, min(64, len(shards)))
+    n_parts = n_partitions or max(2 * ctx.n_workers(), min(64, math.ceil(len(shards) / SHARDS_PER_PARTITION)))
     extras = ctx.map(_map, [(keys_fn, ref, i, str(workdir), n_parts) for i, ref in enumerate(shards)])
     folders = [str(workdir / f"p{p:04d}") for p in range(n_parts)]
     found = ctx.map(_reduce, folders)
