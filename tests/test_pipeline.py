@@ -130,6 +130,38 @@ def test_shipped_configs_run_in_full(tmp_path, client, monkeypatch):
             check_quickstart(tmp_path / name, result, manifests)
 
 
+def test_crawl_config_accounts_for_every_response_record(tmp_path, client, monkeypatch):
+    """configs/crawl.yaml as a user runs it, on the two real wget WARCs: every response record is a row
+    (kept or rejected by a stage), every other record is counted by type, and what survives carries the
+    crawl columns, a language and main text without its HTML."""
+    from collections import Counter
+
+    from warcio.archiveiterator import ArchiveIterator
+
+    from winnow.pipeline.config import load_config
+    from winnow.pipeline.run import run_pipeline
+
+    records = Counter()
+    for warc in sorted((REPO.parent / "shared" / "data" / "warc").glob("*.warc.gz")):
+        with open(warc, "rb") as f:
+            records.update(r.rec_type for r in ArchiveIterator(f))
+    monkeypatch.chdir(REPO)
+    out = tmp_path / "crawl"
+    cfg = load_config(REPO / "configs" / "crawl.yaml", [f"output={out}", "engine.progress=false"])
+    result = run_pipeline(cfg, client=client)
+    manifests = check_conservation(out)
+    assert [m["stage"] for m in manifests] == ["ingest", "extract", "language_id", "url_filter", "normalize",
+                                               "exact_dedup", "minhash_dedup", "heuristics"]
+    assert manifests[0]["totals"]["rows_in"] == records["response"] > 0
+    stats = manifests[0]["totals"]["stats"]
+    assert {k: v for k, v in records.items() if k != "response"} == {
+        k.removeprefix("warc_").removesuffix("_records"): v for k, v in stats.items() if k.startswith("warc_")}
+    final = pa.concat_tables(pq.read_table(p) for p in sorted(result.final_dir.glob("train-*.parquet")))
+    assert final.num_rows > 0 and "html" not in final.column_names
+    assert {"url", "warc_file", "warc_offset", "language", "language_score"} <= set(final.column_names)
+    assert all(len(t) >= 200 for t in final.column("text").to_pylist())
+
+
 def check_quickstart(out, result, manifests) -> None:
     """The embedded default shows the product: dedup at three levels, a classifier trained on rows of
     the pool itself (the standard library's docstrings), tokens packed, and the report written."""
