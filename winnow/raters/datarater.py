@@ -312,7 +312,9 @@ class MetaConfig:
     device: str = "auto"
     threads: int | None = None     # CPU cores for meta-training (None: all this process may use)
     dtype: str = "float32"         # float64 for gradient checks
-    autocast: str | None = None    # "bf16": inner models' and rater's matmuls in bf16 (CPUs with avx512_bf16)
+    # "bf16": inner models' and rater's matmuls in bf16 (CPUs with avx512_bf16). Off by default: ~13% less time,
+    # but the rater stops learning (soup10 AUC 0.62/0.35/0.45 against 0.74/0.68/0.92 in fp32, bench/LOG.md)
+    autocast: str | None = None
     checkpoint_every: int = 25
     log_every: int = 10
 
