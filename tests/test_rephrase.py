@@ -418,3 +418,28 @@ def test_real_generation_with_the_default_gguf(backend, client, tmp_path):
     manifest = json.loads((stage_dir / "_manifest.json").read_text())
     assert manifest["totals"]["flops"] == pytest.approx(sum(r["generation_flops"] for r in synth))
     assert len(list((out / "_cache" / "rephrase").rglob("*.json"))) == 6
+
+
+def test_transformers_generates_with_its_threads_from_any_thread():
+    """OpenMP's thread count belongs to the calling thread. A Dask worker opens the backend in one thread and
+    generates in others, whose count is the worker's OMP_NUM_THREADS (Dask sets 1): generation ran on one
+    core whatever `threads` said (`bench/rephrase.py` throughput winnow/bare 0.52-0.61 on 2 cores)."""
+    import threading
+
+    import torch
+
+    from winnow.synth.transformers_backend import TransformersBackend
+    from winnow.synth.types import GenerationParams, Request
+
+    backend = TransformersBackend(threads=2)
+    seen = []
+
+    def worker_thread():
+        torch.set_num_threads(1)          # what a fresh thread of a Dask worker starts with
+        backend.generate([Request((("user", "Say hi."),), 0)], GenerationParams(max_new_tokens=2, temperature=0.0))
+        seen.append(torch.get_num_threads())
+
+    thread = threading.Thread(target=worker_thread)
+    thread.start()
+    thread.join()
+    assert seen == [2]

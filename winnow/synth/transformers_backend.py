@@ -26,8 +26,11 @@ class TransformersBackend:
 
         path = resolve_model(model)
         self.device = resolve_device(device)
-        if threads and self.device == "cpu":
-            torch.set_num_threads(threads)
+        # OpenMP's thread count belongs to the calling thread: set here for loading and again in every
+        # generating thread (a Dask worker's task threads start at its OMP_NUM_THREADS, which Dask sets to 1)
+        self.threads = threads if threads and self.device == "cpu" else None
+        if self.threads:
+            torch.set_num_threads(self.threads)
         self.model_id = model_identity(path)
         self.lm, self.tokenizer = load_causal_lm(path, self.device)
         self.tokenizer.padding_side = "left"
@@ -56,6 +59,8 @@ class TransformersBackend:
     def _batch(self, prompts: list[str], seeds: list[int], params: GenerationParams) -> list[Generation]:
         import torch
 
+        if self.threads:
+            torch.set_num_threads(self.threads)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
         sample = params.temperature > 0
         kwargs = {"do_sample": True, "temperature": params.temperature, "top_p": params.top_p} if sample \
