@@ -121,6 +121,27 @@ def test_best_fit_matches_a_brute_force_packer():
     assert pack_best_fit(lengths, SEQ) == brute(lengths, SEQ)
 
 
+def test_segment_cuts_never_split_a_pre_token():
+    """The fast path cuts texts into segments and splits each (all of a batch's joined by NUL) with the
+    GPT-2 pattern: on real text, the pieces must be those of the pattern on the whole text."""
+    from itertools import chain
+
+    import regex
+
+    from winnow.tokenize.word_encoder import GPT2_PATTERN, JOINED_PATTERN, _segments
+
+    texts = _real_texts() + ["a  b", " \n x", "x\u00a0 y", "end \t"]
+    segments, per_text = _segments(pa.array(texts, pa.large_string()))
+    parts = segments.to_pylist()
+    assert per_text.sum() == len(parts) > 3 * len(texts) and "".join(parts) == "".join(texts)
+    pattern, joined = regex.compile(GPT2_PATTERN), regex.compile(JOINED_PATTERN)
+    one_by_one = [pattern.findall(part) for part in parts]
+    ends = np.cumsum(per_text)
+    for text, end, n in zip(texts, ends, per_text, strict=True):
+        assert list(chain.from_iterable(one_by_one[end - n:end])) == pattern.findall(text)
+    assert joined.findall("\x00".join(parts)) == list(chain.from_iterable(p + ["\x00"] for p in one_by_one))[:-1]
+
+
 def test_bm25_rows_are_more_related_than_concat(packed_run):
     from winnow.tokenize.metrics import row_relatedness
 
@@ -189,6 +210,16 @@ def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch
     assert kept.column("input_ids").type == pa.list_(pa.uint16())
     assert kept.column("input_ids").to_pylist() == [ids + [state.eos_id] for ids in expected]
     assert kept.column("n_tokens").to_pylist() == [len(ids) + 1 for ids in expected]
+
+    # a slice of a large_string array (buffers shared, offset > 0), with the whitespace a segment cut must
+    # respect: runs of spaces and newlines, tabs, NBSP and ideographic spaces beside ASCII ones, NUL,
+    # texts that start or end in whitespace or hold nothing else
+    edges = ["  lead", "trail  ", "a  b   c\n\n\nd \n e\t\tf", "x\u00a0 y \u00a0z\u3000 w", "nul\x00 here \x00",
+             "\n", "\t \n ", "it's  'll 12  3.5 ?!  ok", "\u4e2d\u6587 \u4e2d  x"]
+    column = pa.array(["pad"] * 3 + edges + texts[:40], pa.large_string()).slice(3)
+    values, lengths = WordEncoder(tok, tok.to_str()).encode(column)
+    assert lengths.tolist() == [len(tok.encode(t, add_special_tokens=False).ids) for t in edges + texts[:40]]
+    assert values.tolist() == [i for t in edges + texts[:40] for i in tok.encode(t, add_special_tokens=False).ids]
 
     # a tokenizer outside the covered shape (a normalizer) is encoded by tokenizers itself
     tok.normalizer = normalizers.NFKC()

@@ -104,10 +104,10 @@ class TokenizeStage(Stage):
         given = table
         table = self._sft_rows(table)
         prompt_joined = table is not given
-        texts = table.column("text").to_pylist()
+        texts = table.column("text").combine_chunks()   # handed to the encoder as Arrow: no Python str per text
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
         step = self.params.batch_size
-        batches = [state.encoder.encode(texts[start:start + step]) for start in range(0, len(texts), step)]
+        batches = [state.encoder.encode(texts.slice(start, step)) for start in range(0, len(texts), step)]
         ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.uint32)
         lengths = (np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, np.int64)) + 1
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if ids.size + len(lengths) < 2**31
@@ -119,7 +119,7 @@ class TokenizeStage(Stage):
         arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
             pa.array(offsets), pa.array(values))
         if "masked_spans" in table.column_names:
-            table = _replace(table, "loss_mask", self._span_masks(tok, texts, table.column("masked_spans").to_pylist(),
+            table = _replace(table, "loss_mask", self._span_masks(tok, texts.to_pylist(), table.column("masked_spans").to_pylist(),
                                                                    lengths))
         elif "loss_mask" in table.column_names:
             mask_lengths = np.asarray(table.column("loss_mask").combine_chunks().value_lengths())
