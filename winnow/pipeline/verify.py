@@ -28,8 +28,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,8 @@ from winnow.pipeline.stage import Stage
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
 RECORD_FIELDS = {f.name for f in fields(ShardRecord)}
 MAX_LISTED = 20                 # duplicate ids named one by one; the rest are counted
+# files hashed at once: reading overlaps hashing, and xxhash and file reads run outside the GIL
+HASH_THREADS = min(8, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -115,6 +119,7 @@ class _Verifier:
     def __init__(self, out: Path, partial: bool):
         self.out, self.partial = out, partial
         self.result = Verification(out)
+        self.digests: dict[Path, str | OSError] = {}   # a stage's files, hashed side by side before its checks
 
     # ------------------------------------------------------------------ reporting
     def problem(self, stage: str, path: Path | str, what: str, kind: str) -> None:
@@ -205,8 +210,12 @@ class _Verifier:
     # ------------------------------------------------------------------ one stage
     def check_stage(self, st: _Stage) -> None:
         markers = self.read_markers(st)
+        self.hash_files([path for r in markers.values()
+                         for path in (kept_path(st.path, r.shard), rejected_path(st.path, r.shard),
+                                      removed_path(st.path, r.shard))])
         for record in markers.values():
             self.check_shard(st, record)
+        self.digests.clear()
         self.result.shards += len(markers)
         manifest_path = st.path / MANIFEST
         if not manifest_path.exists():
@@ -275,16 +284,32 @@ class _Verifier:
         self.check_file(st, rejected_path(st.path, r.shard), r.rejected_fingerprint, r.rejected,
                         "rejected_fingerprint", "rejected", marker)
 
+    def hash_files(self, paths: list[Path]) -> None:
+        """The content hash of each of `paths` that exists (or the error reading it), in `self.digests`."""
+        def digest(path: Path) -> str | OSError:
+            try:
+                return file_hash(path)
+            except OSError as e:
+                return e
+
+        present = [p for p in paths if p.exists()]
+        with ThreadPoolExecutor(HASH_THREADS) as pool:
+            self.digests.update(zip(present, pool.map(digest, present), strict=True))
+
     def check_file(self, st: _Stage, path: Path, fingerprint: str, rows: int, fp_field: str, rows_field: str,
                    marker: Path) -> None:
         if not path.exists():
             self.problem(st.dirname, path, f"missing; its marker {self.rel(marker)} says it holds {rows:,} rows",
                          "missing")
             return
-        try:
-            digest = file_hash(path)
-        except OSError as e:
-            self.problem(st.dirname, path, f"unreadable: {e}", "unreadable")
+        digest = self.digests.get(path)
+        if digest is None:
+            try:
+                digest = file_hash(path)
+            except OSError as e:
+                digest = e
+        if isinstance(digest, OSError):
+            self.problem(st.dirname, path, f"unreadable: {digest}", "unreadable")
             return
         if digest != fingerprint:
             self.problem(st.dirname, path, f"content hash {digest} is not the marker's {fp_field} {fingerprint} "
