@@ -71,11 +71,11 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from winnow.flops import forward_flops_per_token, meta_step_flops, training_flops_from_forward
+from winnow.models.retained_heap import retained_heap
 from winnow.pipeline.shards import temp_path
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token
 from winnow.proxy.model import ProxyConfig, ProxyLM
-from winnow.raters.retained_heap import retained_heap
 
 CHECKPOINT_NAME = "datarater_meta.pt"
 

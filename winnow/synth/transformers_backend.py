@@ -12,8 +12,10 @@ is reproducible here; llama.cpp, vLLM and OpenAI-compatible servers take a seed 
 from __future__ import annotations
 
 import threading
+from contextlib import nullcontext
 
 from winnow.models.loading import load_causal_lm, model_identity, parameter_count, resolve_model
+from winnow.models.retained_heap import retained_heap
 from winnow.raters.scorer import resolve_device
 from winnow.synth.types import Generation, GenerationParams, Request
 
@@ -45,15 +47,18 @@ class TransformersBackend:
         order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
         results: list[Generation | None] = [None] * len(prompts)
         batch = max(1, params.concurrency)
-        for start in range(0, len(order), batch):
-            idx = order[start:start + batch]
-            try:
-                with self._lock:
-                    outs = self._batch([prompts[i] for i in idx], [requests[i].seed for i in idx], params)
-            except (RuntimeError, ValueError) as e:   # e.g. out of memory: every request of the batch fails
-                outs = [Generation(error=f"backend_error: {type(e).__name__}: {str(e)[:200]}") for _ in idx]
-            for i, out in zip(idx, outs, strict=True):
-                results[i] = out
+        # each new token frees and reallocates its activations: in a Dask worker glibc would mmap and unmap
+        # every one over 128 KiB (models/retained_heap.py)
+        with retained_heap() if self.device == "cpu" else nullcontext():
+            for start in range(0, len(order), batch):
+                idx = order[start:start + batch]
+                try:
+                    with self._lock:
+                        outs = self._batch([prompts[i] for i in idx], [requests[i].seed for i in idx], params)
+                except (RuntimeError, ValueError) as e:   # e.g. out of memory: every request of the batch fails
+                    outs = [Generation(error=f"backend_error: {type(e).__name__}: {str(e)[:200]}") for _ in idx]
+                for i, out in zip(idx, outs, strict=True):
+                    results[i] = out
         return results  # type: ignore[return-value]
 
     def _batch(self, prompts: list[str], seeds: list[int], params: GenerationParams) -> list[Generation]:
