@@ -9,8 +9,8 @@ so a document's ids are the concatenation of its pre-tokens' ids, each encoded a
   pattern spans such a place, so a segment's pre-tokens are those the whole text has there);
 - each distinct segment is split by the same regex on Python's `regex` module (C, 5x faster than
   Oniguruma), all of a batch's new segments in one call, and kept in a per-thread cache with its ids;
-  web text repeats its segments ("the", " of", ...): a batch of 1,024 pages holds ~8x fewer distinct
-  segments than segments;
+  web text repeats its segments (" the", " of", ...): a batch of 1,024 web pages holds 4-7x fewer
+  distinct segments than segments, and the cache carries them from batch to batch;
 - each distinct pre-token is encoded once by the real tokenizer and cached too, and the ids of a batch
   are gathered with numpy into one buffer: no Python object per token or per segment.
 
