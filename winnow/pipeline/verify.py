@@ -45,7 +45,7 @@ from winnow.pipeline.stage import Stage
 STAGE_DIR = re.compile(r"^(\d+)-(.+)$")
 RECORD_FIELDS = {f.name for f in fields(ShardRecord)}
 MAX_LISTED = 20                 # duplicate ids named one by one; the rest are counted
-# files hashed at once: reading overlaps hashing, and xxhash and file reads run outside the GIL
+# files hashed at once: file reads release the GIL, so one file is read while another is hashed
 HASH_THREADS = min(8, os.cpu_count() or 1)
 
 
