@@ -91,9 +91,9 @@ class WordEncoder:
             self._check_chars(_ASCII)
             # only non-ASCII text is scanned for differing characters later: an ASCII one turns the path off
             self.fast = not self._differs
-        self._reset_cache()
         # a segment's ids are copies of its words' ids: either cache may restart without the other
-        self._reset_segment_cache()
+        self._word_ids = _IdRuns(MAX_CACHED_WORDS)
+        self._segment_ids = _IdRuns(MAX_CACHED_SEGMENTS)
 
     def encode(self, texts: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
         if not self.fast:
@@ -128,21 +128,17 @@ class WordEncoder:
         n_words = np.fromiter(map(len, pieces), np.int64, len(pieces))
         words = pa.array(list(chain.from_iterable(pieces)), pa.large_string()).dictionary_encode()
         slots = self._slots(words.dictionary.to_pylist())[words.indices.to_numpy()]
-        return _gather(self._values, self._starts[slots], self._lens[slots], n_words)
+        return self._word_ids.gather(slots, n_words)
 
     def _encode_by_segments(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         segments, per_text = _segments(arr)
         distinct = segments.dictionary_encode()
         slots = self._segment_slots(distinct.dictionary.to_pylist())[distinct.indices.to_numpy()]
-        return _gather(self._seg_values, self._seg_starts[slots], self._seg_lens[slots], per_text)
+        return self._segment_ids.gather(slots, per_text)
 
     def _segment_slots(self, segments: list[str]) -> np.ndarray:
         """Each segment's slot in the segment cache, splitting and encoding the ones not yet there."""
-        slots = np.fromiter(map(self._seg_slot.get, segments, repeat(-1, len(segments))), np.int64, len(segments))
-        new = np.flatnonzero(slots < 0)
-        if len(self._seg_slot) + new.size > MAX_CACHED_SEGMENTS:
-            self._reset_segment_cache()
-            slots[:], new = -1, np.arange(len(segments))
+        slots, new = self._segment_ids.find(segments)
         if new.size:
             new_segments = [segments[i] for i in new]
             # all new segments split in one regex call, NUL between them (module docstring)
@@ -151,13 +147,7 @@ class WordEncoder:
             n_words = np.diff(np.concatenate([[-1], np.flatnonzero(joiner), [joiner.size]])) - 1
             words = pieces.filter(pa.array(~joiner)).dictionary_encode()
             word_slots = self._slots(words.dictionary.to_pylist())[words.indices.to_numpy()]
-            values, lengths = _gather(self._values, self._starts[word_slots], self._lens[word_slots], n_words)
-            first = len(self._seg_slot)
-            slots[new] = np.arange(first, first + new.size)
-            self._seg_slot.update(zip(new_segments, range(first, first + new.size), strict=True))
-            self._seg_lens = np.concatenate([self._seg_lens, lengths])
-            self._seg_starts = np.concatenate([self._seg_starts, self._seg_n_values + np.cumsum(lengths) - lengths])
-            self._seg_values, self._seg_n_values = _append(self._seg_values, self._seg_n_values, values)
+            slots[new] = self._segment_ids.add(new_segments, *self._word_ids.gather(word_slots, n_words))
         return slots
 
     def _encode_batch_fast(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
@@ -208,35 +198,12 @@ class WordEncoder:
 
     def _slots(self, words: list[str]) -> np.ndarray:
         """Each word's slot in the cache, encoding the words not yet there."""
-        slots = np.fromiter(map(self._slot.get, words, repeat(-1, len(words))), np.int64, len(words))
-        new = np.flatnonzero(slots < 0)
-        if len(self._slot) + new.size > MAX_CACHED_WORDS:
-            self._reset_cache()
-            slots[:], new = -1, np.arange(len(words))
+        slots, new = self._word_ids.find(words)
         if new.size:
             order, values, lengths = self._encode_words([words[i] for i in new])
             new = new[order]
-            first = len(self._slot)
-            slots[new] = np.arange(first, first + new.size)
-            self._slot.update(zip([words[i] for i in new], range(first, first + new.size), strict=True))
-            self._lens = np.concatenate([self._lens, lengths])
-            self._starts = np.concatenate([self._starts, self._n_values + np.cumsum(lengths) - lengths])
-            self._values, self._n_values = _append(self._values, self._n_values, values)
+            slots[new] = self._word_ids.add([words[i] for i in new], values, lengths)
         return slots
-
-    def _reset_cache(self) -> None:
-        self._slot: dict[str, int] = {}
-        self._lens = np.zeros(0, np.int64)
-        self._starts = np.zeros(0, np.int64)
-        self._values = np.zeros(1 << 16, np.uint32)
-        self._n_values = 0
-
-    def _reset_segment_cache(self) -> None:
-        self._seg_slot: dict[str, int] = {}
-        self._seg_lens = np.zeros(0, np.int64)
-        self._seg_starts = np.zeros(0, np.int64)
-        self._seg_values = np.zeros(1 << 16, np.uint32)
-        self._seg_n_values = 0
 
     def _texts_with_differing_chars(self, texts: list[str]) -> set[int]:
         """Positions of the texts holding a character the two engines class differently. Characters not
@@ -294,17 +261,49 @@ def _segments(arr: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray
     return segments, per_text
 
 
-def _gather(values: np.ndarray, starts: np.ndarray, lens: np.ndarray, per_group: np.ndarray
-            ) -> tuple[np.ndarray, np.ndarray]:
-    """Concatenate the runs `values[starts[k]:starts[k] + lens[k]]` in order: (the ids, ids per group
-    of `per_group` consecutive runs)."""
-    total = int(lens.sum())
-    # id j of run k sits at starts[k] + (j - first output position of run k)
-    out_starts = np.cumsum(lens) - lens
-    out = values[np.repeat(starts - out_starts, lens) + np.arange(total)]
-    ends = np.concatenate([[0], np.cumsum(lens)])
-    group_ends = np.cumsum(per_group)
-    return out, ends[group_ends] - ends[group_ends - per_group]
+class _IdRuns:
+    """A cache of token-id runs keyed by string (a word's ids, a segment's ids), all in one growing buffer.
+    It restarts empty when a batch's new keys would take it past `limit` keys."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.reset()
+
+    def reset(self) -> None:
+        self.slot: dict[str, int] = {}
+        self.lens = np.zeros(0, np.int64)
+        self.starts = np.zeros(0, np.int64)
+        self.values = np.zeros(1 << 16, np.uint32)
+        self.used = 0
+
+    def find(self, keys: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """(each key's slot, -1 where absent; the positions of the absent keys), after restarting the
+        cache if the absent ones would not fit."""
+        slots = np.fromiter(map(self.slot.get, keys, repeat(-1, len(keys))), np.int64, len(keys))
+        new = np.flatnonzero(slots < 0)
+        if len(self.slot) + new.size > self.limit:
+            self.reset()
+            slots[:], new = -1, np.arange(len(keys))
+        return slots, new
+
+    def add(self, keys: list[str], values: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """Store key k's run (`lengths[k]` ids, the runs concatenated in `values`); returns their slots."""
+        first = len(self.slot)
+        self.slot.update(zip(keys, range(first, first + len(keys)), strict=True))
+        self.lens = np.concatenate([self.lens, lengths])
+        self.starts = np.concatenate([self.starts, self.used + np.cumsum(lengths) - lengths])
+        self.values, self.used = _append(self.values, self.used, values)
+        return np.arange(first, first + len(keys))
+
+    def gather(self, slots: np.ndarray, per_group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The runs of `slots` concatenated: (the ids, ids per group of `per_group` consecutive slots)."""
+        starts, lens = self.starts[slots], self.lens[slots]
+        # id j of run k sits at starts[k] + (j - first output position of run k)
+        out_starts = np.cumsum(lens) - lens
+        out = self.values[np.repeat(starts - out_starts, lens) + np.arange(int(lens.sum()))]
+        ends = np.concatenate([[0], np.cumsum(lens)])
+        group_ends = np.cumsum(per_group)
+        return out, ends[group_ends] - ends[group_ends - per_group]
 
 
 def _append(buffer: np.ndarray, used: int, values: np.ndarray) -> tuple[np.ndarray, int]:
