@@ -268,12 +268,12 @@ def matched_runs(hashed: np.ndarray, state: DecontaminationIndex) -> list[tuple[
     """(first word, last word + 1, benchmark) of each run of words covered by an indexed n-gram; the
     benchmark is that of the n-gram that starts the run."""
     covered = np.full(len(hashed), -1, np.int32)
-    for length, index in state.index.hashes.items():
+    for length in state.index.hashes:
         grams = ngram_hashes(hashed, length)
         if not len(grams):
             continue
-        pos = np.minimum(np.searchsorted(index, grams), len(index) - 1)
-        for p in np.flatnonzero(index[pos] == grams).tolist():
+        pos = state.index.positions(grams, length)
+        for p in np.flatnonzero(pos >= 0).tolist():
             bench = int(state.text_benchmark[state.index.items[length][pos[p]]])
             window = covered[p:p + length]
             window[window < 0] = bench

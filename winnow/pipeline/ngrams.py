@@ -104,6 +104,15 @@ class NgramIndex:
     def __len__(self) -> int:
         return int(sum(len(h) for h in self.hashes.values()))
 
+    def positions(self, grams: np.ndarray, length: int) -> np.ndarray:
+        """Per hash in `grams`, the position of its first copy in `hashes[length]`, -1 where it is not
+        indexed (a binary search in the sorted hashes)."""
+        index = self.hashes.get(length)
+        if index is None or not len(index) or not len(grams):
+            return np.full(len(grams), -1, np.int64)
+        pos = np.minimum(np.searchsorted(index, grams), len(index) - 1)
+        return np.where(index[pos] == grams, pos, -1)
+
     def matches(self, text: str) -> set[int]:
         """The items `text` shares at least one indexed run with (empty: none)."""
         return self.matches_words(word_hashes(words(text))) if self.hashes else set()
