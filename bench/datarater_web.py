@@ -21,6 +21,11 @@ prints multipliers on the `pool` and `reference` held-out sets.
 
     python bench/datarater_web.py               # CPU: about 60 minutes on 2 quiet cores
     python bench/datarater_web.py --seeds 1 --meta-steps 50    # a quicker, noisier look
+    python bench/datarater_web.py --rater-seeds 3    # three rater fits, rater k with proxy seed k
+
+With `--rater-seeds`, seed 0's rater is the one-rater run's (reused from OUT if there), raters 1 and 2 are
+fit under OUT/rater-seed1, OUT/rater-seed2, and each rater's arms are trained with the proxy seed of the
+same number, so an arm's spread holds both the rater's fit-to-fit variance and the proxy's.
 """
 
 from __future__ import annotations
@@ -79,37 +84,22 @@ def top_fraction(table, scores: np.ndarray, keep: float, folder: Path) -> str:
     return str(folder)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
-    ap.add_argument("--out", default=str(REPO / "out" / "bench-datarater-web"))
-    ap.add_argument("--meta-steps", type=int, default=200)
-    ap.add_argument("--keeps", default="0.75,0.5", help="kept fractions after the rules")
-    ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--budget", type=float, default=1e12)
-    ap.add_argument("--heldout-tokens", type=int, default=50_000)
-    args = ap.parse_args()
-    out, web = Path(args.out), Path(args.web_out)
-    if not (web / "03-heuristics" / "_manifest.json").exists():
-        subprocess.run([sys.executable, "-m", "winnow", "run", "configs/web-quality.yaml", "--set", f"output={web}",
-                        "--quiet"], cwd=REPO, check=True)
-    raw, rules = web / "02-exact_dedup", web / "03-heuristics"
-    n_raw = json.loads((raw / "_manifest.json").read_text())["totals"]["kept"]
-    n_rules = json.loads((rules / "_manifest.json").read_text())["totals"]["kept"]
-    f = n_rules / n_raw
-    print(f"raw pool {n_raw} documents; the rules keep {n_rules} ({f:.3f})", flush=True)
-
+def build_arms(out: Path, raw: Path, rules: Path, f: float, keeps: list[float], meta_steps: int,
+               rater_seed: int) -> tuple[dict[str, str], dict, np.ndarray]:
+    """Meta-train one rater (stage seed `rater_seed`: its pool sample and its models' initialisation) under
+    `out` and build every arm from it: ({arm: folder}, the rater stage's manifest, the two-feature fit)."""
     t0 = time.perf_counter()
     target = {"paths": REFERENCE_SETS, "heldout_fraction": 0.2}
     winnow_run({"input": {"paths": [str(raw / "train-*.parquet")]}, "output": str(out / "dr_raw"), "seed": 0,
                 "stages": [{"datarater": {"target": target, "pool_docs": 1000, "keep_top": round(f, 4),
-                                          "meta": {"meta_steps": args.meta_steps}}}]}, out / "configs" / "dr_raw.yaml")
+                                          "meta": {"meta_steps": meta_steps},
+                                          **({"seed": rater_seed} if rater_seed else {})}}]},
+               out / "configs" / "dr_raw.yaml")
     dr_stage = out / "dr_raw" / "01-datarater"
     manifest = json.loads((dr_stage / "_manifest.json").read_text())
     model = str(dr_stage / "datarater")
-    print(f"rater fit: {manifest['fit_seconds']:.0f} s, {manifest['training_flops']:.3g} FLOPs; uniform control "
-          f"{manifest.get('uniform_control')}", flush=True)
-    keeps = [float(k) for k in args.keeps.split(",")]
+    print(f"rater seed {rater_seed} fit: {manifest['fit_seconds']:.0f} s, {manifest['training_flops']:.3g} FLOPs; "
+          f"uniform control {manifest.get('uniform_control')}", flush=True)
     arms = {"rules": str(rules), "dr_raw": str(dr_stage)}
     for keep in keeps:
         name = f"rules_dr{round(100 * keep)}"
@@ -147,30 +137,73 @@ def main() -> None:
         twin = name.replace("dr", "tf").replace("dd", "tf")
         a, b = (set(stage_table(Path(arms[n]), rejected=False).column("id").to_pylist()) for n in (name, twin))
         print(f"  {name} vs {twin}: {len(a & b) / max(len(a), 1):.2f} of the kept documents in common")
-    print(f"arms built in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(f"rater seed {rater_seed}: arms built in {time.perf_counter() - t0:.0f} s", flush=True)
+    return arms, manifest, coef
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
+    ap.add_argument("--out", default=str(REPO / "out" / "bench-datarater-web"))
+    ap.add_argument("--meta-steps", type=int, default=200)
+    ap.add_argument("--keeps", default="0.75,0.5", help="kept fractions after the rules")
+    ap.add_argument("--seeds", type=int, default=3, help="proxy seeds when one rater is fit")
+    ap.add_argument("--rater-seeds", type=int, default=1,
+                    help="meta-training seeds: with more than one, rater k's arms are trained with proxy seed k")
+    ap.add_argument("--budget", type=float, default=1e12)
+    ap.add_argument("--heldout-tokens", type=int, default=50_000)
+    args = ap.parse_args()
+    out, web = Path(args.out), Path(args.web_out)
+    if not (web / "03-heuristics" / "_manifest.json").exists():
+        subprocess.run([sys.executable, "-m", "winnow", "run", "configs/web-quality.yaml", "--set", f"output={web}",
+                        "--quiet"], cwd=REPO, check=True)
+    raw, rules = web / "02-exact_dedup", web / "03-heuristics"
+    n_raw = json.loads((raw / "_manifest.json").read_text())["totals"]["kept"]
+    n_rules = json.loads((rules / "_manifest.json").read_text())["totals"]["kept"]
+    f = n_rules / n_raw
+    print(f"raw pool {n_raw} documents; the rules keep {n_rules} ({f:.3f})", flush=True)
+
+    keeps = [float(k) for k in args.keeps.split(",")]
+    built = [build_arms(out if k == 0 else out / f"rater-seed{k}", raw, rules, f, keeps, args.meta_steps, k)
+             for k in range(args.rater_seeds)]
 
     from winnow.proxy.evaluate import EvalConfig, run_eval
-    from winnow.proxy.summary import describe
+    from winnow.proxy.summary import describe, seed_stats
 
-    cfg = EvalConfig(arms={"raw": str(raw), **arms}, output=str(out / "eval"), pool_heldout_fraction=0.05,
-                     pool_tokens=args.heldout_tokens,
-                     heldout={"reference": {"paths": REFERENCE_SETS, "tokens": args.heldout_tokens,
-                                            "heldout_fraction": 0.2}},
-                     primary_eval="pool", vocab_size=4096, size="tiny", seq_len=256, batch_size=8, lr=4e-3,
-                     flop_budget=args.budget, baseline_budgets=[0.5, 1.0, 2.0, 4.0], seeds=list(range(args.seeds)),
-                     n_evals=1)
-    t0 = time.perf_counter()
-    report = run_eval(cfg, log=lambda *a: None)
-    print(f"\nwinnow eval: {len(report['runs'])} runs in {time.perf_counter() - t0:.0f} s; baseline raw")
-    print("| arm | pool: M ± std [95% CI] | reference: M ± std [95% CI] | net with fit, pool / reference |")
-    print("|---|---|---|---|")
-    for name, by_set in report["arms"].items():
-        cells = [describe(by_set[s]) for s in ("pool", "reference")]
-        nets = " / ".join(f"{by_set[s]['net_multiplier_with_fit']:.2f}" for s in ("pool", "reference"))
-        print(f"| {name} | {cells[0]} | {cells[1]} | {nets} |")
-    (out / "summary.json").write_text(json.dumps({"arms": report["arms"], "coef": coef.tolist(),
-                                                  "uniform_control": manifest.get("uniform_control")}, indent=1))
+    def evaluate(arms: dict[str, str], seeds: list[int], folder: str) -> dict:
+        cfg = EvalConfig(arms={"raw": str(raw), **arms}, output=str(out / folder), pool_heldout_fraction=0.05,
+                         pool_tokens=args.heldout_tokens,
+                         heldout={"reference": {"paths": REFERENCE_SETS, "tokens": args.heldout_tokens,
+                                                "heldout_fraction": 0.2}},
+                         primary_eval="pool", vocab_size=4096, size="tiny", seq_len=256, batch_size=8, lr=4e-3,
+                         flop_budget=args.budget, baseline_budgets=[0.5, 1.0, 2.0, 4.0], seeds=seeds, n_evals=1)
+        t0 = time.perf_counter()
+        report = run_eval(cfg, log=lambda *a: None)
+        print(f"winnow eval {folder}: {len(report['runs'])} runs in {time.perf_counter() - t0:.0f} s", flush=True)
+        return report
 
+    sets = ("pool", "reference")
+    if args.rater_seeds == 1:
+        title = f"{args.seeds} proxy seeds, one rater"
+        summary = evaluate(built[0][0], list(range(args.seeds)), "eval")["arms"]
+    else:
+        # rater k is paired with proxy seed k: the spread then holds both fit-to-fit and proxy variance
+        title = f"{args.rater_seeds} raters, each with its own proxy seed"
+        reports = [evaluate(arms, [k], f"eval-rater{k}") for k, (arms, _, _) in enumerate(built)]
+        summary = {name: {s: seed_stats([p for r in reports for p in r["arms"][name][s]["per_seed"]]) for s in sets}
+                   for name in reports[0]["arms"]}
+    print(f"\n{title}; baseline raw")
+    print("| arm | pool: M ± std [95% CI] | reference: M ± std [95% CI] | reference per seed | "
+          "net with fit, pool / reference |")
+    print("|---|---|---|---|---|")
+    for name, by_set in summary.items():
+        cells = [describe(by_set[s]) + ("" if by_set[s]["status"] == ["interpolated"] else " (bound)") for s in sets]
+        per_seed = ", ".join(f"{p['multiplier']:.2f}" for p in by_set["reference"]["per_seed"])
+        nets = " / ".join(f"{by_set[s]['net_multiplier_with_fit']:.2f}" for s in sets)
+        print(f"| {name} | {cells[0]} | {cells[1]} | {per_seed} | {nets} |")
+    (out / ("summary.json" if args.rater_seeds == 1 else "summary-raters.json")).write_text(json.dumps(
+        {"arms": summary, "coef": [c.tolist() for _, _, c in built],
+         "uniform_control": [m.get("uniform_control") for _, m, _ in built]}, indent=1))
 
 if __name__ == "__main__":
     main()

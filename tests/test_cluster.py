@@ -76,3 +76,27 @@ def test_up_to_date_rerun_starts_no_cluster(tmp_path, monkeypatch):
     assert len(started) == 1, "a rerun with every shard up to date started a cluster"
     assert all(s.skipped == len(s.records) for s in again.stages)
     assert again.final_dir == first.final_dir
+
+
+def _profiling_in_worker() -> bool:
+    import dask
+
+    return bool(dask.config.get("distributed.worker.profile.enabled"))
+
+
+def test_workers_take_no_statistical_profile_unless_a_dashboard_shows_it():
+    # the profiler's thread takes the GIL from a task every 10 ms to walk its stack; only the
+    # dashboard reads what it gathers
+    quiet = EngineConfig(n_workers=1, memory_limit="2GiB")
+    with cluster.cluster_client(quiet) as client:
+        assert set(client.run(_profiling_in_worker).values()) == {False}
+    shown = EngineConfig(n_workers=1, memory_limit="2GiB", dashboard="127.0.0.1:0")
+    with cluster.cluster_client(shown) as client:
+        assert set(client.run(_profiling_in_worker).values()) == {True}
+    # a Slurm worker reads the setting from its job script's environment
+    env = cluster.worker_env(quiet)
+    assert env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
+    import dask
+
+    assert dask.config.collect(env={"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}, paths=[])[
+        "distributed"]["worker"]["profile"]["enabled"] is False

@@ -24,6 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import dask
 import pyarrow as pa
 from distributed.diagnostics.plugin import WorkerPlugin
 
@@ -69,7 +70,8 @@ def cluster_client(cfg: EngineConfig) -> Iterator[Any]:
         # onto it. Dask applies `env` in the worker process before it runs a task (so before CUDA
         # initialises there); add_gpu_workers gives the GPU workers their device back.
         env["CUDA_VISIBLE_DEVICES"] = ""
-    with _arrow_pool_environ(cfg.arrow_memory_pool), \
+    # each nanny copies the config it was built under into its worker process (restarts included)
+    with _arrow_pool_environ(cfg.arrow_memory_pool), dask.config.set(worker_config(cfg)), \
             LocalCluster(n_workers=n_workers, threads_per_worker=cfg.threads_per_worker, processes=True,
                          memory_limit=cfg.memory_limit, dashboard_address=dashboard, env=env,
                          resources=cfg.resources, silence_logs=40) as cluster, \
@@ -95,9 +97,20 @@ def _dashboard_or_none(cfg: EngineConfig) -> str:
 def worker_env(cfg: EngineConfig) -> dict[str, str]:
     """Environment every CPU worker gets. Rust thread pools (tokenizers' Rayon) default to every core
     in every worker: with one worker process per core that oversubscribes, so each worker gets the
-    threads it was given."""
+    threads it was given. A Slurm worker reads `worker_config` from here too (Dask maps
+    DASK_DISTRIBUTED__X__Y to distributed.x.y when it loads)."""
     threads = str(cfg.threads_per_worker)
-    return {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
+    env = {"RAYON_NUM_THREADS": threads, "RAYON_RS_NUM_CPUS": threads}
+    for key, value in worker_config(cfg).items():
+        env["DASK_" + key.upper().replace(".", "__").replace("-", "_")] = str(value)
+    return env
+
+
+def worker_config(cfg: EngineConfig) -> dict[str, Any]:
+    """Dask settings for the workers winnow starts. Without a dashboard nobody reads a worker's
+    statistical profile, and taking it costs: every 10 ms a thread takes the GIL from the task and
+    walks its stack (on a 60-frame Python stack, ~5% of a core and a wait for the task; bench/LOG.md)."""
+    return {} if dashboard_address(cfg) else {"distributed.worker.profile.enabled": False}
 
 
 def slurm_processes(cfg: EngineConfig) -> int:

@@ -62,6 +62,23 @@ def note_for(per_seed: list[dict]) -> str:
     return "interpolated"
 
 
+def seed_stats(per_seed: list[dict]) -> dict:
+    """One arm's multipliers on one set over its seeds' entries (each with seed, multiplier, status,
+    net_multiplier, net_multiplier_with_fit): mean, std and interval, or a bound with no interval."""
+    stats = interval([p["multiplier"] for p in per_seed])
+    net = interval([p["net_multiplier"] for p in per_seed])
+    statuses = {p["status"] for p in per_seed}
+    if statuses != {"interpolated"}:   # a capped seed shrinks the spread: no std or interval is honest
+        stats["std"] = stats["interval"] = net["interval"] = None
+    return {
+        "multiplier": stats["mean"], "std": stats["std"], "interval": stats["interval"],
+        "net_multiplier": net["mean"],
+        "net_multiplier_with_fit": interval([p["net_multiplier_with_fit"] for p in per_seed])["mean"],
+        "net_interval": net["interval"],
+        "status": sorted(statuses), "note": note_for(per_seed),
+        "bounded_seeds": [p["seed"] for p in per_seed if p["status"] != "interpolated"], "per_seed": per_seed}
+
+
 def arm_summary(runs: list[dict], arm: str, baseline: str, eval_sets: list[str], cost: CurationCost) -> dict:
     """{set: {multiplier, std, interval, per_seed, net_multiplier, net_multiplier_with_fit, status, note}}."""
     out = {}
@@ -73,18 +90,7 @@ def arm_summary(runs: list[dict], arm: str, baseline: str, eval_sets: list[str],
             m = multiplier(loss, run["flops"], curve, cost.net_flops(run["flops"], run["tokens"]) - run["flops"])
             with_fit = m["baseline_flops"] / cost.net_flops(run["flops"], run["tokens"], with_fit=True)
             per_seed.append({"seed": run["seed"], "final_loss": loss, **m, "net_multiplier_with_fit": with_fit})
-        stats = interval([p["multiplier"] for p in per_seed])
-        net = interval([p["net_multiplier"] for p in per_seed])
-        statuses = {p["status"] for p in per_seed}
-        if statuses != {"interpolated"}:   # a capped seed shrinks the spread: no std or interval is honest
-            stats["std"] = stats["interval"] = net["interval"] = None
-        out[eval_set] = {
-            "multiplier": stats["mean"], "std": stats["std"], "interval": stats["interval"],
-            "net_multiplier": net["mean"],
-            "net_multiplier_with_fit": interval([p["net_multiplier_with_fit"] for p in per_seed])["mean"],
-            "net_interval": net["interval"],
-            "status": sorted(statuses), "note": note_for(per_seed),
-            "bounded_seeds": [p["seed"] for p in per_seed if p["status"] != "interpolated"], "per_seed": per_seed}
+        out[eval_set] = seed_stats(per_seed)
     return out
 
 

@@ -44,13 +44,15 @@ class TokenizeParams(BaseModel):
 class TokenizerState:
     """The tokenizer as JSON text (small, pickles cheaply) plus its id of EOS and hash."""
 
-    def __init__(self, json_text: str, eos: str):
+    def __init__(self, json_text: str, eos: str, tokenizer=None):
+        """`tokenizer`: the Tokenizer `json_text` was written from, when the caller has it (parsing a
+        32k vocabulary's JSON again costs the driver ~0.1 s while every worker waits)."""
         from tokenizers import Tokenizer
 
-        tok = Tokenizer.from_str(json_text)
+        tok = tokenizer if tokenizer is not None else Tokenizer.from_str(json_text)
         self.json_text, self.eos_id, self.hash = json_text, eos_id(tok, eos), tokenizer_hash(tok)
         self.vocab_size = tok.get_vocab_size()
-        self._tok = None
+        self._tok = tok
 
     def __getstate__(self) -> dict:
         # the same keys as before the encoder existed: the state's digest (shard fingerprints) is unchanged
@@ -86,7 +88,7 @@ class TokenizeStage(Stage):
             tok = load_tokenizer(p.tokenizer)
         else:
             tok = train_bpe(_first_texts(shards, p.train_docs), p.vocab_size, p.eos)
-        state = TokenizerState(tok.to_str(), p.eos)
+        state = TokenizerState(tok.to_str(), p.eos, tok)
         write_bytes_atomic(state.json_text.encode(), Path(ctx.workdir).parent / "tokenizer.json")
         return state
 
