@@ -106,7 +106,8 @@ def build_arms(out: Path, raw: Path, rules: Path, f: float, keeps: list[float], 
         winnow_run({"input": {"paths": [str(rules / "train-*.parquet")]}, "output": str(out / name), "seed": 0,
                     "stages": [{"datarater": {"model": model, "keep_top": keep}}]}, out / "configs" / f"{name}.yaml")
         arms[name] = str(out / name / "01-datarater")
-    # distilled: fastText trained on the rater's best vs worst 30% of its raw-pool sample, at the cheapest keep
+    # distilled: fastText trained on the rater's best vs worst 30% of the rules pool's sample the stage rates
+    # (stage seed 0 for every rater: the spread over raters leaves out that sample's own variance), cheapest keep
     name = f"rules_dd{round(100 * keeps[-1])}"
     winnow_run({"input": {"paths": [str(rules / "train-*.parquet")]}, "output": str(out / name), "seed": 0,
                 "stages": [{"datarater": {"model": model, "keep_top": keeps[-1], "distill": "fasttext"}}]},
@@ -153,6 +154,8 @@ def main() -> None:
     ap.add_argument("--budget", type=float, default=1e12)
     ap.add_argument("--heldout-tokens", type=int, default=50_000)
     args = ap.parse_args()
+    if args.rater_seeds < 1 or args.seeds < 1:
+        ap.error("--rater-seeds and --seeds must be at least 1")
     out, web = Path(args.out), Path(args.web_out)
     if not (web / "03-heuristics" / "_manifest.json").exists():
         subprocess.run([sys.executable, "-m", "winnow", "run", "configs/web-quality.yaml", "--set", f"output={web}",
@@ -192,18 +195,23 @@ def main() -> None:
         reports = [evaluate(arms, [k], f"eval-rater{k}") for k, (arms, _, _) in enumerate(built)]
         summary = {name: {s: seed_stats([p for r in reports for p in r["arms"][name][s]["per_seed"]]) for s in sets}
                    for name in reports[0]["arms"]}
+    def per_seed(stats: dict) -> str:   # a capped seed is a bound: ≤ below the baseline's runs, ≥ beyond them
+        mark = {"below_range": "≤", "not_reached": "≥"}
+        return ", ".join(f"{mark.get(p['status'], '')}{p['multiplier']:.2f}" for p in stats["per_seed"])
+
     print(f"\n{title}; baseline raw")
-    print("| arm | pool: M ± std [95% CI] | reference: M ± std [95% CI] | reference per seed | "
+    print("| arm | pool: M ± std [95% CI] | pool per seed | reference: M ± std [95% CI] | reference per seed | "
           "net with fit, pool / reference |")
-    print("|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|")
     for name, by_set in summary.items():
-        cells = [describe(by_set[s]) + ("" if by_set[s]["status"] == ["interpolated"] else " (bound)") for s in sets]
-        per_seed = ", ".join(f"{p['multiplier']:.2f}" for p in by_set["reference"]["per_seed"])
+        cells = [f"{describe(by_set[s])}{'' if by_set[s]['status'] == ['interpolated'] else ' (bound)'} | "
+                 f"{per_seed(by_set[s])}" for s in sets]
         nets = " / ".join(f"{by_set[s]['net_multiplier_with_fit']:.2f}" for s in sets)
-        print(f"| {name} | {cells[0]} | {cells[1]} | {per_seed} | {nets} |")
+        print(f"| {name} | {cells[0]} | {cells[1]} | {nets} |")
     (out / ("summary.json" if args.rater_seeds == 1 else "summary-raters.json")).write_text(json.dumps(
         {"arms": summary, "coef": [c.tolist() for _, _, c in built],
          "uniform_control": [m.get("uniform_control") for _, m, _ in built]}, indent=1))
+
 
 if __name__ == "__main__":
     main()

@@ -5,7 +5,8 @@ compute multiplier of real + rephrased text.
    (wiki style, greedy, so both sides generate the same tokens) by the backend called bare in this
    process and by `winnow run` with the `rephrase` stage (one Dask worker with the same threads, a
    fresh cache). Both times include loading the model. Prints chunks/s, generated tokens/s and
-   `rephrase throughput winnow/bare: X.XX`.
+   `rephrase throughput winnow/bare: X.XX`; with `--throughput-repeats N` the two run N times in turn
+   and the ratio is the median (one pair's ratio spreads over 0.8-1.0 on a shared 2-core machine).
 2. Guard: `--chunks` chunks (default 200) of the curated web sample (configs/web-quality.yaml's
    fastText top 30%, documents taken in id-hash order until they hold that many chunks) through the
    stage with the default model and backend, `synthetic_ratio: 1.0`: drop rate by reason, examples.
@@ -23,6 +24,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -93,8 +95,10 @@ def write_jsonl(docs: list[dict], path: Path) -> str:
     return str(path)
 
 
-def throughput(backend: str, docs: list[dict], out: Path, threads: int, max_new: int) -> tuple[float, float]:
-    """(chunks/s, generated tokens/s) bare and through winnow; prints both and the ratio."""
+def throughput(backend: str, docs: list[dict], out: Path, threads: int, max_new: int, repeats: int = 1) -> float:
+    """Bare then winnow, `repeats` times in turn; prints each pair's chunks/s, generated tokens/s and ratio,
+    then the median ratio (identical generations vary by ±10% in wall time on a shared 2-core machine, so
+    one pair can land anywhere in 0.8-1.0)."""
     from winnow.synth import prompts
     from winnow.synth.chunking import split_chunks
     from winnow.synth.rephrase import RephraseStage
@@ -116,25 +120,28 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "tokens": sum(r.completi
     out.mkdir(parents=True, exist_ok=True)
     (out / "requests.json").write_text(json.dumps([{"messages": r.messages, "seed": r.seed} for r in requests]))
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    bare = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True, capture_output=True,
-                                     text=True).stdout.strip().splitlines()[-1])
     run_dir = out / f"run-{backend}"
-    subprocess.run(["rm", "-rf", str(run_dir)], check=True)
     cfg = {"input": {"paths": [write_jsonl(docs, out / "docs.jsonl")]}, "output": str(run_dir),
            "engine": {"n_workers": 1, "threads_per_worker": threads},
            "stages": [{"rephrase": {"backend": backend, "temperature": 0.0, "max_new_tokens": max_new,
                                     "threads": threads, "min_chunk_tokens": 1}}]}
-    wall = winnow_run(cfg, out / f"rephrase-{backend}.yaml")
-    manifest = json.loads((run_dir / "01-rephrase" / "_manifest.json").read_text())
-    tokens = manifest["totals"]["stats"]["completion_tokens"]
-    n = len(docs)
-    print(f"{backend:12} bare   : {n / bare['seconds']:.3f} chunks/s, {bare['tokens'] / bare['seconds']:6.1f} gen tok/s "
-          f"({bare['seconds']:.1f} s, {bare['tokens']} tokens, {bare['errors']} errors)")
-    print(f"{backend:12} winnow : {n / wall:.3f} chunks/s, {tokens / wall:6.1f} gen tok/s ({wall:.1f} s, "
-          f"{int(tokens)} tokens, Dask start + ingest + stage)")
-    ratio = (n / wall) / (n / bare["seconds"])
-    print(f"rephrase throughput winnow/bare: {ratio:.2f}   [{backend}]")
-    return ratio, tokens / wall
+    n, ratios = len(docs), []
+    for _ in range(repeats):
+        bare = json.loads(subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, check=True,
+                                         capture_output=True, text=True).stdout.strip().splitlines()[-1])
+        subprocess.run(["rm", "-rf", str(run_dir)], check=True)   # a fresh generation cache every time
+        wall = winnow_run(cfg, out / f"rephrase-{backend}.yaml")
+        manifest = json.loads((run_dir / "01-rephrase" / "_manifest.json").read_text())
+        tokens = manifest["totals"]["stats"]["completion_tokens"]
+        print(f"{backend:12} bare   : {n / bare['seconds']:.3f} chunks/s, {bare['tokens'] / bare['seconds']:6.1f} gen "
+              f"tok/s ({bare['seconds']:.1f} s, {bare['tokens']} tokens, {bare['errors']} errors)")
+        print(f"{backend:12} winnow : {n / wall:.3f} chunks/s, {tokens / wall:6.1f} gen tok/s ({wall:.1f} s, "
+              f"{int(tokens)} tokens, Dask start + ingest + stage)", flush=True)
+        ratios.append(bare["seconds"] / wall)
+    ratio = statistics.median(ratios)
+    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if repeats > 1 else ""
+    print(f"rephrase throughput winnow/bare: {ratio:.2f}   [{backend}]{each}")
+    return ratio
 
 
 def guard_run(docs: list[dict], out: Path, styles: list[str], max_new: int) -> Path:
@@ -211,6 +218,8 @@ def main() -> None:
     ap.add_argument("--out", default=str(REPO / "out" / "bench-rephrase"))
     ap.add_argument("--chunks", type=int, default=200, help="web chunks for the guard and the multiplier")
     ap.add_argument("--throughput-chunks", type=int, default=12)
+    ap.add_argument("--throughput-repeats", type=int, default=1,
+                    help="bare and winnow runs in turn; the printed ratio is their median")
     ap.add_argument("--threads", type=int, default=2, help="model threads, bare and in the one Dask worker")
     ap.add_argument("--styles", default="wiki")
     ap.add_argument("--max-new-tokens", type=int, default=384)
@@ -234,7 +243,8 @@ def main() -> None:
             if backend == "llama_cpp" and importlib.util.find_spec("llama_cpp") is None:
                 print("llama_cpp: not installed (bash scripts/setup.sh --llama), skipped")
                 continue
-            throughput(backend, docs, out / "throughput", args.threads, min(args.max_new_tokens, 128))
+            throughput(backend, docs, out / "throughput", args.threads, min(args.max_new_tokens, 128),
+                       args.throughput_repeats)
     if "guard" not in skip:
         docs = curated_docs(web, args.chunks)
         subprocess.run(["rm", "-rf", str(out / "guard")], check=True)

@@ -78,10 +78,9 @@ def test_up_to_date_rerun_starts_no_cluster(tmp_path, monkeypatch):
     assert again.final_dir == first.final_dir
 
 
-def _profiling_in_worker() -> bool:
-    import dask
-
-    return bool(dask.config.get("distributed.worker.profile.enabled"))
+def _profiling_in_worker(dask_worker) -> bool:
+    """Whether the worker runs its profiler's periodic callback (what costs), not only the setting."""
+    return "profile" in dask_worker.periodic_callbacks
 
 
 def test_workers_take_no_statistical_profile_unless_a_dashboard_shows_it():
