@@ -14,14 +14,15 @@
 3. Packs winnow's tokenized shards with concat, best_fit and bm25 (in this process): documents/s,
    padding rate, and how related the documents sharing a row are (mean TF-IDF cosine).
 
-    python bench/tokens.py [--workers 2] [--seq-len 1024]
-Last line: `ratio winnow/datatrove: X.XX`.
+    python bench/tokens.py [--workers 2] [--seq-len 1024] [--repeats 3]
+Last line: `ratio winnow/datatrove: X.XX` (with --repeats, the median of the pairs' ratios).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -99,6 +100,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--seq-len", type=int, default=1024)
     ap.add_argument("--vocab", type=int, default=32000)
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="datatrove and winnow runs in turn; the printed ratio is their median (one pair's "
+                         "ratio spreads over 1.2-1.5 on a shared 2-core machine)")
     ap.add_argument("--child", choices=["datatrove", "winnow"], help=argparse.SUPPRESS)
     ap.add_argument("--tokenizer", help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
@@ -120,21 +124,25 @@ def main() -> None:
         tok.save(tok_path)
         print(f"{len(files)} files; BPE {args.vocab} trained in {time.perf_counter() - t0:.1f} s; "
               f"{args.workers} processes each")
-        results = {}
-        for side in ("datatrove", "winnow"):
-            out = Path(tmp) / side
-            out.mkdir()
-            r = run_measured([sys.executable, __file__, "--child", side, "--workers", str(args.workers),
-                              "--tokenizer", tok_path, "--out", str(out), "--file-list", json.dumps(files)])
-            results[side] = r
-            stage = (f"  (ingest stage {r['ingest_seconds']:.1f} s, tokenize stage alone {r['stage_seconds']:.1f} s: "
-                     f"{r['tokens'] / r['stage_seconds']:,.0f} tokens/s)" if "stage_seconds" in r else "")
-            print(f"  {side:9s} {r['tokens'] / r['seconds']:12,.0f} tokens/s  {r['tokens']:,} tokens  "
-                  f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB{stage}")
+        ratios = []
+        for repeat in range(args.repeats):
+            results = {}
+            for side in ("datatrove", "winnow"):
+                out = Path(tmp) / f"{side}-{repeat}"
+                out.mkdir()
+                r = run_measured([sys.executable, __file__, "--child", side, "--workers", str(args.workers),
+                                  "--tokenizer", tok_path, "--out", str(out), "--file-list", json.dumps(files)])
+                results[side] = r
+                stage = (f"  (ingest stage {r['ingest_seconds']:.1f} s, tokenize stage alone "
+                         f"{r['stage_seconds']:.1f} s: {r['tokens'] / r['stage_seconds']:,.0f} tokens/s)"
+                         if "stage_seconds" in r else "")
+                print(f"  {side:9s} {r['tokens'] / r['seconds']:12,.0f} tokens/s  {r['tokens']:,} tokens  "
+                      f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB{stage}", flush=True)
+            ratios.append((results["winnow"]["tokens"] / results["winnow"]["seconds"])
+                          / (results["datatrove"]["tokens"] / results["datatrove"]["seconds"]))
         pack_report(Path(results["winnow"]["dir"]), args.seq_len)
-    ratio = (results["winnow"]["tokens"] / results["winnow"]["seconds"]) / \
-        (results["datatrove"]["tokens"] / results["datatrove"]["seconds"])
-    print(f"ratio winnow/datatrove: {ratio:.2f}")
+    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+    print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
 
 
 if __name__ == "__main__":
