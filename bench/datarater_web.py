@@ -195,6 +195,7 @@ def main() -> None:
         reports = [evaluate(arms, [k], f"eval-rater{k}") for k, (arms, _, _) in enumerate(built)]
         summary = {name: {s: seed_stats([p for r in reports for p in r["arms"][name][s]["per_seed"]]) for s in sets}
                    for name in reports[0]["arms"]}
+
     def per_seed(stats: dict) -> str:   # a capped seed is a bound: ≤ below the baseline's runs, ≥ beyond them
         mark = {"below_range": "≤", "not_reached": "≥"}
         return ", ".join(f"{mark.get(p['status'], '')}{p['multiplier']:.2f}" for p in stats["per_seed"])
