@@ -118,6 +118,20 @@ def as_strings(texts: list[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     return texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
 
 
+def words_of(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """The whitespace-separated words of every row, flat, and the row each came from.
+
+    Trailing whitespace is trimmed first: pyarrow's `utf8_split_whitespace` (26.0.1) decodes one
+    code point past a row's end when the row ends in whitespace, and when those bytes (the next row,
+    or whatever follows the buffer) are not valid UTF-8 it keeps the trailing whitespace as a word:
+    one extra shingle, depending on memory the document does not own."""
+    split = pc.utf8_split_whitespace(pc.utf8_rtrim_whitespace(text))
+    flat = pc.list_flatten(split)
+    nonempty = pc.greater(pc.binary_length(flat), 0)          # a leading separator leaves an empty piece
+    doc_of_word = pc.list_parent_indices(split).to_numpy()[nonempty.to_numpy(zero_copy_only=False)]
+    return pc.filter(flat, nonempty), doc_of_word
+
+
 def shingle_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, ngram: int,
                    norm: TextNorm) -> tuple[np.ndarray, np.ndarray]:
     """64-bit shingle hashes of every document, concatenated, and each document's start offset.
@@ -125,12 +139,7 @@ def shingle_hashes(texts: list[str] | pa.Array | pa.ChunkedArray, ngram: int,
     Vectorised over the whole batch: the words of every document are hashed in one flat array and
     the shingle polynomial runs over all of it; windows that cross a document boundary are dropped."""
     text = as_strings(texts)
-    split = pc.utf8_split_whitespace(normalize_texts(text, norm, split_after=True))
-    flat = pc.list_flatten(split)
-    doc_of_word = pc.list_parent_indices(split).to_numpy()
-    nonempty = pc.greater(pc.binary_length(flat), 0)          # Arrow keeps empty pieces at the ends
-    words = pc.filter(flat, nonempty)
-    doc_of_word = doc_of_word[nonempty.to_numpy(zero_copy_only=False)]
+    words, doc_of_word = words_of(normalize_texts(text, norm, split_after=True))
     counts = np.bincount(doc_of_word, minlength=len(text)).astype(np.int64)
     wh = _word_hashes(words)
     powers = np.array([pow(0x100000001B3, ngram - 1 - i, 1 << 64) for i in range(ngram)], np.uint64)
