@@ -11,6 +11,8 @@
      (scheduler + N worker processes), the ingest stage (JSON to Parquet shards with ids, manifests,
      checksummed markers), the tokenize stage (tokenizer=that file: ids to Parquet, manifests,
      markers), the cluster's shutdown. The winnow line also prints the two stages' own wall seconds.
+   `output` is what each side wrote: datatrove's token files and index (ids only), winnow's tokenize
+   shards (Parquet: the ids with the text and every input column).
 3. Packs winnow's tokenized shards with concat, best_fit and bm25 (in this process): documents/s,
    padding rate, and how related the documents sharing a row are (mean TF-IDF cosine).
 
@@ -45,7 +47,7 @@ def child_datatrove(files: list[str], workers: int, tokenizer: str, out: Path) -
         str(out / "tok"), tokenizer_name_or_path=tokenizer, eos_token=EOS, shuffle_documents=False)],
         tasks=len(files), workers=workers, logging_dir=str(out / "logs")).run()
     n_tokens = sum(p.stat().st_size for p in (out / "tok").glob("*.ds")) // 2
-    print(json.dumps({"tokens": n_tokens}))
+    print(json.dumps({"tokens": n_tokens, "output_bytes": sum(p.stat().st_size for p in (out / "tok").iterdir())}))
 
 
 def child_winnow(files: list[str], workers: int, tokenizer: str, out: Path) -> None:
@@ -58,6 +60,7 @@ def child_winnow(files: list[str], workers: int, tokenizer: str, out: Path) -> N
     result = run_pipeline(cfg)
     stage = result.stages[-1]
     print(json.dumps({"tokens": _count_tokens(out / "w" / stage.dirname), "stage_seconds": stage.seconds,
+                      "output_bytes": sum(p.stat().st_size for p in (out / "w" / stage.dirname).glob("train-*.parquet")),
                       "ingest_seconds": result.stages[0].seconds, "dir": str(out / "w" / stage.dirname)}))
 
 
@@ -137,7 +140,8 @@ def main() -> None:
                          f"{r['stage_seconds']:.1f} s: {r['tokens'] / r['stage_seconds']:,.0f} tokens/s)"
                          if "stage_seconds" in r else "")
                 print(f"  {side:9s} {r['tokens'] / r['seconds']:12,.0f} tokens/s  {r['tokens']:,} tokens  "
-                      f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB{stage}", flush=True)
+                      f"{r['seconds']:6.1f} s  peak RSS {r['peak_rss_mb']:6.0f} MB  output "
+                      f"{r['output_bytes'] / 2**20:5.1f} MiB{stage}", flush=True)
             ratios.append((results["winnow"]["tokens"] / results["winnow"]["seconds"])
                           / (results["datatrove"]["tokens"] / results["datatrove"]["seconds"]))
         pack_report(Path(results["winnow"]["dir"]), args.seq_len)
