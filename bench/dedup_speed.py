@@ -9,8 +9,8 @@ Both sides read those files and write the deduplicated documents, with word 5-gr
 Then winnow alone at `--growth` times the corpus, to show how its peak memory grows.
 Peak RSS is summed over each run's process tree.
 
-    python bench/dedup_speed.py [--copies 8] [--workers 2] [--growth 4]
-Last line: `ratio winnow/datatrove: X.XX`.
+    python bench/dedup_speed.py [--copies 8] [--workers 2] [--growth 4] [--repeats 3]
+Last line: `ratio winnow/datatrove: X.XX` (with --repeats, the median of the pairs' ratios).
 
 SemDeDup scaling (`--semantic-only`, or `--semantic` after the MinHash part): synthetic clustered unit
 vectors (d=384, ~300 per natural cluster, 10% planted near-duplicates at cosine ~0.998) for as many
@@ -31,6 +31,8 @@ import argparse
 import json
 import random
 import re
+import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -200,6 +202,8 @@ def main() -> None:
     ap.add_argument("--growth", type=int, default=4, help="also run winnow alone at this many times the corpus "
                     "(0 = skip)")
     ap.add_argument("--skip-datatrove", action="store_true", help="winnow only (no ratio line)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the datatrove/winnow pair N times in turn and print the median ratio")
     ap.add_argument("--semantic", action="store_true", help="also run the SemDeDup scaling part at the end")
     ap.add_argument("--semantic-only", action="store_true", help="only the SemDeDup scaling part")
     ap.add_argument("--semantic-growth", type=int, default=4, help="SemDeDup's second size, x the first")
@@ -220,15 +224,22 @@ def main() -> None:
         files = sorted(str(p) for p in (Path(tmp) / "corpus").glob("*.jsonl"))
         print(f"{n:,} documents ({args.copies} copies of the web sample), {args.workers} processes, "
               "5-grams, 14 x 8")
-        results = {}
-        for side in ("winnow",) if args.skip_datatrove else ("datatrove", "winnow"):
-            out = Path(tmp) / side
-            out.mkdir()
-            r = run_measured([sys.executable, __file__, "--child", side, "--workers", str(args.workers),
-                              "--out", str(out), "--file-list", json.dumps(files)])
-            results[side] = r
-            print(f"  {side:9s} {n / r['seconds']:8.0f} docs/s  {r['seconds']:7.1f} s  peak RSS "
-                  f"{r['peak_rss_mb']:6.0f} MB  removed {r['removed']:,}")
+        results, ratios = {}, []
+        if args.repeats < 1:
+            ap.error("--repeats must be at least 1")
+        for repeat in range(args.repeats):
+            for side in ("winnow",) if args.skip_datatrove else ("datatrove", "winnow"):
+                out = Path(tmp) / f"{side}-{repeat}"
+                out.mkdir()
+                r = run_measured([sys.executable, __file__, "--child", side, "--workers", str(args.workers),
+                                  "--out", str(out), "--file-list", json.dumps(files)])
+                results[side] = r
+                print(f"  {side:9s} {n / r['seconds']:8.0f} docs/s  {r['seconds']:7.1f} s  peak RSS "
+                      f"{r['peak_rss_mb']:6.0f} MB  removed {r['removed']:,}", flush=True)
+            if "datatrove" in results:
+                ratios.append(results["datatrove"]["seconds"] / results["winnow"]["seconds"])
+            shutil.rmtree(Path(tmp) / f"datatrove-{repeat}", ignore_errors=True)
+            shutil.rmtree(Path(tmp) / f"winnow-{repeat}", ignore_errors=True)
         if args.growth:
             big = Path(tmp) / "big"
             n_big = make_corpus(big, args.copies * args.growth, seed=1)
@@ -240,8 +251,9 @@ def main() -> None:
             growth = r["peak_rss_mb"] / results["winnow"]["peak_rss_mb"]
             print(f"  winnow at {args.growth}x ({n_big:,} docs): {n_big / r['seconds']:8.0f} docs/s  "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MB = {growth:.2f}x the 1x peak")
-    if "datatrove" in results:
-        print(f"ratio winnow/datatrove: {results['datatrove']['seconds'] / results['winnow']['seconds']:.2f}")
+    if ratios:
+        each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+        print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
     if args.semantic:
         semantic_scaling(args)
 

@@ -12,6 +12,7 @@ tree (driver, scheduler, workers), sampled every 50 ms. Wall time includes start
     python bench/heuristics.py --files 4 --workers 2
     python bench/heuristics.py --scaling           # adds datatrove with 1 worker, for its scaling
     python bench/heuristics.py --no-single         # only the two runs the ratio needs
+    python bench/heuristics.py --no-single --repeats 3   # three pairs in turn: the median ratio
 Last line: `ratio winnow/datatrove: X.XX`.
 """
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +74,9 @@ def main() -> None:
     ap.add_argument("--scaling", action="store_true", help="also run datatrove with 1 worker")
     ap.add_argument("--no-single", action="store_true", help="skip winnow with 1 worker (the ratio needs "
                     "only the two runs with --workers)")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="run the datatrove/winnow pair N times in turn and print the median ratio "
+                         "(one pair's ratio moves with this machine's load)")
     ap.add_argument("--child", choices=["datatrove", "winnow"], help=argparse.SUPPRESS)
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
@@ -86,22 +91,27 @@ def main() -> None:
     n_docs = sum(Path(f).read_bytes().count(b"\n") for f in files)
     print(f"{len(files)} files, {n_docs:,} documents, {args.workers} processes; "
           f"filters: gopher_quality, gopher_repetition, c4_quality, fineweb_quality")
-    results = {}
-    runs = [("datatrove", args.workers), ("winnow", args.workers)] + ([] if args.no_single else [("winnow-1", 1)])
-    if args.scaling:
-        runs.append(("datatrove-1", 1))
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
+    results, ratios = {}, []
+    pair = [("datatrove", args.workers), ("winnow", args.workers)]
+    runs = pair + ([] if args.no_single else [("winnow-1", 1)]) + ([("datatrove-1", 1)] if args.scaling else [])
+    runs += pair * (args.repeats - 1)
     for name, workers in runs:
         r = measure(name.split("-")[0], files, workers)
         results[name] = r
         extra = (f"  (heuristics stage {r['stage_seconds']:.1f} s wall, {r['task_seconds']:.1f} s summed over tasks)"
                  if "task_seconds" in r else "")
         print(f"{name:11s} workers={workers}  {n_docs / r['seconds']:8.1f} docs/s  "
-              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB{extra}")
+              f"{r['seconds']:7.1f} s  peak RSS {r['peak_rss_mb']:7.0f} MB{extra}", flush=True)
+        if name == "winnow":   # a pair is complete
+            ratios.append(results["datatrove"]["seconds"] / r["seconds"])
     for peer in ("winnow", "datatrove"):
         if f"{peer}-1" in results:
             scaling = results[f"{peer}-1"]["seconds"] / results[peer]["seconds"]
             print(f"{peer} scaling {args.workers} workers vs 1: {scaling:.2f}x")
-    print(f"ratio winnow/datatrove: {results['datatrove']['seconds'] / results['winnow']['seconds']:.2f}")
+    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+    print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
 
 
 if __name__ == "__main__":
