@@ -211,6 +211,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.child:
         fn = {"datatrove": child_datatrove, "winnow": child_winnow, "semantic": child_semantic}[args.child]
         fn(json.loads(args.file_list), args.workers, Path(args.out))
@@ -225,8 +227,6 @@ def main() -> None:
         print(f"{n:,} documents ({args.copies} copies of the web sample), {args.workers} processes, "
               "5-grams, 14 x 8")
         results, ratios = {}, []
-        if args.repeats < 1:
-            ap.error("--repeats must be at least 1")
         for repeat in range(args.repeats):
             for side in ("winnow",) if args.skip_datatrove else ("datatrove", "winnow"):
                 out = Path(tmp) / f"{side}-{repeat}"
