@@ -117,8 +117,14 @@ class WordEncoder:
         needs = found.to_numpy(zero_copy_only=False)
         non_ascii = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
         if non_ascii.size:
-            differing = self._texts_with_differing_chars(arr.take(pa.array(non_ascii)).to_pylist())
-            needs[non_ascii[sorted(differing)]] = True
+            rows = arr.take(pa.array(non_ascii))
+            # the batch's distinct non-ASCII characters, gathered by Arrow in one pass; texts are looked at
+            # one by one only when one of them is a character the engines class differently (rare)
+            chars = set("".join(pc.replace_substring_regex(rows, r"[\x00-\x7f]+", "").to_pylist()))
+            if chars - self._checked:
+                self._check_chars(chars - self._checked)
+            if not self._differs.isdisjoint(chars):
+                needs[non_ascii[sorted(self._texts_with_differing_chars(rows.to_pylist()))]] = True
         return needs
 
     def _encode_by_pieces(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
