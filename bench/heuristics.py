@@ -13,7 +13,7 @@ tree (driver, scheduler, workers), sampled every 50 ms. Wall time includes start
     python bench/heuristics.py --scaling           # adds datatrove with 1 worker, for its scaling
     python bench/heuristics.py --no-single         # only the two runs the ratio needs
     python bench/heuristics.py --no-single --repeats 3   # three pairs in turn: the median ratio
-Last line: `ratio winnow/datatrove: X.XX`.
+Last line: `ratio winnow/datatrove: X.XX` (with --repeats, the median of the pairs' ratios).
 """
 
 from __future__ import annotations
@@ -81,6 +81,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.child:
         fn = run_datatrove if args.child == "datatrove" else run_winnow
         fn(json.loads(args.file_list), args.workers, Path(args.out))
@@ -91,15 +93,14 @@ def main() -> None:
     n_docs = sum(Path(f).read_bytes().count(b"\n") for f in files)
     print(f"{len(files)} files, {n_docs:,} documents, {args.workers} processes; "
           f"filters: gopher_quality, gopher_repetition, c4_quality, fineweb_quality")
-    if args.repeats < 1:
-        ap.error("--repeats must be at least 1")
-    results, ratios = {}, []
+    results, first, ratios = {}, {}, []
     pair = [("datatrove", args.workers), ("winnow", args.workers)]
     runs = pair + ([] if args.no_single else [("winnow-1", 1)]) + ([("datatrove-1", 1)] if args.scaling else [])
     runs += pair * (args.repeats - 1)
     for name, workers in runs:
         r = measure(name.split("-")[0], files, workers)
         results[name] = r
+        first.setdefault(name, r)   # the one-worker runs are in the first round only
         extra = (f"  (heuristics stage {r['stage_seconds']:.1f} s wall, {r['task_seconds']:.1f} s summed over tasks)"
                  if "task_seconds" in r else "")
         print(f"{name:11s} workers={workers}  {n_docs / r['seconds']:8.1f} docs/s  "
@@ -107,8 +108,8 @@ def main() -> None:
         if name == "winnow":   # a pair is complete
             ratios.append(results["datatrove"]["seconds"] / r["seconds"])
     for peer in ("winnow", "datatrove"):
-        if f"{peer}-1" in results:
-            scaling = results[f"{peer}-1"]["seconds"] / results[peer]["seconds"]
+        if f"{peer}-1" in first:
+            scaling = first[f"{peer}-1"]["seconds"] / first[peer]["seconds"]
             print(f"{peer} scaling {args.workers} workers vs 1: {scaling:.2f}x")
     each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
     print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")

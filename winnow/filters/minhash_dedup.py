@@ -118,7 +118,7 @@ def as_strings(texts: list[str] | pa.Array | pa.ChunkedArray) -> pa.Array:
     return texts if isinstance(texts, pa.Array) else pa.array(texts, pa.string())
 
 
-def words_of(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+def words_of(text: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """The whitespace-separated words of every row, flat, and the row each came from.
 
     Trailing whitespace is trimmed first: pyarrow's `utf8_split_whitespace` (26.0.1) decodes one
@@ -313,8 +313,9 @@ def shuffle_partitions(shards: list[ShardRef], bands: int, n_workers: int) -> in
 class MinhashDedupStage(Stage):
     name = "minhash_dedup"
     # 2: text normalisation before shingling, all-pairs verify, `dup_count`; 3: 32-bit affine hash family
-    # (other signatures, so a run made with 2 is not resumed with 3)
-    version = 3
+    # (other signatures, so a run made with 2 is not resumed with 3); 4: trailing whitespace trimmed before
+    # the word split (pyarrow's split could add a word that depended on memory after the row)
+    version = 4
     Params = MinhashParams
     reject_columns = {"dup_of": pa.string(), "dup_cluster_size": pa.int64()}
 

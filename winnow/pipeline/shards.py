@@ -1,8 +1,8 @@
 """Shard storage: atomic Parquet writes, content hashes, and listing a stage's outputs.
 
 A shard is written to a temporary name and renamed when complete, so a killed run never
-leaves a half-written shard under a final name. Writer options are fixed so that the same
-table always gives the same bytes (resume after a kill must be byte-identical).
+leaves a half-written shard under a final name. Writer options depend on the schema alone, so that
+the same table always gives the same bytes (resume after a kill must be byte-identical).
 """
 
 from __future__ import annotations
@@ -20,31 +20,39 @@ import xxhash
 
 from winnow.pipeline.errors import StorageError
 
-WRITE_OPTIONS = dict(compression="zstd", compression_level=3, use_dictionary=True,
-                     write_statistics=True, row_group_size=8192)
+# with `use_dictionary=dictionary_columns(table.schema)`: the options depend on the schema alone
+WRITE_OPTIONS = dict(compression="zstd", compression_level=3, write_statistics=True, row_group_size=8192)
 
 
 def dictionary_columns(schema: pa.Schema) -> list[str]:
-    """The Parquet leaf columns of `schema` written with dictionary encoding: all but the integers
-    inside lists (token ids, masks, positions). Their dictionary indices compress worse under zstd than
-    the plain values: the tokenize stage's `input_ids` on the web sample with a 32k BPE took 18.0 MB
-    with a dictionary and 15.4 MB without, written 7% faster (bench/LOG.md, session 13)."""
-    return [path for path, in_list, kind in parquet_leaves(schema) if not (in_list and pa.types.is_integer(kind))]
+    """The Parquet leaf columns of `schema` to write with dictionary encoding: all but the integers
+    inside lists or maps (token ids, masks, positions) and booleans (Parquet has no dictionary for them).
+    Token ids' dictionary indices compress worse under zstd than the ids: the tokenize stage's `input_ids`
+    column on the web sample with a 32k BPE took 18.0 MB with a dictionary and 15.4 MB without, and that
+    column wrote 7% faster (whole shards: 8% smaller at the same speed; bench/LOG.md, session 13)."""
+    return [path for path, repeated, kind in parquet_leaves(schema)
+            if not (repeated and pa.types.is_integer(kind)) and not pa.types.is_boolean(kind)]
 
 
 def parquet_leaves(schema: pa.Schema) -> Iterator[tuple[str, bool, pa.DataType]]:
-    """(Parquet column path, whether inside a list, type) of every leaf, named as Parquet names them."""
-    def walk(path: str, kind: pa.DataType, in_list: bool) -> Iterator[tuple[str, bool, pa.DataType]]:
-        if pa.types.is_map(kind):
-            yield from walk(f"{path}.key_value.key", kind.key_type, in_list)
-            yield from walk(f"{path}.key_value.value", kind.item_type, in_list)
-        elif pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind):
-            yield from walk(f"{path}.list.element", kind.value_type, True)   # compliant nested names
+    """(Parquet column path, whether inside a list or map, type) of every leaf, named as Parquet names
+    them (pyarrow's compliant nested names: `x.list.element`, `m.key_value.key`)."""
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_list_view,
+             pa.types.is_large_list_view)
+
+    def walk(path: str, kind: pa.DataType, repeated: bool) -> Iterator[tuple[str, bool, pa.DataType]]:
+        if isinstance(kind, pa.BaseExtensionType):
+            yield from walk(path, kind.storage_type, repeated)
+        elif pa.types.is_map(kind):
+            yield from walk(f"{path}.key_value.key", kind.key_type, True)
+            yield from walk(f"{path}.key_value.value", kind.item_type, True)
+        elif any(is_list(kind) for is_list in lists):
+            yield from walk(f"{path}.list.element", kind.value_type, True)
         elif pa.types.is_struct(kind):
             for child in kind:
-                yield from walk(f"{path}.{child.name}", child.type, in_list)
+                yield from walk(f"{path}.{child.name}", child.type, repeated)
         else:
-            yield path, in_list, kind
+            yield path, repeated, kind
 
     for field in schema:
         yield from walk(field.name, field.type, False)
@@ -82,7 +90,7 @@ def write_parquet_atomic(table: pa.Table, path: str | Path) -> str:
         # our own file object, closed on any error: Arrow's writer given a path can leave its handle
         # open when a write fails (a full disk), and an open deleted file keeps a disk busy
         with open(tmp, "wb") as f:
-            pq.write_table(table, f, **(WRITE_OPTIONS | {"use_dictionary": dictionary_columns(table.schema)}))
+            pq.write_table(table, f, use_dictionary=dictionary_columns(table.schema), **WRITE_OPTIONS)
         digest = file_hash(tmp, sync=True)
         os.replace(tmp, path)
     _sync_dir(path.parent)
