@@ -32,12 +32,11 @@ import json
 import random
 import re
 import shutil
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from winnow.pipeline.measure import run_measured
+from winnow.pipeline.measure import median_of_pairs, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -252,8 +251,8 @@ def main() -> None:
             print(f"  winnow at {args.growth}x ({n_big:,} docs): {n_big / r['seconds']:8.0f} docs/s  "
                   f"peak RSS {r['peak_rss_mb']:6.0f} MB = {growth:.2f}x the 1x peak")
     if ratios:
-        each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-        print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
+        ratio, each = median_of_pairs(ratios)
+        print(f"ratio winnow/datatrove: {ratio:.2f}{each}")
     if args.semantic:
         semantic_scaling(args)
 

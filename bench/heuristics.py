@@ -20,12 +20,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from winnow.pipeline.measure import link_inputs, run_measured
+from winnow.pipeline.measure import link_inputs, median_of_pairs, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -111,8 +110,8 @@ def main() -> None:
         if f"{peer}-1" in first:
             scaling = first[f"{peer}-1"]["seconds"] / first[peer]["seconds"]
             print(f"{peer} scaling {args.workers} workers vs 1: {scaling:.2f}x")
-    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-    print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
+    ratio, each = median_of_pairs(ratios)
+    print(f"ratio winnow/datatrove: {ratio:.2f}{each}")
 
 
 if __name__ == "__main__":

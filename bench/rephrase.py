@@ -24,7 +24,6 @@ import argparse
 import json
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -99,6 +98,7 @@ def throughput(backend: str, docs: list[dict], out: Path, threads: int, max_new:
     """Bare then winnow, `repeats` times in turn; prints each pair's chunks/s, generated tokens/s and ratio,
     then the median ratio (identical generations vary by ±10% in wall time on a shared 2-core machine, so
     one pair can land anywhere in 0.8-1.0)."""
+    from winnow.pipeline.measure import median_of_pairs
     from winnow.synth import prompts
     from winnow.synth.chunking import split_chunks
     from winnow.synth.rephrase import RephraseStage
@@ -138,8 +138,7 @@ print(json.dumps({{"seconds": time.perf_counter() - t0, "tokens": sum(r.completi
         print(f"{backend:12} winnow : {n / wall:.3f} chunks/s, {tokens / wall:6.1f} gen tok/s ({wall:.1f} s, "
               f"{int(tokens)} tokens, Dask start + ingest + stage)", flush=True)
         ratios.append(bare["seconds"] / wall)
-    ratio = statistics.median(ratios)
-    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if repeats > 1 else ""
+    ratio, each = median_of_pairs(ratios)
     print(f"rephrase throughput winnow/bare: {ratio:.2f}   [{backend}]{each}")
     return ratio
 

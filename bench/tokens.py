@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from winnow.pipeline.measure import link_inputs, run_measured
+from winnow.pipeline.measure import link_inputs, median_of_pairs, run_measured
 
 REPO = Path(__file__).resolve().parents[1]
 WEB = REPO.parent / "shared" / "data" / "web"
@@ -145,8 +144,8 @@ def main() -> None:
             ratios.append((results["winnow"]["tokens"] / results["winnow"]["seconds"])
                           / (results["datatrove"]["tokens"] / results["datatrove"]["seconds"]))
         pack_report(Path(results["winnow"]["dir"]), args.seq_len)
-    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
-    print(f"ratio winnow/datatrove: {statistics.median(ratios):.2f}{each}")
+    ratio, each = median_of_pairs(ratios)
+    print(f"ratio winnow/datatrove: {ratio:.2f}{each}")
 
 
 if __name__ == "__main__":

@@ -122,9 +122,9 @@ def words_of(text: pa.Array | pa.ChunkedArray) -> tuple[pa.Array, np.ndarray]:
     """The whitespace-separated words of every row, flat, and the row each came from.
 
     Trailing whitespace is trimmed first: pyarrow's `utf8_split_whitespace` (26.0.1) decodes one
-    code point past a row's end when the row ends in whitespace, and when those bytes (the next row,
-    or whatever follows the buffer) are not valid UTF-8 it keeps the trailing whitespace as a word:
-    one extra shingle, depending on memory the document does not own."""
+    code point past a row's end when the row ends in whitespace, and when those bytes are not valid
+    UTF-8 (never the next row's; whatever follows the last row's buffer may be) it keeps the trailing
+    whitespace as a word: one extra shingle, depending on memory the document does not own."""
     split = pc.utf8_split_whitespace(pc.utf8_rtrim_whitespace(text))
     flat = pc.list_flatten(split)
     nonempty = pc.greater(pc.binary_length(flat), 0)          # a leading separator leaves an empty piece

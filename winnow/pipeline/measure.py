@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import threading
 import time
@@ -48,3 +49,10 @@ def link_inputs(files: list[str], folder) -> str:
     for i, f in enumerate(files):
         os.symlink(f, os.path.join(folder, f"{i:05d}.jsonl"))
     return str(folder)
+
+
+def median_of_pairs(ratios: list[float]) -> tuple[float, str]:
+    """The median of alternating runs' ratios, and what to print after it: ` (median of a, b, c)` when
+    there is more than one (one pair's ratio moves with a shared machine's load)."""
+    each = f" (median of {', '.join(f'{r:.2f}' for r in ratios)})" if len(ratios) > 1 else ""
+    return statistics.median(ratios), each

@@ -121,8 +121,7 @@ class WordEncoder:
             # the batch's distinct non-ASCII characters, gathered by Arrow in one pass; texts are looked at
             # one by one only when one of them is a character the engines class differently (rare)
             chars = set("".join(pc.replace_substring_regex(rows, r"[\x00-\x7f]+", "").to_pylist()))
-            if chars - self._checked:
-                self._check_chars(chars - self._checked)
+            self._check_chars(chars - self._checked)
             if not self._differs.isdisjoint(chars):
                 needs[non_ascii[sorted(self._texts_with_differing_chars(rows.to_pylist()))]] = True
         return needs
