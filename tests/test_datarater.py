@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import numpy as np
 import pytest
@@ -198,17 +199,20 @@ def test_scores_do_not_follow_length_when_it_says_nothing_about_quality():
     """The planted pool (30% corrupted) with every row cut to a random 8-64 tokens, independent of its
     quality, and a clean target cut the same way. A rater whose inner loss gave each row the same weight
     whatever its length (a softmax over rows of per-row means), and that saw length through absolute
-    positions, followed it: Spearman(score, length) +0.28 on the held-out rows (clean rows +0.43). Per-token
-    weights and a rater without positions: measured -0.02 (clean +0.04), AUC 0.90; ~40 s of CPU."""
+    positions, followed it. Seeds 0-3 of this setup with that fault: Spearman(score, length) +0.25 to +0.43
+    on the held-out rows; per-token weights and a rater without positions, seeds 0-5: -0.02 to +0.07, AUC
+    0.77-0.95 (a Xeon with AVX-512; bench/LOG.md). 934 held-out rows: the Spearman's standard error is ~0.03
+    (with 134, as before, it was ~0.09, and which side of 0.1 a seed fell on depended on the CPU's float
+    kernels). ~15 s of CPU."""
     from scipy.stats import spearmanr
 
     from winnow.tokenize.tokenize_stage import TokenizerState
     from winnow.tokenize.tokenizer import train_bpe
 
     torch.set_num_threads(1)
-    n = 600
+    n = 1400
     texts, clean, _ = planted_pool(REFERENCE, n, seed=0)
-    tokenizer = TokenizerState(train_bpe(texts, vocab_size=1024).to_str(), "<|endoftext|>")
+    tokenizer = TokenizerState(train_bpe(texts[:600], vocab_size=1024).to_str(), "<|endoftext|>")
     full = document_rows(texts, tokenizer, 64)
     assert bool((full.segment_ids.sum(1) == 64).all())    # every passage fills its row before the cut
     lengths = torch.randint(8, 65, (n,), generator=torch.Generator().manual_seed(0))
@@ -222,8 +226,8 @@ def test_scores_do_not_follow_length_when_it_says_nothing_about_quality():
     rho = spearmanr(scores, lengths[heldout].numpy())[0]
     auc = roc_auc(scores, clean[heldout])
     print(f"Spearman(score, length) {rho:+.3f}; planted AUC {auc:.3f}")
-    assert abs(rho) < 0.1
-    assert auc > 0.75          # it learned something meanwhile: the check is not passed by a constant rater
+    assert abs(rho) < 0.15
+    assert auc > 0.7           # it learned something meanwhile: the check is not passed by a constant rater
 
 
 def test_scores_keep_float32_precision_under_bf16_autocast():
@@ -503,6 +507,29 @@ def test_the_uniform_control_replays_the_weighted_window_when_the_rater_is_flat(
     assert record["uniform_outer_loss"] == pytest.approx(flat.history["uniform_outer_loss"][0], rel=1e-6)
 
 
+def test_the_control_runs_only_where_its_summary_reads_and_changes_nothing():
+    """`control_tail` 0.5: no control (None, no FLOPs) on the first half of the meta-steps; on the second
+    half the same values as a run with the control at every step, the same summary, and the same rater and
+    inner models bit for bit: the control only reads the states and batches the window uses."""
+    def trained(tail: float) -> MetaTrainer:
+        trainer = _control_trainer(3)
+        trainer.cfg.meta_steps, trainer.cfg.control_tail = 4, tail
+        trainer.run()
+        return trainer
+
+    every, tail = trained(1.0), trained(0.5)
+    assert tail.history["uniform_outer_loss"][:2] == [None, None]
+    assert tail.history["uniform_outer_loss"][2:] == every.history["uniform_outer_loss"][2:]
+    assert all(v is not None for v in every.history["uniform_outer_loss"])
+    assert uniform_control(tail.history) == uniform_control(every.history)
+    assert uniform_control(tail.history)["steps"] == [3, 4]
+    assert tail.flops["control"] == pytest.approx(every.flops["control"] / 2)
+    for a, b in zip(tail.rater.parameters(), every.rater.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(tail.inner, every.inner, strict=True):
+        assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+
+
 def test_uniform_control_summarises_the_last_half_of_meta_training():
     history = {"meta_loss": [5.0, 5.0, 4.0, 3.0], "uniform_outer_loss": [5.0, 5.0, 4.5, 3.5]}
     control = uniform_control(history)
@@ -510,3 +537,15 @@ def test_uniform_control_summarises_the_last_half_of_meta_training():
     assert control["delta"] == -0.5 and control["steps"] == [3, 4]
     # resumed from a checkpoint written before the control: only the steps that have both count
     assert uniform_control({"meta_loss": [5.0, 4.0, 3.0], "uniform_outer_loss": [3.5]})["steps"] == [3, 3]
+    # a control that ran on the last half only (None before)
+    assert uniform_control({"meta_loss": [5.0, 5.0, 4.0, 3.0], "uniform_outer_loss": [None, None, 4.5, 3.5]}) == control
+    assert uniform_control({"meta_loss": [5.0, 4.0], "uniform_outer_loss": [None, None]}) == {}
+
+
+def test_the_manifest_curve_keeps_steps_without_a_control_as_gaps():
+    from winnow.filters.datarater import thinned
+
+    assert thinned([1.0, 3.0, 5.0, 7.0], points=2) == [2.0, 6.0]
+    assert thinned([None, None, 4.0, 6.0], points=2) == [None, 5.0]
+    assert thinned([None, 2.0, 4.0, 6.0], points=2) == [2.0, 5.0]   # a chunk's mean over the steps that have one
+    assert json.loads(json.dumps(thinned([None] * 3 + [1.0]))) == [None, None, None, 1.0]   # strict JSON: no NaN

@@ -26,9 +26,10 @@ top at this stage's keep fraction); the rating and the classifier's training cou
 
 The manifest records meta-training FLOPs (`training_flops`, one-off), scoring FLOPs, meta-steps and
 the meta-loss curve, and `uniform_control: {weighted_outer_loss, uniform_outer_loss, delta}`: at every
-meta-step each inner model also takes the same updates with uniform weights from the same state on the
-same batches, and the outer losses after the two are compared (means over the second half of
-meta-training; delta = weighted - uniform, negative when the rater's weights help). A delta near 0
+meta-step of the second half of meta-training (`meta.control_tail`) each inner model also takes the same
+updates with uniform weights from the same state on the same batches, and the outer losses after the two
+are compared (means over those steps; delta = weighted - uniform, negative when the rater's weights
+help). A delta near 0
 says the rater changes nothing about training at this scale, whatever it separates. Measured on a planted pool (tests/test_datarater.py): a clean target gives
 ROC AUC >= 0.95 clean vs corrupted; the pool's own held-out slice as the outer set was unstable at
 CPU scale (bench/LOG.md).
@@ -82,10 +83,13 @@ class DataRaterParams(QualityParams):
         return self
 
 
-def thinned(curve: list[float], points: int = 50) -> list[float]:
-    """About `points` means of consecutive steps: the manifest keeps the curve's shape, not every step."""
-    every = max(1, len(curve) // points)
-    return [round(float(np.mean(curve[i:i + every])), 4) for i in range(0, len(curve), every)]
+def thinned(curve: list[float | None], points: int = 50) -> list[float | None]:
+    """About `points` means of consecutive steps: the manifest keeps the curve's shape, not every step.
+    Steps without a value (None: the uniform control before its `control_tail`) stay None."""
+    values = np.asarray([np.nan if v is None else v for v in curve], np.float64)
+    every = max(1, len(values) // points)
+    chunks = (values[i:i + every] for i in range(0, len(values), every))
+    return [round(float(c[np.isfinite(c)].mean()), 4) if np.isfinite(c).any() else None for c in chunks]
 
 
 def acceptance_probability(p: np.ndarray, kept: int, drawn: int) -> np.ndarray:

@@ -296,6 +296,10 @@ class MetaConfig:
     outer_batch: int = 32
     unroll: int = 2                # inner steps kept in the graph per meta-step
     first_order: bool = False      # T=1 SGD look-ahead (gradient-alignment) variant
+    # the uniform-weight control runs on this last fraction of the meta-steps: the ones its summary
+    # (uniform_control) reads; it never touches the rater or the inner models, so earlier runs of it
+    # would only be discarded (~20% of a meta-step's time each). 1.0: every step (a curve over the whole fit)
+    control_tail: float = 0.5
     # scores -> weights
     score_norm: str = "none"       # none | standardize (z-score within the batch before the softmax)
     temperature: float = 1.0
@@ -497,24 +501,34 @@ def uniform_window(model: ProxyLM, state: InnerState, inner_batches: list[dict],
     return _no_grad_outer(model, state.params, outer_batch)
 
 
+def control_start(meta_steps: int, tail: float) -> int:
+    """The first meta-step (0-based) of the last `tail` of `meta_steps`: where the control starts to run
+    and where its summary starts to read."""
+    return int(meta_steps * (1 - tail))
+
+
 def uniform_control(history: dict, tail: float = 0.5) -> dict:
     """`{weighted_outer_loss, uniform_outer_loss, delta}` over the last `tail` of the meta-steps (the rater
     has had time to learn by then): the mean outer loss after the rater-weighted updates and after uniform
     ones on the same batches from the same states; delta = weighted - uniform, negative when the rater
-    helps. `delta_se`: the standard error of the per-step deltas (steps treated as independent draws)."""
+    helps. `delta_se`: the standard error of the per-step deltas (steps treated as independent draws).
+    Steps without a control (None: before `control_tail`, or before a resume from a checkpoint written
+    before the control existed, whose list is shorter) do not count."""
     weighted = np.asarray(history.get("meta_loss", []), np.float64)
-    uniform = np.asarray(history.get("uniform_outer_loss", []), np.float64)
-    n = min(len(weighted), len(uniform))   # a run resumed from a checkpoint without the control
-    weighted, uniform = weighted[len(weighted) - n:], uniform[len(uniform) - n:]
-    start = int(n * (1 - tail))
-    if n - start < 1:
+    recorded = [np.nan if v is None else v for v in history.get("uniform_outer_loss", [])]
+    recorded = recorded[max(0, len(recorded) - len(weighted)):]
+    uniform = np.full(len(weighted), np.nan)
+    uniform[len(weighted) - len(recorded):] = recorded    # the lists end at the same step
+    steps = np.arange(len(weighted))
+    both = (steps >= control_start(len(weighted), tail)) & np.isfinite(uniform)
+    if not both.any():
         return {}
-    deltas = weighted[start:] - uniform[start:]
+    deltas = weighted[both] - uniform[both]
     se = float(deltas.std(ddof=1) / np.sqrt(len(deltas))) if len(deltas) > 1 else float("nan")
-    return {"weighted_outer_loss": round(float(weighted[start:].mean()), 5),
-            "uniform_outer_loss": round(float(uniform[start:].mean()), 5),
+    return {"weighted_outer_loss": round(float(weighted[both].mean()), 5),
+            "uniform_outer_loss": round(float(uniform[both].mean()), 5),
             "delta": round(float(deltas.mean()), 5), "delta_se": round(se, 5),
-            "steps": [start + 1 + (len(history["meta_loss"]) - n), len(history["meta_loss"])]}
+            "steps": [int(steps[both][0]) + 1, int(steps[both][-1]) + 1]}
 
 
 class MetaTrainer:
@@ -633,10 +647,12 @@ class MetaTrainer:
             inner_batches = [self._sample(self.inner_rows, cfg.inner_batch) for _ in range(cfg.unroll)]
             jobs.append((i, state, plain, inner_batches, self._sample(self.outer_rows, cfg.outer_batch)))
 
+        with_control = self.meta_step >= control_start(cfg.meta_steps, cfg.control_tail)
+
         def window(job) -> tuple[float, InnerState, dict, tuple[torch.Tensor, ...]]:
             i, state, plain, inner_batches, outer_batch = job
             state = self._train_plainly(i, state, plain)
-            control = uniform_window(self.shells[i], state, inner_batches, outer_batch, cfg)
+            control = uniform_window(self.shells[i], state, inner_batches, outer_batch, cfg) if with_control else None
             loss_out, new_state, diag = meta_window(self.rater, self.shells[i], state, inner_batches, outer_batch,
                                                     cfg)
             grads = torch.autograd.grad(loss_out, [rater_params[k] for k in names])
@@ -657,8 +673,8 @@ class MetaTrainer:
             controls.append(diag["uniform_outer_loss"])
             tokens_in = cfg.unroll * cfg.inner_batch * cfg.seq_len
             self.flops["meta"] += meta_step_flops(self.lm_flops_per_token, tokens_in, cfg.outer_batch * cfg.seq_len)
-            # the control: plain steps on the same tokens, and a forward pass (a third of a step) on the outer batch
-            self.flops["control"] += self.lm_flops_per_token * (tokens_in + cfg.outer_batch * cfg.seq_len / 3)
+            if with_control:  # plain steps on the same tokens, and a forward pass (a third of a step) on the outer batch
+                self.flops["control"] += self.lm_flops_per_token * (tokens_in + cfg.outer_batch * cfg.seq_len / 3)
             self.flops["rater"] += self.rater_flops_per_token * tokens_in
         self.meta_step += 1
         lr = cfg.meta_lr * min(1.0, self.meta_step / max(1, cfg.meta_warmup))
@@ -671,7 +687,7 @@ class MetaTrainer:
         record = {"meta_loss": float(np.mean(losses)), "meta_loss_per_model": losses,
                   "grad_norm": float(np.mean(grad_norms)), "update_norm": math.sqrt(update_norm),
                   "weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses)),
-                  "uniform_outer_loss": float(np.mean(controls)), "resets": resets}
+                  "uniform_outer_loss": float(np.mean(controls)) if with_control else None, "resets": resets}
         for k, value in record.items():
             self.history[k].append(value)
         return record
@@ -707,8 +723,10 @@ class MetaTrainer:
             if self.checkpoint_dir and (self.meta_step % cfg.checkpoint_every == 0 or self.meta_step == cfg.meta_steps):
                 self.save()
             if cfg.log_every and (self.meta_step % cfg.log_every == 0 or self.meta_step == 1):
+                uniform = record["uniform_outer_loss"]
                 self.log(f"meta step {self.meta_step}/{cfg.meta_steps}  outer {record['meta_loss']:.4f}  "
-                         f"uniform {record['uniform_outer_loss']:.4f}  inner {record['inner_loss']:.4f}  |g| {record['grad_norm']:.3g}  "
+                         f"uniform {'-' if uniform is None else f'{uniform:.4f}'}  inner {record['inner_loss']:.4f}  "
+                         f"|g| {record['grad_norm']:.3g}  "
                          f"H(w) {record['weight_entropy']:.3f}  {time.perf_counter() - t0:.1f}s")
         self.history["flops"] = dict(self.flops, total=sum(self.flops.values()))
         self.history["scoring_flops_per_token"] = scoring_flops_per_token(self.rater.cfg)

@@ -175,7 +175,7 @@ def meta_training(items: list[dict]) -> str:
         if isinstance(steps, list) and len(steps) == 2:
             facts.append(["meta-steps averaged", esc(f"{steps[0]}–{steps[1]}")])
         out.append(f"<h3>{esc(s['stage'])}: meta-training</h3>" + table([], facts, {1})
-                   + '<p class="muted">Each inner model also takes the same updates from the same state with uniform '
+                   + '<p class="muted">At each meta-step averaged, each inner model also takes the same updates from the same state with uniform '
                    "weights; a negative delta means the rater's weights lower the outer loss. Near 0, the rater changes "
                    "nothing about training at this scale, however well it separates documents.</p>")
         if len(s["weighted"]) or len(s["uniform"]):
