@@ -468,7 +468,7 @@ def test_generation_in_a_dask_worker_keeps_its_freed_activations(client):
     """Dask's nanny starts workers with MALLOC_TRIM_THRESHOLD_=65536, which fixes glibc's mmap threshold at
     128 KiB: every activation over that (the logits over 49k tokens, at least) was mmapped per new token,
     unmapped when freed and faulted in again. SmolLM2-135M, one thread: here 789 minor faults per token before
-    and 53 with the heap retained (models/retained_heap.py); four 100-300-token prompts, 8,600 against 250 and
+    and 53 with the heap retained (pipeline/retained_heap.py); four 100-300-token prompts, 8,600 against 250 and
     10x the system time. winnow generated at about half the bare speed (bench/rephrase.py throughput
     winnow/bare 0.52-0.61)."""
     result = client.submit(_generation_faults_in_this_process, 24, pure=False).result()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import check_conservation, kept_rows, run, web_files
@@ -256,3 +257,34 @@ def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch
     assert not other.fast
     values, lengths = other.encode(texts[:50])
     assert values.tolist() == [i for t in texts[:50] for i in tok.encode(t, add_special_tokens=False).ids]
+
+
+def _apply_faults(texts: list[str], tokenizer_json: str, repeats: int) -> dict:
+    """In a worker: the tokenize stage's apply on one shard `repeats` times; minor page faults of the last."""
+    import os
+    import resource
+
+    from winnow.tokenize.tokenize_stage import TokenizeParams, TokenizerState, TokenizeStage
+
+    stage, state = TokenizeStage(TokenizeParams()), TokenizerState(tokenizer_json, "<|endoftext|>")
+    table = pa.table({"id": [str(i) for i in range(len(texts))], "text": texts})
+    for _ in range(repeats):
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        kept, _ = stage.apply(table, state)
+    return {"faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before, "tokens": int(
+        pc.sum(kept.column("n_tokens")).as_py()), "malloc_trim_threshold": os.environ.get("MALLOC_TRIM_THRESHOLD_")}
+
+
+def test_tokenize_in_a_dask_worker_keeps_its_freed_buffers(client):
+    """A Dask worker runs with MALLOC_TRIM_THRESHOLD_=65536 (distributed's nanny), so glibc mmaps every buffer
+    over 128 KiB and unmaps it when freed: the encoder's numpy id buffers (MBs per batch) fault in page by
+    page on every batch. Measured on 1,000 web documents (the third apply: a warm encoder cache), three runs
+    each: 15,400-15,700 minor faults per apply before, 6,360 with the heap retained while encoding
+    (pipeline/retained_heap.py); on the web sample the tokenize stage took 4.9-5.0 s before and 4.3-4.5 s
+    after (bench/LOG.md, issue 25)."""
+    texts = [json.loads(line)["text"] for f in web_files(3) for line in Path(f).read_text().splitlines()][:1000]
+    tokenizer = train_bpe(texts, vocab_size=4096).to_str()
+    result = client.submit(_apply_faults, texts, tokenizer, 3, pure=False).result()
+    assert result["malloc_trim_threshold"] == "65536"    # the setting that caused it is in force
+    print(f"minor page faults per tokenize apply in a Dask worker: {result['faults']:,} ({result['tokens']:,} tokens)")
+    assert result["faults"] < 10_000

@@ -71,7 +71,7 @@ from torch.func import functional_call
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from winnow.flops import forward_flops_per_token, meta_step_flops, training_flops_from_forward
-from winnow.models.retained_heap import retained_heap
+from winnow.pipeline.retained_heap import retained_heap
 from winnow.pipeline.shards import temp_path
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token

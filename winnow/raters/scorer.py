@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from winnow.models.retained_heap import retained_heap
+from winnow.pipeline.retained_heap import retained_heap
 
 _CACHE: dict[tuple, Any] = {}  # per process: (kind, path, device) -> loaded model
 

@@ -15,7 +15,7 @@ import threading
 from contextlib import nullcontext
 
 from winnow.models.loading import load_causal_lm, model_identity, parameter_count, resolve_model
-from winnow.models.retained_heap import retained_heap
+from winnow.pipeline.retained_heap import retained_heap
 from winnow.raters.scorer import resolve_device
 from winnow.synth.types import Generation, GenerationParams, Request
 
@@ -48,7 +48,7 @@ class TransformersBackend:
         results: list[Generation | None] = [None] * len(prompts)
         batch = max(1, params.concurrency)
         # each new token frees and reallocates its activations: in a Dask worker glibc would mmap and unmap
-        # every one over 128 KiB (models/retained_heap.py)
+        # every one over 128 KiB (pipeline/retained_heap.py)
         with retained_heap() if self.device == "cpu" else nullcontext():
             for start in range(0, len(order), batch):
                 idx = order[start:start + batch]

@@ -23,6 +23,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import BaseModel, ConfigDict, Field
 
+from winnow.pipeline.retained_heap import retained_heap
 from winnow.pipeline.shards import write_bytes_atomic
 from winnow.pipeline.stage import Context, Cuts, ShardRef, Stage, utf8_bytes
 from winnow.tokenize.sft import token_mask, training_text
@@ -109,7 +110,8 @@ class TokenizeStage(Stage):
         texts = table.column("text").combine_chunks()   # handed to the encoder as Arrow: no Python str per text
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
         step = self.params.batch_size
-        batches = [state.encoder.encode(texts.slice(start, step)) for start in range(0, len(texts), step)]
+        with retained_heap():   # per batch, MBs of numpy buffers freed and made again (pipeline/retained_heap.py)
+            batches = [state.encoder.encode(texts.slice(start, step)) for start in range(0, len(texts), step)]
         ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.uint32)
         lengths = (np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, np.int64)) + 1
         offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if ids.size + len(lengths) < 2**31

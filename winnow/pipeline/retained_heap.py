@@ -1,4 +1,4 @@
-"""Keep freed memory in the process heap while an allocation-heavy torch loop runs on the CPU.
+"""Keep freed memory in the process heap while an allocation-heavy loop (torch, numpy) runs on the CPU.
 
 A Dask worker starts with `MALLOC_TRIM_THRESHOLD_=65536` (distributed's nanny `pre-spawn-environ`), and a
 fixed trim threshold also turns off glibc's adaptive mmap threshold: every tensor over 128 KiB is then
@@ -7,6 +7,8 @@ meta-training frees and reallocates its activations (logits of 16-32 rows x 128 
 thousands of times: in a worker about half of its CPU time was system time (bench/LOG.md, issue 25).
 Generation with transformers does the same per new token (attention scores, MLP activations, logits over
 the vocabulary): SmolLM2-135M took 8.6x more page faults and 10x more system time per token in a worker.
+The tokenizer's encoder builds numpy id buffers of several MB per batch: 3.3x the page faults per shard.
+(Arrow's own buffers come from its mimalloc pool, which this setting does not touch.)
 
 `retained_heap()` serves every allocation from the heap and keeps what is freed there (no trim, no mmap)
 for the duration, then restores the settings the process started with and hands the memory back
