@@ -110,16 +110,19 @@ class TokenizeStage(Stage):
         texts = table.column("text").combine_chunks()   # handed to the encoder as Arrow: no Python str per text
         dtype = np.uint16 if state.vocab_size <= 2**16 else np.uint32
         step = self.params.batch_size
-        with retained_heap():   # per batch, MBs of numpy buffers freed and made again (pipeline/retained_heap.py)
+        # the encoder and the assembly below make and free numpy buffers of MBs per batch; a Dask worker's
+        # glibc would unmap each one and fault its pages in again (pipeline/retained_heap.py)
+        with retained_heap():
             batches = [state.encoder.encode(texts.slice(start, step)) for start in range(0, len(texts), step)]
-        ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.uint32)
-        lengths = (np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, np.int64)) + 1
-        offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if ids.size + len(lengths) < 2**31
-                                                                     else np.int64)
-        # every document's ids then its EOS, in one array: document d's ids shift by the d EOS before them
-        values = np.empty(ids.size + len(lengths), dtype)
-        values[np.arange(ids.size) + np.repeat(np.arange(len(lengths)), lengths - 1)] = ids
-        values[offsets[1:] - 1] = state.eos_id
+            ids = np.concatenate([b[0] for b in batches]) if batches else np.zeros(0, np.uint32)
+            lengths = (np.concatenate([b[1] for b in batches]) if batches else np.zeros(0, np.int64)) + 1
+            offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32 if ids.size + len(lengths) < 2**31
+                                                                         else np.int64)
+            # every document's ids then its EOS, in one array: document d's ids shift by the d EOS before them
+            values = np.empty(ids.size + len(lengths), dtype)
+            values[np.arange(ids.size) + np.repeat(np.arange(len(lengths)), lengths - 1)] = ids
+            values[offsets[1:] - 1] = state.eos_id
+            del ids, batches   # freed inside: the heap hands them back on leaving
         arr = (pa.ListArray if offsets.dtype == np.int32 else pa.LargeListArray).from_arrays(
             pa.array(offsets), pa.array(values))
         if "masked_spans" in table.column_names:
