@@ -228,6 +228,8 @@ def main() -> None:
     ap.add_argument("--skip", default="", help="comma list of parts to skip: throughput,guard,eval")
     ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
+    if args.throughput_repeats < 1:
+        ap.error("--throughput-repeats must be at least 1")
     if args.quick:
         args.chunks, args.throughput_chunks, args.seeds, args.max_new_tokens = 4, 2, 1, 64
     skip = set(filter(None, args.skip.split(",")))

@@ -110,6 +110,8 @@ def main() -> None:
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--file-list", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.repeats < 1:
+        ap.error("--repeats must be at least 1")
     if args.child:
         fn = child_datatrove if args.child == "datatrove" else child_winnow
         fn(json.loads(args.file_list), args.workers, args.tokenizer, Path(args.out))
