@@ -528,6 +528,8 @@ def test_the_control_runs_only_where_its_summary_reads_and_changes_nothing():
         assert torch.equal(a, b)
     for a, b in zip(tail.inner, every.inner, strict=True):
         assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+    with pytest.raises(ValueError, match="control_tail"):
+        MetaTrainer(MetaConfig(control_tail=0.0, device="cpu"), 50, tail.inner_rows, tail.outer_rows)
 
 
 def test_uniform_control_summarises_the_last_half_of_meta_training():

@@ -542,6 +542,9 @@ class MetaTrainer:
             raise ValueError("first_order is the T=1 variant: set unroll=1")
         if cfg.lifetime <= cfg.prewarm + cfg.unroll:
             raise ValueError("lifetime must exceed prewarm + unroll")
+        if not 0 < cfg.control_tail <= 1:
+            raise ValueError(f"control_tail must be in (0, 1], the share of meta-steps that run the uniform "
+                             f"control (got {cfg.control_tail})")
         self.cfg, self.vocab_size, self.log = cfg, vocab_size, log
         self.inner_rows, self.outer_rows = inner_rows, outer_rows
         self.eval_fn, self.eval_every = eval_fn, eval_every
