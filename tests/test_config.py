@@ -229,3 +229,47 @@ def test_storage_options_is_a_mapping_whose_secrets_never_reach_the_resolved_con
     with pytest.raises(ConfigError) as e:
         load_config(write(tmp_path, GOOD.format(web="x.jsonl", out="o") + "storage_options: [a]\n"))
     assert e.value.key == "storage_options"
+
+
+DATARATER = """\
+input:
+  paths: ["x.jsonl"]
+output: o
+stages:
+  - datarater:
+      keep_top: 0.8
+      meta:
+        meta_steps: 20
+{meta}
+"""
+
+
+@pytest.mark.parametrize("meta, key, line, reason", [
+    ("        control_tail: 1.5", "control_tail", 9, "control_tail must be in (0, 1]"),
+    ("        prewarm: 1300", "prewarm", 9, "lifetime (600) must exceed prewarm (1300) + unroll (2)"),
+    ("        inner_opt: lion", "inner_opt", 9, "inner_opt must be one of"),
+    ("        unroll: 0", "unroll", 9, "unroll must be at least 1"),
+    ("        meta_step: 10", "meta_step", 9, "did you mean 'meta_steps'"),
+    ("        lifetime: lots", "lifetime", 9, "lifetime must be an integer"),
+])
+def test_a_datarater_meta_value_fails_validate_at_its_own_line(tmp_path, meta, key, line, reason):
+    """The DataRater's `meta:` block is checked when the config loads (`winnow validate`), at the line of the
+    key at fault; before, a bad value surfaced as a worker traceback after ingest, with no file or line."""
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, DATARATER.format(meta=meta)))
+    assert (e.value.key, e.value.line) == (f"stages[0].datarater.meta.{key}", line), str(e.value)
+    assert reason in e.value.reason, e.value.reason
+
+
+def test_a_good_datarater_meta_block_loads_as_written(tmp_path):
+    cfg = load_config(write(tmp_path, DATARATER.format(meta="        inner_betas: [0.9, 0.95]")))
+    assert cfg.stages[0].params.meta == {"meta_steps": 20, "inner_betas": [0.9, 0.95]}
+
+
+def test_a_datarater_meta_block_is_checked_over_the_defaults_of_its_device(tmp_path):
+    """prewarm 700 fits a GPU worker's lifetime (1,200) but not the CPU's (600): `auto` may be either."""
+    text = DATARATER.format(meta="        prewarm: 700")
+    assert load_config(write(tmp_path, text)).stages[0].params.meta["prewarm"] == 700
+    with pytest.raises(ConfigError) as e:
+        load_config(write(tmp_path, text.replace("      keep_top: 0.8", "      keep_top: 0.8\n      device: cpu")))
+    assert (e.value.key, e.value.line) == ("stages[0].datarater.meta.prewarm", 10), str(e.value)

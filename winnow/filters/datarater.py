@@ -38,17 +38,20 @@ CPU scale (bench/LOG.md).
 from __future__ import annotations
 
 import json
+from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from winnow.filters.quality import Positives, QualityParams, QualityStage
 from winnow.pipeline.documents import id_unit
+from winnow.pipeline.errors import KeyedValueError
 from winnow.pipeline.stage import Context, ShardRef
-from winnow.raters.datarater_scorer import HISTORY, DataRaterScorer, train_datarater
+from winnow.raters.datarater_config import MetaConfig
+from winnow.raters.datarater_scorer import GPU_META, HISTORY, DataRaterScorer, train_datarater
 from winnow.raters.fasttext_rater import FastTextScorer, fasttext_training_flops, train_fasttext
 
 DISTILLED = "distilled_fasttext.bin"   # the classifier `distill: fasttext` trains, in the stage folder
@@ -73,6 +76,28 @@ class DataRaterParams(QualityParams):
                                                  "pool sample (fastText's cost per document instead of the rater's)")
     distill_fraction: float = Field(0.3, gt=0, le=0.5, description="with distill: the top and the bottom fraction "
                                     "of the rated sample that are the classifier's two classes")
+
+    @classmethod
+    def accepted_keys(cls, field: str) -> list[str] | None:
+        """`meta:` takes MetaConfig's fields; the config loader reports any other key at its own line."""
+        return sorted(f.name for f in fields(MetaConfig)) if field == "meta" else None
+
+    @field_validator("meta")
+    @classmethod
+    def _meta(cls, meta: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """Meta-training's settings are checked here (`winnow validate`), not first in a worker after ingest,
+        over the defaults of where the fit runs: a GPU worker's (GPU_META) differ. With `device: auto` that is
+        known only at fit time, so a block valid over either set passes here (the fit checks it again)."""
+        device = str(meta.get("device", info.data.get("device", "auto")))
+        defaults = [{}] if device == "cpu" else [GPU_META] if device.startswith("cuda") else [{}, GPU_META]
+        errors = []
+        for base in defaults:
+            try:
+                MetaConfig.from_overrides(meta, **base)
+                return meta
+            except KeyedValueError as e:
+                errors.append(e)
+        raise errors[0]
 
     @model_validator(mode="after")
     def _datarater(self) -> DataRaterParams:
@@ -188,8 +213,6 @@ class DataRaterStage(QualityStage):
     def flat_advice(self, state: dict) -> str:
         if "positives" not in state and "negatives" not in state:
             return super().flat_advice(state)
-        from winnow.raters.datarater import MetaConfig  # torch: imported only where a rater is at hand
-
         p = self.params
         steps = p.meta.get("meta_steps", MetaConfig.meta_steps)
         return (f"The rater meta-trained {steps} steps on {state['negatives']:,} pool documents gives every document "

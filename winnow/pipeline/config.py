@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, model_validator
 
-from winnow.pipeline.errors import ConfigError, InputPathError
+from winnow.pipeline.errors import ConfigError, InputPathError, KeyedValueError
 
 
 @dataclass
@@ -332,7 +332,11 @@ def _validate(model: type[BaseModel], data: Any, loc: tuple, locator: Locator) -
         return model.model_validate(data)
     except ValidationError as e:
         err = e.errors()[0]
-        raise locator.error(_describe(err), loc + tuple(err["loc"])) from e
+        # a bad entry of a free-form mapping (a KeyedValueError from a validator) is located at the entry
+        cause = (err.get("ctx") or {}).get("error")
+        entry = (cause.key,) if isinstance(cause, KeyedValueError) else ()
+        reason = str(cause) if entry else _describe(err)
+        raise locator.error(reason, loc + tuple(err["loc"]) + entry) from e
 
 
 # ---------------------------------------------------------------- unknown keys at any depth

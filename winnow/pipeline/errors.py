@@ -68,3 +68,12 @@ class StorageError(WinnowError):
     def __init__(self, message: str, *, path: str):
         self.path = path
         super().__init__(f"{path}: {message}")
+
+
+class KeyedValueError(ValueError):
+    """A bad value inside a free-form mapping of a config (a stage's `meta:` block): `key` names the entry at
+    fault, so the config loader reports that entry's own line and key path."""
+
+    def __init__(self, message: str, *, key: str):
+        super().__init__(message)
+        self.key = key

@@ -75,25 +75,14 @@ from winnow.pipeline.retained_heap import retained_heap
 from winnow.pipeline.shards import temp_path
 from winnow.proxy.data import PackedRows
 from winnow.proxy.flops import flops_per_token
-from winnow.proxy.model import ProxyConfig, ProxyLM
+from winnow.proxy.model import ProxyLM
+from winnow.raters.datarater_config import MetaConfig, RaterConfig, check_meta_config
 
 CHECKPOINT_NAME = "datarater_meta.pt"
 
 
 # ------------------------------------------------------------------------------------------------
 # The rater
-
-
-@dataclass
-class RaterConfig:
-    vocab_size: int = 2048
-    seq_len: int = 128
-    n_layer: int = 1
-    n_head: int = 2
-    d_model: int = 64
-    mlp_ratio: int = 4
-    conv_kernel: int = 3    # width of a convolution over the embeddings (n-gram features); 0: none
-    positions: bool = True  # learned absolute positions (their mean over a row tells its length); False: none
 
 
 class RaterBlock(nn.Module):
@@ -270,66 +259,6 @@ def score_documents_counted(rater: DataRater, texts: list[str], tokenizer_state,
 
 # ------------------------------------------------------------------------------------------------
 # Meta-training
-
-
-@dataclass
-class MetaConfig:
-    # rater
-    rater_layers: int = 1
-    rater_heads: int = 2
-    rater_d: int = 64
-    rater_conv: int = 3            # odd width of the rater's n-gram convolution; 0: a plain transformer
-    rater_positions: bool = False  # learned absolute positions in the rater (they let a score follow length)
-    seq_len: int = 128
-    # inner models (a custom ProxyConfig; d=64, 2 layers on CPU)
-    inner_layers: int = 2
-    inner_heads: int = 2
-    inner_d: int = 64
-    n_models: int = 2
-    lifetime: int = 600            # inner steps between re-initialisations of one model
-    prewarm: int = 150             # plain (unweighted) steps after each (re)initialisation
-    inner_opt: str = "adam"        # adam (m, v in the graph) | sgd
-    inner_lr: float = 1e-2
-    inner_betas: tuple[float, float] = (0.9, 0.99)
-    inner_eps: float = 1e-8
-    inner_batch: int = 16
-    outer_batch: int = 32
-    unroll: int = 2                # inner steps kept in the graph per meta-step
-    first_order: bool = False      # T=1 SGD look-ahead (gradient-alignment) variant
-    # the uniform-weight control runs on this last fraction of the meta-steps: the ones its summary
-    # (uniform_control) reads; it never touches the rater or the inner models, so earlier runs of it
-    # would only be discarded (~20% of a meta-step's time each). 1.0: every step (a curve over the whole fit)
-    control_tail: float = 0.5
-    # scores -> weights
-    score_norm: str = "none"       # none | standardize (z-score within the batch before the softmax)
-    temperature: float = 1.0
-    # meta optimiser (per-model Adam, updates averaged)
-    meta_steps: int = 200
-    meta_lr: float = 1e-2
-    meta_betas: tuple[float, float] = (0.9, 0.99)
-    meta_eps: float = 1e-8
-    meta_weight_decay: float = 0.0
-    meta_warmup: int = 10
-    meta_clip: float = 1.0
-    # run
-    seed: int = 0
-    device: str = "auto"
-    threads: int | None = None     # CPU cores for meta-training (None: all this process may use)
-    dtype: str = "float32"         # float64 for gradient checks
-    # "bf16": inner models' and rater's matmuls in bf16 (CPUs with avx512_bf16). Off by default: ~13% less time,
-    # but the rater stops learning (soup10 AUC 0.62/0.35/0.45 against 0.74/0.68/0.92 in fp32, bench/LOG.md)
-    autocast: str | None = None
-    checkpoint_every: int = 25
-    log_every: int = 10
-
-    def rater_config(self, vocab_size: int) -> RaterConfig:
-        return RaterConfig(vocab_size=vocab_size, seq_len=self.seq_len, n_layer=self.rater_layers,
-                           n_head=self.rater_heads, d_model=self.rater_d,
-                           conv_kernel=self.rater_conv, positions=self.rater_positions)
-
-    def inner_config(self, vocab_size: int) -> ProxyConfig:
-        return ProxyConfig(vocab_size=vocab_size, n_layer=self.inner_layers, n_head=self.inner_heads,
-                           d_model=self.inner_d, max_seq_len=self.seq_len)
 
 
 def _device(name: str) -> torch.device:
@@ -538,13 +467,7 @@ class MetaTrainer:
     def __init__(self, cfg: MetaConfig, vocab_size: int, inner_rows: PackedRows, outer_rows: PackedRows,
                  log: Callable[[str], None] = print, checkpoint_dir: str | os.PathLike | None = None,
                  eval_fn: Callable[[DataRater], dict] | None = None, eval_every: int = 0):
-        if cfg.first_order and cfg.unroll != 1:
-            raise ValueError("first_order is the T=1 variant: set unroll=1")
-        if cfg.lifetime <= cfg.prewarm + cfg.unroll:
-            raise ValueError("lifetime must exceed prewarm + unroll")
-        if not 0 < cfg.control_tail <= 1:
-            raise ValueError(f"control_tail must be in (0, 1], the share of meta-steps that run the uniform "
-                             f"control (got {cfg.control_tail})")
+        check_meta_config(cfg)   # again: a config's fields may have been set after it was made
         self.cfg, self.vocab_size, self.log = cfg, vocab_size, log
         self.inner_rows, self.outer_rows = inner_rows, outer_rows
         self.eval_fn, self.eval_every = eval_fn, eval_every

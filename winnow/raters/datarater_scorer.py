@@ -12,7 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, fields
+from dataclasses import asdict
 
 import numpy as np
 
@@ -51,12 +51,8 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
         raise ValueError(f"datarater: {len(inner)} inner and {len(outer)} outer documents: need both")
     tok = train_bpe(inner + outer, vocab_size)
     state = TokenizerState(tok.to_str(), EOS)
-    known = {f.name for f in fields(MetaConfig)}
-    unknown = set(meta) - known
-    if unknown:
-        raise ValueError(f"datarater.meta: unknown keys {sorted(unknown)}; known: {sorted(known)}")
     gpu = resolve_device(meta.get("device", device)).startswith("cuda")
-    cfg = MetaConfig(**{"seed": seed, "device": device, "threads": threads, **(GPU_META if gpu else {}), **meta})
+    cfg = MetaConfig.from_overrides(meta, seed=seed, device=device, threads=threads, **(GPU_META if gpu else {}))
     inner_rows, _ = document_chunks(inner, state, cfg.seq_len, max_chunks)
     outer_rows, _ = document_chunks(outer, state, cfg.seq_len, max_chunks)
     log(f"datarater: meta-training on {len(inner):,} documents ({len(inner_rows):,} rows) against "
