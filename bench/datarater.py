@@ -29,6 +29,7 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -117,15 +118,18 @@ def quickstart_pool(out: Path) -> Path:
     return stages[0]
 
 
-def speed(out: Path, meta_steps: int, meta: dict) -> None:
+def speed(out: Path, meta: dict) -> None:
     """The datarater stage's fit on the quickstart pool, with the CPU defaults, as `winnow run` runs it."""
     pool = quickstart_pool(out / "quickstart")
     stage = {"target": {"where": {"package": "python"}, "heldout_fraction": 0.2}, "keep_top": 0.8,
-             "meta": {"meta_steps": meta_steps, **meta}}
+             "meta": meta}
     cfg = {"input": {"paths": [str(pool / "train-*.parquet")]}, "output": str(out / "speed"), "seed": 0,
            "stages": [{"datarater": stage}]}
     import yaml
 
+    # from scratch: the stage resumes meta-training from a checkpoint in its folder, even a finished one and
+    # even under --force, and a second run into the same --out would time that instead of a fit
+    shutil.rmtree(out / "speed", ignore_errors=True)
     path = out / "configs" / "speed.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -155,7 +159,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--web-out", default=str(REPO / "out" / "web-quality"))
     ap.add_argument("--out", default=str(REPO / "out" / "bench-datarater"))
-    ap.add_argument("--meta-steps", type=int, default=200)
+    ap.add_argument("--meta-steps", type=int, default=None, help="default: MetaConfig's (the CPU default the "
+                    "speed target names)")
     ap.add_argument("--keeps", default="0.9,0.75,0.5")
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--budget", type=float, default=1e12)
@@ -168,9 +173,10 @@ def main() -> None:
     ap.add_argument("--seq-len", type=int, default=256, help="proxy row length for winnow eval")
     args = ap.parse_args()
     out = Path(args.out)
-    meta = {"meta_steps": args.meta_steps, "device": args.device, **json.loads(args.meta_json)}
+    steps = {} if args.meta_steps is None else {"meta_steps": args.meta_steps}
+    meta = {**steps, "device": args.device, **json.loads(args.meta_json)}
     if args.speed:
-        speed(out, args.meta_steps, json.loads(args.meta_json))
+        speed(out, {**steps, **json.loads(args.meta_json)})
         return
 
     print(f"datarater auc: {planted_auc(out, meta):.3f}")

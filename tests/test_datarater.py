@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 
 import numpy as np
@@ -20,6 +21,7 @@ from winnow.raters.datarater import (
     MetaTrainer,
     document_rows,
     inner_update,
+    load_rater,
     meta_train,
     meta_window,
     per_row_loss,
@@ -481,12 +483,14 @@ def test_bf16_autocast_meta_step_points_where_the_float32_one_does():
 # The uniform-weight control
 
 
-def _control_trainer(seed: int) -> MetaTrainer:
+def _control_trainer(seed: int, checkpoint_dir=None, log=lambda _: None, eval_fn=None, **settings) -> MetaTrainer:
     gen = torch.Generator().manual_seed(seed)
     rows = PackedRows(**{k: v for k, v in _random_rows(64, 16, 50, gen).items()}, n_documents=64)
-    cfg = MetaConfig(seq_len=16, n_models=2, prewarm=2, lifetime=20, inner_batch=8, outer_batch=8, meta_steps=1,
-                     rater_d=16, inner_d=16, log_every=0, device="cpu", seed=seed)
-    return MetaTrainer(cfg, 50, rows, subset(rows, np.arange(32)), log=lambda _: None)
+    cfg = MetaConfig(**{"seq_len": 16, "n_models": 2, "prewarm": 2, "lifetime": 20, "inner_batch": 8, "outer_batch": 8,
+                        "meta_steps": 1, "rater_d": 16, "inner_d": 16, "log_every": 0, "device": "cpu", "seed": seed,
+                        **settings})
+    return MetaTrainer(cfg, 50, rows, subset(rows, np.arange(32)), log=log, checkpoint_dir=checkpoint_dir,
+                       eval_fn=eval_fn, eval_every=1)
 
 
 def test_the_uniform_control_replays_the_weighted_window_when_the_rater_is_flat():
@@ -551,3 +555,43 @@ def test_the_manifest_curve_keeps_steps_without_a_control_as_gaps():
     assert thinned([None, None, 4.0, 6.0], points=2) == [None, 5.0]
     assert thinned([None, 2.0, 4.0, 6.0], points=2) == [2.0, 5.0]   # a chunk's mean over the steps that have one
     assert json.loads(json.dumps(thinned([None] * 3 + [1.0]))) == [None, None, None, 1.0]   # strict JSON: no NaN
+
+
+def test_the_rater_returned_is_the_mean_of_its_weights_over_the_averaged_tail(tmp_path):
+    """`average_tail` 0.5 of 6 meta-steps: the rater returned is the mean of the rater's weights after steps 4,
+    5 and 6 (Polyak averaging). The fit itself is untouched: the latest weights, the inner models and the
+    meta-loss curve are bit for bit those of a run that averages nothing (`average_tail` 0), which returns
+    its latest weights. A run killed after step 5 resumes from its step-4 checkpoint (one step summed) to the
+    same average."""
+    def fit(tail: float, checkpoint_dir=None, log=lambda _: None) -> tuple[MetaTrainer, DataRater, list[dict]]:
+        weights: list[dict] = []
+        trainer = _control_trainer(4, checkpoint_dir, log, lambda r: weights.append(copy.deepcopy(r.state_dict())) or {},
+                                   meta_steps=6, average_tail=tail, checkpoint_every=4, log_every=1)
+        return trainer, trainer.run()[0], weights
+
+    averaging, averaged, weights = fit(0.5)
+    plain, latest, _ = fit(0.0)
+    assert averaging.history["averaged_steps"] == 3 and plain.history["averaged_steps"] == 0
+    assert latest is plain.rater
+    for name, value in averaged.state_dict().items():
+        mean = torch.stack([w[name].double() for w in weights[3:]]).mean(0).float()
+        assert torch.allclose(value, mean, rtol=1e-6, atol=1e-8), name
+    assert not torch.equal(averaged.head.weight, weights[-1]["head.weight"])
+    assert averaging.history["meta_loss"] == plain.history["meta_loss"]
+    for a, b in zip(averaging.rater.parameters(), plain.rater.parameters(), strict=True):
+        assert torch.equal(a, b)
+    for a, b in zip(averaging.inner, plain.inner, strict=True):
+        assert all(torch.equal(a.params[k], b.params[k]) for k in a.params)
+
+    def die_after_step_5(line: str) -> None:
+        if line.startswith("meta step 5/"):
+            raise Killed
+
+    with contextlib.suppress(Killed):
+        fit(0.5, tmp_path, die_after_step_5)
+    saved = torch.load(tmp_path / "datarater_meta.pt", weights_only=True)
+    assert (saved["meta_step"], saved["averaged"]) == (4, 1)
+    resumed = fit(0.5, tmp_path)[1]
+    for (name, a), (_, b) in zip(averaged.state_dict().items(), resumed.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+    assert torch.equal(load_rater(tmp_path / "datarater_meta.pt").head.weight, averaged.head.weight)

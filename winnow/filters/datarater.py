@@ -3,7 +3,7 @@
     - datarater:
         target: {paths: ["../shared/data/reference/**/*.jsonl"]}   # optional: what to train faster on
         keep_top: 0.75                # discard the lowest-rated 25% of the corpus
-        meta: {meta_steps: 200}       # winnow.raters.datarater.MetaConfig fields
+        meta: {meta_steps: 100}       # winnow.raters.datarater_config.MetaConfig fields
 
 `fit` meta-trains a rater (raters/datarater.py) in one worker task (the GPU worker when there is
 one) on `pool_docs` documents drawn from the input pool by seeded id hash, or loads one with
@@ -202,7 +202,7 @@ class DataRaterStage(QualityStage):
         history = Path(rater or "") / HISTORY
         if rater and history.exists():
             h = json.loads(history.read_text())
-            state["meta"] = {"steps": h["meta_steps"], "outer": h["outer"], "inner_documents": h["inner_documents"],
+            state["meta"] = {"steps": h["meta_steps"], "averaged_steps": h.get("averaged_steps", 0), "outer": h["outer"], "inner_documents": h["inner_documents"],
                              "outer_documents": h["outer_documents"], "meta_loss": thinned(h["meta_loss"]),
                              "uniform_outer_loss": thinned(h.get("uniform_outer_loss", [])),
                              "scoring_flops_per_token": h["scoring_flops_per_token"]}

@@ -20,6 +20,9 @@ population and per meta-step:
 4. the inner parameters and Adam state are detached (truncated back-propagation) and the inner model
    keeps training from there in the next window. Models are re-initialised when their age (inner steps)
    reaches `lifetime`; ages start staggered so the population always spans early and late training.
+5. the rater returned is the mean of the rater's weights after each meta-step of the last `average_tail`
+   (Polyak averaging; the fit goes on with the latest weights). One step's rater wanders from step to step
+   at CPU scale, and the average was better on both objectives measured (bench/LOG.md, session 15).
 
 A first-order variant (`first_order=True`): one SGD look-ahead step, `theta' = theta - lr * sum_j pi_j g_j`;
 the meta-gradient is then `-lr * <g_j, grad L_out(theta')>` per row (gradient alignment), no Hessian terms
@@ -499,6 +502,9 @@ class MetaTrainer:
         self.flops = {"meta": 0.0, "plain": 0.0, "rater": 0.0, "control": 0.0}
         self.lm_flops_per_token = flops_per_token(cfg.inner_config(vocab_size), cfg.seq_len)
         self.rater_flops_per_token = training_flops_from_forward(scoring_flops_per_token(self.rater.cfg))
+        # the running sum (float64) of the rater's weights after each meta-step of the last `average_tail`
+        self.rater_sum = {k: torch.zeros_like(v, dtype=torch.float64) for k, v in self.rater.state_dict().items()}
+        self.averaged = 0
         self.inner: list[InnerState] = []
         if not self._resume():
             # staggered ages: model i starts as if it had lived i/N of a lifetime (trained plainly); batches
@@ -610,6 +616,11 @@ class MetaTrainer:
                 mean_update = sum(u[k] for u in updates) / len(updates)
                 p.mul_(1 - lr * cfg.meta_weight_decay).sub_(lr * mean_update)
                 update_norm += float((lr * mean_update).double().pow(2).sum())
+        if self.meta_step > control_start(cfg.meta_steps, cfg.average_tail):
+            with torch.no_grad():
+                for k, v in self.rater.state_dict().items():
+                    self.rater_sum[k] += v.double()
+            self.averaged += 1
         record = {"meta_loss": float(np.mean(losses)), "meta_loss_per_model": losses,
                   "grad_norm": float(np.mean(grad_norms)), "update_norm": math.sqrt(update_norm),
                   "weight_entropy": float(np.mean(entropies)), "inner_loss": float(np.mean(inner_losses)),
@@ -656,7 +667,18 @@ class MetaTrainer:
                          f"H(w) {record['weight_entropy']:.3f}  {time.perf_counter() - t0:.1f}s")
         self.history["flops"] = dict(self.flops, total=sum(self.flops.values()))
         self.history["scoring_flops_per_token"] = scoring_flops_per_token(self.rater.cfg)
-        return self.rater, self.history
+        self.history["averaged_steps"] = self.averaged
+        return self.averaged_rater(), self.history
+
+    def averaged_rater(self) -> DataRater:
+        """The rater to use: the mean of its weights over the meta-steps averaged so far (`average_tail`),
+        or the latest weights when none has been."""
+        if not self.averaged:
+            return self.rater
+        rater = copy.deepcopy(self.rater)
+        rater.load_state_dict({k: (v / self.averaged).to(self.dtype) if v.is_floating_point() else v
+                               for k, v in self.rater_sum.items()})
+        return rater
 
     # -- checkpoints (weights_only-loadable: tensors, dicts, lists, ints, floats, strings) ------
     def _state(self) -> dict:
@@ -672,6 +694,7 @@ class MetaTrainer:
                       for s in self.inner],
             "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
             "history": self.history, "flops": self.flops,
+            "rater_sum": {k: v.cpu() for k, v in self.rater_sum.items()}, "averaged": self.averaged,
         }
 
     def save(self) -> Path:
@@ -699,6 +722,8 @@ class MetaTrainer:
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         self.history, self.flops = state["history"], state["flops"]
+        if "rater_sum" in state:   # (a checkpoint from before the average: it averages the steps from here on)
+            self.rater_sum, self.averaged = dev(state["rater_sum"]), state["averaged"]
         self.history.setdefault("uniform_outer_loss", [])   # checkpoints from before the control
         self.flops.setdefault("control", 0.0)
         self.log(f"resumed meta-training at step {self.meta_step} from {self.checkpoint_dir / CHECKPOINT_NAME}")
@@ -715,10 +740,13 @@ def meta_train(cfg: MetaConfig, vocab_size: int, inner_rows: PackedRows, outer_r
 
 
 def load_rater(path: str | os.PathLike, device: str = "cpu") -> DataRater:
-    """The rater of a meta-training checkpoint."""
+    """The rater of a meta-training checkpoint, as `meta_train` would return it at that step (the mean of the
+    weights averaged so far under `average_tail`, else the latest)."""
     state = torch.load(Path(path), map_location=device, weights_only=True)
     saved = {"rater_positions": True, **state["config"]}   # checkpoints from before the option had positions
     cfg = MetaConfig(**{k: tuple(v) if k.endswith("betas") else v for k, v in saved.items()})
     rater = DataRater(cfg.rater_config(state["vocab_size"]))
-    rater.load_state_dict(state["rater"])
+    averaged = state.get("averaged", 0)
+    rater.load_state_dict({k: (state["rater_sum"][k] / averaged).to(v.dtype) if averaged and v.is_floating_point()
+                           else v for k, v in state["rater"].items()})
     return rater.to(device).eval()

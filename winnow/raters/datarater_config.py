@@ -57,11 +57,15 @@ class MetaConfig:
     # (uniform_control) reads; it never touches the rater or the inner models, so earlier runs of it
     # would only be discarded (~20% of a meta-step's time each). 1.0: every step (a curve over the whole fit)
     control_tail: float = 0.5
+    # the rater returned is the mean of its weights after each of this last fraction of the meta-steps (Polyak
+    # averaging; the fit itself goes on with the latest weights): one step's rater wanders, the soup10 AUC moved
+    # between 0.19 and 0.99 within one fit (bench/LOG.md). 0: the last step's weights
+    average_tail: float = 0.5
     # scores -> weights
     score_norm: str = "none"       # none | standardize (z-score within the batch before the softmax)
     temperature: float = 1.0
     # meta optimiser (per-model Adam, updates averaged)
-    meta_steps: int = 200
+    meta_steps: int = 100          # averaged, as good as or better than 200 raw steps (bench/LOG.md, session 15)
     meta_lr: float = 1e-2
     meta_betas: tuple[float, float] = (0.9, 0.99)
     meta_eps: float = 1e-8
@@ -161,6 +165,9 @@ def check_meta_config(cfg: MetaConfig) -> None:
     if not 0 < cfg.control_tail <= 1:
         raise KeyedValueError(f"control_tail must be in (0, 1], the share of meta-steps that run the uniform "
                               f"control (got {cfg.control_tail})", key="control_tail")
+    if not 0 <= cfg.average_tail <= 1:
+        raise KeyedValueError(f"average_tail must be in [0, 1], the share of meta-steps whose rater weights are "
+                              f"averaged into the rater returned (got {cfg.average_tail})", key="average_tail")
     if cfg.rater_conv < 0 or (cfg.rater_conv and cfg.rater_conv % 2 == 0):
         raise KeyedValueError(f"rater_conv must be odd or 0 (got {cfg.rater_conv})", key="rater_conv")
     for width, heads in (("rater_d", "rater_heads"), ("inner_d", "inner_heads")):

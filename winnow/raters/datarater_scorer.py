@@ -69,7 +69,8 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
               os.path.join(folder, RATER_WEIGHTS))
     with open(os.path.join(folder, RATER_CONFIG), "w") as f:
         json.dump(asdict(rater.cfg), f)
-    summary = {"meta_steps": len(history["meta_loss"]), "meta_loss": history["meta_loss"],
+    summary = {"meta_steps": len(history["meta_loss"]), "averaged_steps": history["averaged_steps"],
+               "meta_loss": history["meta_loss"],
                "uniform_outer_loss": history["uniform_outer_loss"], "uniform_control": uniform_control(history),
                "flops": history["flops"],
                "scoring_flops_per_token": history["scoring_flops_per_token"], "inner_documents": len(inner),
