@@ -127,8 +127,8 @@ def speed(out: Path, meta: dict) -> None:
            "stages": [{"datarater": stage}]}
     import yaml
 
-    # from scratch: the stage resumes meta-training from a checkpoint in its folder, even a finished one and
-    # even under --force, and a second run into the same --out would time that instead of a fit
+    # from scratch: the stage resumes meta-training from a checkpoint in its folder, even a finished one (only
+    # `run --force` discards it), and a second run into the same --out would time that instead of a fit
     shutil.rmtree(out / "speed", ignore_errors=True)
     path = out / "configs" / "speed.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)

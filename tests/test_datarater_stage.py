@@ -170,3 +170,20 @@ def test_the_pool_sample_kept_for_distill_does_not_travel_with_the_stage():
     copy = pickle.loads(pickle.dumps(stage))
     assert not hasattr(copy, "_pool_sample") and copy.params.distill == "fasttext"
     assert len(pickle.dumps(stage)) < 10_000
+
+
+def test_force_meta_trains_again_instead_of_resuming_its_finished_checkpoint(planted, client):
+    """`winnow run --force` redoes the fit: the stage discards its meta-training checkpoint, which a plain rerun
+    would resume from (and, finished, return at once). Before, --force timed and reported a resume."""
+    folder, pool, target = planted
+    out = folder / "forced"
+    stage = {"datarater": {"target": {"paths": [target], "heldout_fraction": 0.0}, "keep_top": 0.7, "pool_docs": 100,
+                           "meta": {"seq_len": 64, "prewarm": 5, "lifetime": 300, "meta_steps": 4, "log_every": 0,
+                                    "threads": 1}}}
+    config = {"input": {"paths": [pool]}, "output": str(out), "stages": [stage]}
+    run(config, client)
+    [checkpoint] = (out / "01-datarater" / "datarater" / "checkpoint").glob("*/datarater_meta.pt")
+    written = checkpoint.stat().st_mtime_ns
+    run(config, client, force=True)
+    assert checkpoint.stat().st_mtime_ns != written
+    assert json.loads((out / "01-datarater" / "_manifest.json").read_text())["meta"]["steps"] == 4

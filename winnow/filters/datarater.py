@@ -38,6 +38,7 @@ CPU scale (bench/LOG.md).
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import fields
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -51,7 +52,7 @@ from winnow.pipeline.documents import id_unit
 from winnow.pipeline.errors import KeyedValueError
 from winnow.pipeline.stage import Context, ShardRef
 from winnow.raters.datarater_config import MetaConfig
-from winnow.raters.datarater_scorer import GPU_META, HISTORY, DataRaterScorer, train_datarater
+from winnow.raters.datarater_scorer import CHECKPOINTS, GPU_META, HISTORY, DataRaterScorer, train_datarater
 from winnow.raters.fasttext_rater import FastTextScorer, fasttext_training_flops, train_fasttext
 
 DISTILLED = "distilled_fasttext.bin"   # the classifier `distill: fasttext` trains, in the stage folder
@@ -197,12 +198,15 @@ class DataRaterStage(QualityStage):
         return float(summary["flops"]["total"])
 
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
+        if ctx.force:   # meta-training resumes from its checkpoint, even a finished one: --force trains afresh
+            shutil.rmtree(Path(ctx.workdir).parent / self.model_file / CHECKPOINTS, ignore_errors=True)
         state = super().fit(shards, ctx)
         rater = state.get("distill", {}).get("rater", state["model"])
         history = Path(rater or "") / HISTORY
         if rater and history.exists():
             h = json.loads(history.read_text())
-            state["meta"] = {"steps": h["meta_steps"], "averaged_steps": h.get("averaged_steps", 0), "outer": h["outer"], "inner_documents": h["inner_documents"],
+            state["meta"] = {"steps": h["meta_steps"], "averaged_steps": h.get("averaged_steps", 0),
+                             "outer": h["outer"], "inner_documents": h["inner_documents"],
                              "outer_documents": h["outer_documents"], "meta_loss": thinned(h["meta_loss"]),
                              "uniform_outer_loss": thinned(h.get("uniform_outer_loss", [])),
                              "scoring_flops_per_token": h["scoring_flops_per_token"]}

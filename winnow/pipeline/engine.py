@@ -262,7 +262,7 @@ class Engine:
         stage_dir.mkdir(parents=True, exist_ok=True)
         config_hash = stable_hash({"stage": stage.name, "version": stage.version, "params": params,
                                    "seed": self.seed})
-        ctx = Context(client=self.client, seed=self.seed, workdir=str(stage_dir / "_fit"))
+        ctx = Context(client=self.client, seed=self.seed, workdir=str(stage_dir / "_fit"), force=self.force)
         shards = stage.inputs(upstream, ctx)
 
         t_fit = time.perf_counter()

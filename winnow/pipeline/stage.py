@@ -134,6 +134,7 @@ class Context:
     seed: int
     workdir: str
     config: Any = None
+    force: bool = False   # `run --force`: the fit starts afresh, nothing it saved before is resumed
 
     def n_workers(self) -> int:
         hint = getattr(self.client, "worker_count_hint", None)  # a cluster not started yet knows its size

@@ -19,6 +19,7 @@ import numpy as np
 from winnow.raters.scorer import Scorer, cached, file_key, inference, resolve_device
 
 RATER_WEIGHTS, RATER_CONFIG, HISTORY, TOKENIZER = "rater.safetensors", "rater.json", "history.json", "tokenizer.json"
+CHECKPOINTS = "checkpoint"   # meta-training state under the rater's folder, one subfolder per config and data
 # Defaults on a CUDA device, where inner-model scale is what rater quality depends on (the paper:
 # 400M > 150M inner models); `meta:` keys still override each. Not yet run on a GPU.
 GPU_META = {"inner_d": 256, "inner_layers": 4, "inner_heads": 4, "n_models": 4, "rater_d": 128, "rater_layers": 2,
@@ -63,7 +64,7 @@ def train_datarater(pool: list[str], target: list[str], folder: str, meta: dict,
     for text in inner + ["\x00outer"] + outer:
         key.update(text.encode("utf-8", "surrogatepass"))
     rater, history = meta_train(cfg, state.vocab_size, inner_rows, outer_rows, log=log,
-                                checkpoint_dir=os.path.join(folder, "checkpoint", key.hexdigest()))
+                                checkpoint_dir=os.path.join(folder, CHECKPOINTS, key.hexdigest()))
     tok.save(os.path.join(folder, TOKENIZER))
     save_file({k: v.detach().contiguous().cpu() for k, v in rater.state_dict().items()},
               os.path.join(folder, RATER_WEIGHTS))
