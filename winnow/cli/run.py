@@ -15,7 +15,8 @@ import click
 @click.argument("config", type=click.Path(dir_okay=False))
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="override a config key (dotted path, value parsed as YAML); repeatable")
-@click.option("--force", is_flag=True, help="redo every shard even where the manifest says it is done")
+@click.option("--force", is_flag=True, help="redo every fit and shard, even where the manifest says it is done "
+              "(the DataRater meta-trains afresh instead of resuming its checkpoint)")
 @click.option("--quiet", is_flag=True, help="no progress bars; print only the funnel")
 def run(config: str, overrides: tuple[str, ...], force: bool, quiet: bool) -> None:
     """Run the pipeline in CONFIG and print the funnel.
