@@ -677,8 +677,7 @@ class MetaTrainer:
         if not self.averaged:
             return self.rater
         rater = copy.deepcopy(self.rater)
-        rater.load_state_dict({k: (v / self.averaged).to(self.dtype) if v.is_floating_point() else v
-                               for k, v in self.rater_sum.items()})
+        rater.load_state_dict(mean_weights(self.rater.state_dict(), self.rater_sum, self.averaged))
         return rater
 
     # -- checkpoints (weights_only-loadable: tensors, dicts, lists, ints, floats, strings) ------
@@ -745,9 +744,16 @@ def load_rater(path: str | os.PathLike, device: str = "cpu") -> DataRater:
     weights averaged so far under `average_tail`, else the latest)."""
     state = torch.load(Path(path), map_location=device, weights_only=True)
     saved = {"rater_positions": True, **state["config"]}   # checkpoints from before the option had positions
-    cfg = MetaConfig(**{k: tuple(v) if k.endswith("betas") else v for k, v in saved.items()})
+    cfg = MetaConfig.from_overrides(saved)
     rater = DataRater(cfg.rater_config(state["vocab_size"]))
-    averaged = state.get("averaged", 0)
-    rater.load_state_dict({k: (state["rater_sum"][k] / averaged).to(v.dtype) if averaged and v.is_floating_point()
-                           else v for k, v in state["rater"].items()})
+    rater.load_state_dict(mean_weights(state["rater"], state.get("rater_sum", {}), state.get("averaged", 0)))
     return rater.to(device).eval()
+
+
+def mean_weights(latest: dict[str, torch.Tensor], rater_sum: dict[str, torch.Tensor],
+                 averaged: int) -> dict[str, torch.Tensor]:
+    """The rater's weights as a fit returns them: the float64 running sum over `averaged` meta-steps divided
+    out, in each weight's own dtype; `latest` itself when no step was averaged."""
+    if not averaged:
+        return latest
+    return {k: (rater_sum[k] / averaged).to(v.dtype) if v.is_floating_point() else v for k, v in latest.items()}
