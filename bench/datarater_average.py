@@ -123,16 +123,15 @@ def target_data(pool_dir: Path):
     return [t for t, _ in inner], target, np.array([py for _, py in inner]), state
 
 
-def frozen_run(pool_dir: Path, rater_state: dict | None, inner_seed: int) -> list[float]:
-    """Target loss after 100, 200 and 300 steps of a fresh inner model trained with the rater's weights
-    (None: uniform), on one thread."""
+def frozen_run(rows: tuple, vocab_size: int, rater_state: dict | None, inner_seed: int) -> list[float]:
+    """Target loss after 100, 200 and 300 steps of a fresh inner model trained on `rows` (inner, outer) with the
+    rater's weights (None: uniform), on one thread."""
     import torch
 
     from winnow.proxy.model import ProxyLM
     from winnow.raters.datarater import (
         MetaConfig,
         _batch,
-        document_chunks,
         outer_loss,
         per_row_loss,
         row_weights,
@@ -141,26 +140,24 @@ def frozen_run(pool_dir: Path, rater_state: dict | None, inner_seed: int) -> lis
     )
 
     torch.set_num_threads(1)
-    inner, target, _, state = target_data(pool_dir)
+    inner_rows, outer_rows = rows
     cfg = MetaConfig()
-    inner_rows, _ = document_chunks(inner, state, cfg.seq_len, 4)
-    outer_rows, _ = document_chunks(target, state, cfg.seq_len, 4)
-    rater = None if rater_state is None else rater_from(cfg, state.vocab_size, rater_state)
+    rater = None if rater_state is None else rater_from(cfg, vocab_size, rater_state)
     torch.manual_seed(1000 + inner_seed)
-    lm = ProxyLM(cfg.inner_config(state.vocab_size))
+    lm = ProxyLM(cfg.inner_config(vocab_size))
     opt = torch.optim.Adam(lm.parameters(), lr=cfg.inner_lr, betas=cfg.inner_betas, eps=cfg.inner_eps)
     draws = torch.Generator().manual_seed(inner_seed)
     cpu, losses = torch.device("cpu"), []
     everything = _batch(outer_rows, torch.arange(len(outer_rows)), cpu)
     for step in range(1, FROZEN_STEPS + 1):
         batch = _batch(inner_rows, torch.randint(0, len(inner_rows), (FROZEN_BATCH,), generator=draws), cpu)
-        rows = per_row_loss(lm, dict(lm.named_parameters()), batch)
+        row_losses = per_row_loss(lm, dict(lm.named_parameters()), batch)
         if rater is None:
-            loss = token_mean(rows, target_tokens(batch))
+            loss = token_mean(row_losses, target_tokens(batch))
         else:
             with torch.no_grad():
                 weights = row_weights(rater(batch["input_ids"], batch["segment_ids"] > 0), cfg, target_tokens(batch))
-            loss = (weights * rows).sum()
+            loss = (weights * row_losses).sum()
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -183,7 +180,10 @@ def target_seed(pool_dir: Path, seed: int, inner_seeds: list[int], lengths: tupl
     fit_seconds = time.perf_counter() - t0
     jobs = [(name, s) for name in raters for s in inner_seeds]
     with ProcessPoolExecutor(2) as pool:
-        runs = list(pool.map(frozen_run, [pool_dir] * len(jobs), [raters[n] for n, _ in jobs], [s for _, s in jobs]))
+        # the rows go to each run as data: reading the pool and training its BPE again per run would only
+        # repeat what was done here
+        runs = list(pool.map(frozen_run, [(inner_rows, outer_rows)] * len(jobs), [state.vocab_size] * len(jobs),
+                             [raters[n] for n, _ in jobs], [s for _, s in jobs]))
     losses = {name: [r for (n, _), r in zip(jobs, runs, strict=True) if n == name] for name in raters}
     uniform = np.array(losses["uniform"])
     result = {}
