@@ -199,7 +199,7 @@ class DataRaterStage(QualityStage):
 
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
         if ctx.force:   # meta-training resumes from its checkpoint, even a finished one: --force trains afresh
-            shutil.rmtree(Path(ctx.workdir).parent / self.model_file / CHECKPOINTS, ignore_errors=True)
+            shutil.rmtree(self.trained_model_path(ctx) / CHECKPOINTS, ignore_errors=True)
         state = super().fit(shards, ctx)
         rater = state.get("distill", {}).get("rater", state["model"])
         history = Path(rater or "") / HISTORY

@@ -180,6 +180,10 @@ class QualityStage(Stage):
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         raise NotImplementedError
 
+    def trained_model_path(self, ctx: Context) -> Path:
+        """Where `fit` trains this stage's model (`model_file` in the stage folder)."""
+        return Path(ctx.workdir).parent / self.model_file
+
     # fit: model, scores, cut
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:
         p = self.params
@@ -197,7 +201,7 @@ class QualityStage(Stage):
                 facts["reused_model_training_flops"] = json.loads(Path(model + FIT_COST).read_text())["training_flops"]
         else:
             pos, neg = self.training_texts(shards, rows, ctx)
-            model = str(Path(ctx.workdir).parent / self.model_file)
+            model = str(self.trained_model_path(ctx))
             texts = ctx.client.scatter([pos, neg])  # tens of MB: sent once as data, not inside the task graph
             facts["training_flops"] = ctx.map(_train, [(self, *texts, model)], resources=gpu)[0]
             facts.update(positives=len(pos), negatives=len(neg))
