@@ -153,14 +153,15 @@ def test_best_fit_matches_a_brute_force_packer():
 
 def test_segment_cuts_never_split_a_pre_token():
     """The fast path cuts texts into segments and splits each (all of a batch's joined by NUL) with the
-    GPT-2 pattern: on real text, the pieces must be those of the pattern on the whole text."""
+    GPT-2 pattern, or takes it whole when it is one pre-token as it stands: on real and on fuzzed text,
+    the pieces must be those of the pattern on the whole text."""
     from itertools import chain
 
     import regex
 
-    from winnow.tokenize.word_encoder import GPT2_PATTERN, JOINED_PATTERN, _segments
+    from winnow.tokenize.word_encoder import GPT2_PATTERN, JOINED_PATTERN, SINGLE_PRE_TOKEN, _segments
 
-    texts = _real_texts() + ["a  b", " \n x", "x\u00a0 y", "end \t"]
+    texts = _real_texts() + ["a  b", " \n x", "x\u00a0 y", "end \t"] + _fuzzed_texts(3000)
     segments, per_text = _segments(pa.array(texts, pa.large_string()))
     parts = segments.to_pylist()
     assert per_text.sum() == len(parts) > 3 * len(texts) and "".join(parts) == "".join(texts)
@@ -168,8 +169,23 @@ def test_segment_cuts_never_split_a_pre_token():
     one_by_one = [pattern.findall(part) for part in parts]
     ends = np.cumsum(per_text)
     for text, end, n in zip(texts, ends, per_text, strict=True):
-        assert list(chain.from_iterable(one_by_one[end - n:end])) == pattern.findall(text)
+        assert list(chain.from_iterable(one_by_one[end - n:end])) == pattern.findall(text), repr(text)
     assert joined.findall("\x00".join(parts)) == list(chain.from_iterable(p + ["\x00"] for p in one_by_one))[:-1]
+    single = pc.match_substring_regex(segments, SINGLE_PRE_TOKEN).to_numpy(zero_copy_only=False)
+    assert 0.3 < single.mean() < 1
+    assert all(pieces == [part] for part, pieces, one in zip(parts, one_by_one, single, strict=True) if one)
+
+
+def _fuzzed_texts(n: int) -> list[str]:
+    """Short random strings over the characters where pre-token rules meet: letters, digits and symbols
+    side by side, the apostrophe and the letters of the contractions ('s 't 're 've 'm 'll 'd), spaces,
+    tabs, newlines, NBSP and ideographic spaces, accented and CJK letters, control bytes."""
+    import random
+
+    rng = random.Random(0)
+    alphabet = list("aZ09'  \n\t\r.,;:!?()[]\"-_/\\@#$%&*+=<>|~`^{}") + \
+        ["s", "t", "re", "ve", "m", "ll", "d", "\u00e9", "\u4e2d", "\u00a0", "\u3000", "\x7f", "\x1f", "\x0b"]
+    return ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 40))) for _ in range(n)]
 
 
 def test_bm25_rows_are_more_related_than_concat(packed_run):
@@ -213,7 +229,7 @@ def _real_texts() -> list[str]:
 
 
 def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch):
-    from tokenizers import normalizers
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers
 
     import winnow.tokenize.word_encoder as word_encoder
     from winnow.tokenize.tokenize_stage import TokenizeParams, TokenizerState, TokenizeStage
@@ -221,6 +237,7 @@ def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch
 
     texts = _real_texts()
     tok = train_bpe(texts[:200], 1024)
+    texts += _fuzzed_texts(2000)
     expected = [tok.encode(t, add_special_tokens=False).ids for t in texts]
     assert any(0 in ids[1:] for ids in expected)   # the spliced EOS is split out as a token inside documents
 
@@ -245,11 +262,27 @@ def test_word_encoder_gives_the_ids_of_tokenizer_encode_on_real_text(monkeypatch
     # respect: runs of spaces and newlines, tabs, NBSP and ideographic spaces beside ASCII ones, NUL,
     # texts that start or end in whitespace or hold nothing else
     edges = ["  lead", "trail  ", "a  b   c\n\n\nd \n e\t\tf", "x\u00a0 y \u00a0z\u3000 w", "nul\x00 here \x00",
-             "\n", "\t \n ", "it's  'll 12  3.5 ?!  ok", "\u4e2d\u6587 \u4e2d  x"]
+             "\n", "\t \n ", "it's  'll 12  3.5 ?!  ok", "\u4e2d\u6587 \u4e2d  x",
+             # encoded whole by tokenizers (an engine-differing letter): its own split, spaces and all
+             "\u0558 a  b    c\n\n\n\n  d        e.  The  end,  \u0558ok"]
     column = pa.array(["pad"] * 3 + edges + texts[:40], pa.large_string()).slice(3)
     values, lengths = WordEncoder(tok, tok.to_str()).encode(column)
     assert lengths.tolist() == [len(tok.encode(t, add_special_tokens=False).ids) for t in edges + texts[:40]]
     assert values.tolist() == [i for t in edges + texts[:40] for i in tok.encode(t, add_special_tokens=False).ids]
+
+    # merges need not stay inside pre-tokens: one that joins a letter to the space after it ("e" + "Ġ") applies
+    # only where tokenizers encodes a text whole (the engine-differing letter) and never to a pre-token
+    config = json.loads(tok.to_str())
+    config["model"]["vocab"]["e\u0120"] = max(config["model"]["vocab"].values()) + 1
+    config["model"]["merges"].insert(0, ["e", "\u0120"])
+    crossing, unsplit = Tokenizer.from_str(json.dumps(config)), Tokenizer.from_str(json.dumps(config))
+    unsplit.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    texts_with_spaces = [t for t in texts if "\u0558" in t] + edges
+    expected = [crossing.encode(t, add_special_tokens=False).ids for t in texts_with_spaces]
+    # (a text encoded without its split would get other ids)
+    assert sum(ids != unsplit.encode(t, add_special_tokens=False).ids for t, ids in zip(texts_with_spaces, expected, strict=True)) >= 5
+    values, lengths = WordEncoder(crossing, crossing.to_str()).encode(texts_with_spaces)
+    assert values.tolist() == [i for ids in expected for i in ids]
 
     # a tokenizer outside the covered shape (a normalizer) is encoded by tokenizers itself
     tok.normalizer = normalizers.NFKC()

@@ -4,15 +4,20 @@ add_special_tokens=False)`, several times faster for GPT-2-style byte-level BPE 
 Why it is faster: `tokenizers` spends most of its time pre-tokenizing (the GPT-2 regex on Oniguruma,
 one NormalizedString and one String per piece), not in BPE. A BPE token never crosses a pre-token,
 so a document's ids are the concatenation of its pre-tokens' ids, each encoded alone. Here:
-- documents are cut into segments, each a whitespace run then a non-whitespace run, with numpy on the
-  Arrow UTF-8 buffer (a cut where an ASCII space follows an ASCII non-space: no pre-token of the
-  pattern spans such a place, so a segment's pre-tokens are those the whole text has there);
-- each distinct segment is split by the same regex on Python's `regex` module (C, 5x faster than
-  Oniguruma), all of a batch's new segments in one call, and kept in a per-thread cache with its ids;
-  web text repeats its segments (" the", " of", ...): a batch of 1,024 web pages holds 4-7x fewer
-  distinct segments than segments, and the cache carries them from batch to batch;
-- each distinct pre-token is encoded once by the real tokenizer and cached too, and the ids of a batch
-  are gathered with numpy into one buffer: no Python object per token or per segment.
+- documents are cut into segments with numpy on the Arrow UTF-8 buffer, at two kinds of places where
+  no pre-token of the pattern can span: where an ASCII whitespace byte follows an ASCII non-whitespace
+  byte, and where two ASCII non-whitespace bytes of different classes meet (letter, digit, other
+  symbol; the apostrophe, which starts the contractions 's 't ..., is in no class). A segment is a
+  whitespace run then a run of one class, or a run holding non-ASCII bytes or apostrophes; its
+  pre-tokens are those the whole text has there;
+- each distinct segment is split once and kept in a per-thread cache with its ids. A segment that is
+  an optional space and one class run is a single pre-token and needs no split (59% of the new
+  segments of the web sample); the others are split by the same regex on Python's `regex` module
+  (C, 5x faster than Oniguruma), all of a batch's in one call. Web text repeats its segments
+  (" the", ","): the cache carries them from batch to batch;
+- each distinct pre-token is encoded once by the real tokenizer, with its pre-tokenizer's regex off
+  (each is one pre-token already: the split would give it back whole), and cached too; the ids of a
+  batch are gathered with numpy into one buffer: no Python object per token or per segment.
 
 When it is exact, and what it checks:
 - the tokenizer must be the shape the argument covers (`supports`): no normalizer, a lone
@@ -40,6 +45,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import regex
+from tokenizers import Tokenizer, pre_tokenizers
 
 # tokenizers' ByteLevel pre-tokenizer pattern (pre_tokenizers/byte_level.rs)
 GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -88,6 +94,11 @@ class WordEncoder:
         self.fast = (supports(config) and not getattr(tokenizer, "encode_special_tokens", False)
                      and self._same_split(SELF_CHECK) and self._segments_split_alike(SELF_CHECK))
         if self.fast:
+            # pre-tokens go to BPE through a copy without the split: each is one pre-token already
+            self._word_tok = Tokenizer.from_str(json_text)
+            self._word_tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+            self.fast = self._words_encode_alike(SELF_CHECK)
+        if self.fast:
             self._check_chars(_ASCII)
             # only non-ASCII text is scanned for differing characters later: an ASCII one turns the path off
             self.fast = not self._differs
@@ -111,10 +122,7 @@ class WordEncoder:
     def _needs_whole_text_split(self, arr: pa.Array) -> np.ndarray:
         """Which texts hold NUL or an added token (split by the regex whole) or a character the regex
         engines class differently (encoded whole by tokenizers): boolean per text."""
-        found = pc.match_substring(arr, "\x00")
-        for token in self._added_texts:
-            found = pc.or_(found, pc.match_substring(arr, token))
-        needs = found.to_numpy(zero_copy_only=False)
+        needs = _holding(arr, ["\x00", *self._added_texts])
         non_ascii = np.flatnonzero(~pc.string_is_ascii(arr).to_numpy(zero_copy_only=False))
         if non_ascii.size:
             rows = arr.take(pa.array(non_ascii))
@@ -127,67 +135,87 @@ class WordEncoder:
         return needs
 
     def _encode_by_pieces(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Each text split by the regex whole, or kept whole if it holds a differing character."""
-        whole = self._texts_with_differing_chars(texts)
-        pieces = [[text] if i in whole else self._pieces(text) for i, text in enumerate(texts)]
+        """Each text split by the regex whole, or, if it holds a differing character, encoded by tokenizers
+        whole (with its own split: the cached words are encoded without one)."""
+        whole = np.zeros(len(texts), bool)
+        whole[list(self._texts_with_differing_chars(texts))] = True
+        pieces = [self._pieces(text) for text, alone in zip(texts, whole, strict=True) if not alone]
         n_words = np.fromiter(map(len, pieces), np.int64, len(pieces))
         words = pa.array(list(chain.from_iterable(pieces)), pa.large_string()).dictionary_encode()
-        slots = self._slots(words.dictionary.to_pylist())[words.indices.to_numpy()]
-        return self._word_ids.gather(slots, n_words)
+        by_pieces = self._word_ids.gather(self._slots(words.dictionary)[words.indices.to_numpy()], n_words)
+        if not whole.any():
+            return by_pieces
+        return _interleave(whole, by_pieces, self._encode_batch_fast([t for t, alone in zip(texts, whole, strict=True) if alone]))
 
     def _encode_by_segments(self, arr: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         segments, per_text = _segments(arr)
         distinct = segments.dictionary_encode()
-        slots = self._segment_slots(distinct.dictionary.to_pylist())[distinct.indices.to_numpy()]
+        slots = self._segment_slots(distinct.dictionary)[distinct.indices.to_numpy()]
         return self._segment_ids.gather(slots, per_text)
 
-    def _segment_slots(self, segments: list[str]) -> np.ndarray:
-        """Each segment's slot in the segment cache, splitting and encoding the ones not yet there."""
-        slots, new = self._segment_ids.find(segments)
+    def _segment_slots(self, segments: pa.LargeStringArray) -> np.ndarray:
+        """Each distinct segment's slot in the segment cache, splitting and encoding the ones not yet there."""
+        keys = segments.to_pylist()
+        slots, new = self._segment_ids.find(keys)
         if new.size:
-            new_segments = [segments[i] for i in new]
-            # all new segments split in one regex call, NUL between them (module docstring)
-            pieces = pa.array(self._joined.findall("\x00".join(new_segments)), pa.large_string())
-            joiner = pc.equal(pieces, "\x00").to_numpy(zero_copy_only=False)
-            n_words = np.diff(np.concatenate([[-1], np.flatnonzero(joiner), [joiner.size]])) - 1
-            words = pieces.filter(pa.array(~joiner)).dictionary_encode()
-            word_slots = self._slots(words.dictionary.to_pylist())[words.indices.to_numpy()]
-            slots[new] = self._segment_ids.add(new_segments, *self._word_ids.gather(word_slots, n_words))
+            new_segments = segments.take(pa.array(new))
+            single = pc.match_substring_regex(new_segments, SINGLE_PRE_TOKEN).to_numpy(zero_copy_only=False)
+            words, n_words = self._split(new_segments.filter(pa.array(~single)))
+            # the single pre-tokens first, then the split segments: each segment's words consecutive
+            order = np.concatenate([new[single], new[~single]])
+            words = pa.concat_arrays([new_segments.filter(pa.array(single)), words]).dictionary_encode()
+            word_slots = self._slots(words.dictionary)[words.indices.to_numpy()]
+            n_words = np.concatenate([np.ones(int(single.sum()), np.int64), n_words])
+            slots[order] = self._segment_ids.add([keys[i] for i in order], *self._word_ids.gather(word_slots, n_words))
         return slots
 
-    def _encode_batch_fast(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        ids_per_doc = [enc.ids for enc in self.tok.encode_batch_fast(texts, add_special_tokens=False)]
+    def _split(self, segments: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray]:
+        """The pre-tokens of many segments, split in one regex call with NUL between them (module
+        docstring): (all pre-tokens in order, pre-tokens per segment)."""
+        if not len(segments):
+            return pa.array([], pa.large_string()), np.zeros(0, np.int64)
+        pieces = pa.array(self._joined.findall("\x00".join(segments.to_pylist())), pa.large_string())
+        joiner = pc.equal(pieces, "\x00").to_numpy(zero_copy_only=False)
+        n_words = np.diff(np.concatenate([[-1], np.flatnonzero(joiner), [joiner.size]])) - 1
+        return pieces.filter(pa.array(~joiner)), n_words
+
+    def _encode_batch_fast(self, texts: list[str], tok=None) -> tuple[np.ndarray, np.ndarray]:
+        encodings = (tok or self.tok).encode_batch_fast(texts, add_special_tokens=False)
+        ids_per_doc = [enc.ids for enc in encodings]
         lengths = np.fromiter(map(len, ids_per_doc), np.int64, len(ids_per_doc))
         return np.fromiter(chain.from_iterable(ids_per_doc), np.uint32, int(lengths.sum())), lengths
 
-    def _encode_words(self, words: list[str]) -> tuple[list[int], np.ndarray, np.ndarray]:
-        """The ids of `words` in the order returned first. Pieces go joined by an added token,
-        WORDS_PER_SEQUENCE to a sequence: tokenizers splits added tokens out before it pre-tokenizes,
-        so each piece is still encoded alone, with one Encoding per sequence instead of one per piece.
-        A piece that holds an added token goes alone."""
+    def _encode_words(self, words: pa.LargeStringArray, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`words` (as Arrow, and as `texts`) → (positions in `words`, the ids of the words at those
+        positions, ids per word). Pre-tokens go joined by an added token, WORDS_PER_SEQUENCE to a sequence:
+        tokenizers splits added tokens out before it pre-tokenizes, so each is still encoded alone, with
+        one Encoding per sequence instead of one per pre-token. A pre-token that holds an added token
+        goes alone, through the tokenizer itself (an added token is its own piece there)."""
         if self._sep is None:
-            return list(range(len(words))), *self._encode_batch_fast(words)
-        plain = [i for i, w in enumerate(words) if self._added.search(w) is None]
-        alone = sorted(set(range(len(words))) - set(plain))
+            return np.arange(len(texts)), *self._encode_batch_fast(texts, self._word_tok)
+        holds_added = _holding(words, self._added_texts)
+        plain, alone = np.flatnonzero(~holds_added), list(np.flatnonzero(holds_added))
         order, values, lengths = [], [], []
         chunks = [plain[s:s + WORDS_PER_SEQUENCE] for s in range(0, len(plain), WORDS_PER_SEQUENCE)]
-        encodings = self.tok.encode_batch_fast([self._sep_text.join(words[i] for i in chunk) for chunk in chunks],
-                                               add_special_tokens=False)
+        encodings = self._word_tok.encode_batch_fast([self._sep_text.join([texts[i] for i in chunk]) for chunk in chunks],
+                                                     add_special_tokens=False)
         for chunk, enc in zip(chunks, encodings, strict=True):
             ids = np.asarray(enc.ids, np.uint32)
             seps = np.flatnonzero(ids == self._sep)
             if seps.size != len(chunk) - 1:   # a piece's own BPE gave the separator's id: no joining
                 alone.extend(chunk)
                 continue
-            order.extend(chunk)
+            order.append(chunk)
             values.append(np.delete(ids, seps))
             lengths.append(np.diff(np.concatenate([[-1], seps, [ids.size]])) - 1)
         if alone:
-            alone_values, alone_lengths = self._encode_batch_fast([words[i] for i in alone])
-            order.extend(alone)
+            alone_values, alone_lengths = self._encode_batch_fast([texts[i] for i in alone])
+            order.append(np.asarray(alone, np.int64))
             values.append(alone_values)
             lengths.append(alone_lengths)
-        return order, np.concatenate(values), np.concatenate(lengths)
+        if not order:
+            return np.zeros(0, np.int64), np.zeros(0, np.uint32), np.zeros(0, np.int64)
+        return np.concatenate(order), np.concatenate(values), np.concatenate(lengths)
 
     def _pieces(self, text: str) -> list[str]:
         """The pre-tokens of `text`; an added token is one piece, its content."""
@@ -201,13 +229,14 @@ class WordEncoder:
         pieces.extend(self._pattern.findall(text[pos:]))
         return pieces
 
-    def _slots(self, words: list[str]) -> np.ndarray:
-        """Each word's slot in the cache, encoding the words not yet there."""
-        slots, new = self._word_ids.find(words)
+    def _slots(self, words: pa.LargeStringArray) -> np.ndarray:
+        """Each distinct word's slot in the word cache, encoding the words not yet there."""
+        keys = words.to_pylist()
+        slots, new = self._word_ids.find(keys)
         if new.size:
-            order, values, lengths = self._encode_words([words[i] for i in new])
+            order, values, lengths = self._encode_words(words.take(pa.array(new)), [keys[i] for i in new])
             new = new[order]
-            slots[new] = self._word_ids.add([words[i] for i in new], values, lengths)
+            slots[new] = self._word_ids.add([keys[i] for i in new], values, lengths)
         return slots
 
     def _texts_with_differing_chars(self, texts: list[str]) -> set[int]:
@@ -237,8 +266,22 @@ class WordEncoder:
         return (list(chain.from_iterable(one_by_one)) == self._pattern.findall(text)
                 and self._joined.findall("\x00".join(parts)) == joined)
 
+    def _words_encode_alike(self, text: str) -> bool:
+        """Whether the pre-tokens of `text` get the same ids from the tokenizer and from its copy without the split."""
+        pieces = self._pattern.findall(text)
+        return ([e.ids for e in self._word_tok.encode_batch_fast(pieces, add_special_tokens=False)]
+                == [e.ids for e in self.tok.encode_batch_fast(pieces, add_special_tokens=False)])
+
     def _same_split(self, text: str) -> bool:
         return [m.span() for m in self._pattern.finditer(text)] == [span for _, span in self._pre.pre_tokenize_str(text)]
+
+
+def _holding(arr: pa.Array, needles: list[str]) -> np.ndarray:
+    """Which strings of `arr` hold any of `needles`: boolean per string."""
+    found = np.zeros(len(arr), bool)
+    for needle in needles:
+        found |= pc.match_substring(arr, needle).to_numpy(zero_copy_only=False)
+    return found
 
 
 _NON_ASCII = regex.compile(r"[^\x00-\x7f]+")
@@ -247,9 +290,28 @@ _WHITESPACE_BYTE = np.array([regex.match(r"\s", chr(b)) is not None for b in ran
 _NON_WHITESPACE_ASCII_BYTE = ~_WHITESPACE_BYTE & (np.arange(256) < 128)
 
 
+def _byte_class(byte: int) -> int:
+    """1 letter, 2 digit, 3 other printable symbol: a run of one of these classes ends where the class
+    changes, in every branch of the pattern. 0 for the rest: whitespace, control bytes, the apostrophe
+    (it starts the contractions 's 't ...) and every byte of a non-ASCII character."""
+    char = chr(byte)
+    if byte >= 128 or char == "'" or not char.isprintable() or regex.match(r"\s", char):
+        return 0
+    return 1 if regex.match(r"\p{L}", char) else 2 if regex.match(r"\p{N}", char) else 3
+
+
+_CLASS = np.array([_byte_class(b) for b in range(256)], np.int8)
+# a cut between bytes (a, b), indexed by a * 256 + b: whitespace after non-whitespace, or two classes meeting
+_CUT = (np.outer(_NON_WHITESPACE_ASCII_BYTE, _WHITESPACE_BYTE)
+        | ((_CLASS[:, None] != _CLASS[None, :]) & (_CLASS[:, None] > 0) & (_CLASS[None, :] > 0))).ravel()
+# a segment that is one pre-token as it stands: an optional space, then one run of one class
+_RUNS = ["[" + "".join(f"\\x{b:02x}" for b in range(128) if _CLASS[b] == cls) + "]+" for cls in (1, 2, 3)]
+SINGLE_PRE_TOKEN = "^ ?(?:" + "|".join(_RUNS) + ")$"
+
+
 def _segments(arr: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray]:
-    """The texts cut where an ASCII whitespace byte follows an ASCII non-whitespace byte (module
-    docstring): (every segment in text order, a view on the same UTF-8 buffer; segments per text)."""
+    """The texts cut where no pre-token can span (module docstring): (every segment in text order, a view
+    on the same UTF-8 buffer; segments per text)."""
     _, offsets_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, np.int64)[arr.offset:arr.offset + len(arr) + 1]
     if data_buf is None:   # every text empty
@@ -257,7 +319,9 @@ def _segments(arr: pa.LargeStringArray) -> tuple[pa.LargeStringArray, np.ndarray
     data = np.frombuffer(data_buf, np.uint8)
     text = data[offsets[0]:offsets[-1]]
     starts = np.zeros(text.size + 1, bool)
-    starts[1:-1] = _WHITESPACE_BYTE[text[1:]] & _NON_WHITESPACE_ASCII_BYTE[text[:-1]]
+    pairs = text[:-1].astype(np.uint16) << 8
+    pairs |= text[1:]
+    starts[1:-1] = _CUT[pairs]
     # text starts are cuts too, and the end closes the last segment; an empty text adds none
     starts[offsets - offsets[0]] = True
     bounds = np.flatnonzero(starts) + offsets[0]
