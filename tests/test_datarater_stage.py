@@ -187,3 +187,28 @@ def test_force_meta_trains_again_instead_of_resuming_its_finished_checkpoint(pla
     run(config, client, force=True)
     assert checkpoint.stat().st_mtime_ns != written
     assert json.loads((out / "01-datarater" / "_manifest.json").read_text())["meta"]["steps"] == 4
+
+
+def test_meta_training_progress_reaches_the_driver_console(planted, client, tmp_path):
+    """Meta-training runs in a worker for minutes (the quickstart's: ~100 s); its log lines are printed on
+    the driver under the stage's name as they come, not lost in the worker (before: a silent fit)."""
+    import io
+
+    from rich.console import Console
+
+    from winnow.pipeline.config import resolve
+    from winnow.pipeline.run import run_pipeline
+
+    _, pool, target = planted
+    stage = {"datarater": {"target": {"paths": [target], "heldout_fraction": 0.0}, "keep_top": 0.7, "pool_docs": 100,
+                           "meta": {"seq_len": 64, "prewarm": 5, "lifetime": 300, "meta_steps": 4, "log_every": 2,
+                                    "threads": 1}}}
+    captured = io.StringIO()
+    console = Console(file=captured, width=200)
+    config = {"input": {"paths": [pool]}, "output": str(tmp_path / "out"), "stages": [stage],
+              "engine": {"progress": True}}
+    run_pipeline(resolve(config), client=client, console=console)
+    lines = captured.getvalue().splitlines()
+    assert any(ln.startswith("01-datarater: datarater: meta-training on ") for ln in lines), lines
+    for step in ("1/4", "2/4", "4/4"):
+        assert any(ln.startswith(f"01-datarater: meta step {step} ") for ln in lines), (step, lines)

@@ -43,11 +43,17 @@ def test_web_subset_end_to_end_and_rerun_does_no_work(tmp_path, client):
     assert any(r.startswith("gopher_quality:") for r in heur["reasons"])
     first = final_shards(out)
     mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")}
+    accounts = {p: p.read_bytes() for p in out.glob("*/_manifest.json")}
+    run_seconds = json.loads((out / "_run.json").read_text())["wall_seconds"]
 
     again = run(config(out, files), client)
     assert all(s.skipped == len(s.records) for s in again.stages)       # every shard skipped
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.parquet")} == mtimes
     assert final_shards(out) == first
+    # the manifests and the run's wall time still describe the run that made the outputs: a rerun that
+    # redoes nothing does not put its own ~0 s in the funnel and the report's timings
+    assert {p: p.read_bytes() for p in out.glob("*/_manifest.json")} == accounts
+    assert json.loads((out / "_run.json").read_text())["wall_seconds"] == run_seconds
 
     ds = datasets.load_dataset("parquet", data_dir=str(result.final_dir), split="train")
     assert ds.num_rows == heur["totals"]["kept"] and {"id", "text"} <= set(ds.column_names)
@@ -164,17 +170,23 @@ def test_crawl_config_accounts_for_every_response_record(tmp_path, client, monke
 
 def check_quickstart(out, result, manifests) -> None:
     """The embedded default shows the product: dedup at three levels, a classifier trained on rows of
-    the pool itself (the standard library's docstrings), tokens packed, and the report written."""
+    the pool itself (the standard library's docstrings), the DataRater meta-learned against those rows,
+    tokens packed, and the report written."""
     import numpy as np
 
     from winnow.pipeline.documents import in_heldout_slice
 
     stages = [m["stage"] for m in manifests]
-    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality", "tokenize", "pack"):
+    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality", "datarater",
+                  "tokenize", "pack"):
         assert stage in stages
     by_stage = dict(zip(stages, manifests, strict=True))
-    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality"):
+    for stage in ("exact_dedup", "minhash_dedup", "line_dedup", "heuristics", "fasttext_quality", "datarater"):
         assert by_stage[stage]["totals"]["rejected"] > 0, stage
+    # the DataRater meta-trained with its CPU defaults against the stdlib rows, with its uniform-weight control
+    rater = by_stage["datarater"]
+    assert rater["meta"]["steps"] == 100 and rater["meta"]["outer"] == "target" and rater["meta"]["outer_documents"] > 20
+    assert rater["uniform_control"]["steps"][1] == 100
     from winnow.cli.run import write_report
 
     report = write_report(out)        # what `winnow run` does with outputs.report: true

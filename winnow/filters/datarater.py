@@ -37,6 +37,7 @@ CPU scale (bench/LOG.md).
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 from dataclasses import fields
@@ -48,6 +49,7 @@ import pyarrow as pa
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from winnow.filters.quality import Positives, QualityParams, QualityStage
+from winnow.pipeline import fit_progress
 from winnow.pipeline.documents import id_unit
 from winnow.pipeline.errors import KeyedValueError
 from winnow.pipeline.stage import Context, ShardRef
@@ -194,7 +196,8 @@ class DataRaterStage(QualityStage):
     def train(self, positives: list[str], negatives: list[str], path: str) -> float:
         p = self.params
         summary = train_datarater(negatives, positives, path, p.meta, p.vocab_size, p.outer_fraction,
-                                  seed=p.seed, device=p.device, threads=p.threads, log=lambda *a: None)
+                                  seed=p.seed, device=p.device, threads=p.threads,
+                                  log=functools.partial(fit_progress.report, path))   # on the driver's console
         return float(summary["flops"]["total"])
 
     def fit(self, shards: list[ShardRef], ctx: Context) -> dict[str, Any]:

@@ -52,10 +52,11 @@ from typing import Any
 
 import pyarrow as pa
 
+from winnow.pipeline import fit_progress
 from winnow.pipeline.config import stable_hash
 from winnow.pipeline.errors import ShardError, WinnowError
 from winnow.pipeline.faults import inject
-from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, write_manifest
+from winnow.pipeline.manifest import SHARDS_DIR, ShardRecord, manifest_describes, write_manifest
 from winnow.pipeline.remote_output import RemoteOutput
 from winnow.pipeline.shards import (
     TEMP_GLOB,
@@ -82,6 +83,7 @@ class StageResult:
     fit_seconds: float
     seconds: float
     outputs: list[ShardRef]
+    redone: bool = True   # fitted or ran a shard in this run (False: every output was up to date)
 
 
 class PeakRSS:
@@ -266,7 +268,7 @@ class Engine:
         shards = stage.inputs(upstream, ctx)
 
         t_fit = time.perf_counter()
-        state, state_key = self._fit(stage, shards, ctx, config_hash, stage_dir)
+        state, fitted = self._fit(stage, shards, ctx, config_hash, stage_dir)
         fit_seconds = time.perf_counter() - t_fit
 
         records: dict[str, ShardRecord] = {}
@@ -296,31 +298,40 @@ class Engine:
         if broken:
             raise ShardError("conservation broken", stage=stage.name, shard=",".join(broken))
         seconds = time.perf_counter() - t_stage
-        write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
-                       extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3),
-                              "driver_peak_rss": driver_peak_rss(), **stage.manifest_extra(state)})
+        if fitted or todo or not manifest_describes(stage_dir, config_hash, ordered):
+            write_manifest(stage_dir, stage.name, config_hash, params, ordered, fit_seconds,
+                           extra={"skipped_shards": skipped, "wall_seconds": round(seconds, 3),
+                                  "driver_peak_rss": driver_peak_rss(), **stage.manifest_extra(state)})
+        # else nothing was redone: the manifest goes on describing the run that made these outputs (its
+        # timings, its memory), instead of a rerun's ~0 s in the funnel and the report
         if self.remote is not None:
             self.remote.publish_stage(stage_dir, {ref.name for ref in shards})
         outputs = [ShardRef(name=r.shard, path=str(kept_path(stage_dir, r.shard)),
                             fingerprint=r.output_fingerprint) for r in ordered if r.rows_out]
-        return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs)
+        return StageResult(dirname, ordered, skipped, fit_seconds, seconds, outputs, redone=bool(fitted or todo))
 
     def _fit(self, stage: Stage, shards: list[ShardRef], ctx: Context, config_hash: str,
-             stage_dir: Path) -> tuple[Any, str]:
+             stage_dir: Path) -> tuple[Any, bool]:
+        """(the stage's fitted state, whether it was fitted now rather than read from its cache)."""
         state_key = stable_hash([config_hash, [s.fingerprint for s in shards]])
         if type(stage).fit is Stage.fit:
-            return None, state_key
+            return None, False
         cache = stage_dir / "_fit" / f"state-{state_key}.pkl"
         if cache.exists() and not self.force:
             state = load_signed(cache)
             if state is not None:
-                return state, state_key
+                return state, False
         if self.console is not None and self.progress:
             self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
-        state = stage.fit(shards, ctx)
+            # a fit that runs long in a worker (meta-training) reports its progress: printed as it comes
+            with fit_progress.shown(self.client, stage_dir,
+                                    lambda text: self.console.print(f"{stage_dir.name}: {text}", highlight=False)):
+                state = stage.fit(shards, ctx)
+        else:
+            state = stage.fit(shards, ctx)
         save_signed(state, cache)
         inject("after_fit", stage_dir)
-        return state, state_key
+        return state, True
 
     def _execute(self, dirname: str, stage: Stage, state: Any, todo: list, stage_dir: Path,
                  config_hash: str, total: int, skipped: int) -> dict[str, ShardRecord]:

@@ -102,6 +102,17 @@ def write_manifest(stage_dir: str | Path, stage: str, config_hash: str, params: 
     return manifest
 
 
+def manifest_describes(stage_dir: str | Path, config_hash: str, records: list[ShardRecord]) -> bool:
+    """Whether the stage's manifest on disk was written for exactly these shard records under this config."""
+    try:
+        manifest = json.loads((Path(stage_dir) / MANIFEST).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    # through JSON, as the manifest holds them (tuples become lists)
+    return (manifest.get("config_hash") == config_hash
+            and manifest.get("shards") == json.loads(json.dumps([asdict(r) for r in records])))
+
+
 def run_stage_dirs(out_dir: str | Path) -> list[str] | None:
     """The stage folders of the run whose config is in OUT/config.resolved.yaml (written when a run
     starts), in order; None when there is none. Folders left by a run of another config are not in it."""

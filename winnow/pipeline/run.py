@@ -109,10 +109,22 @@ def run_pipeline(config: ResolvedConfig, force: bool = False, client: Any = None
                "final_fingerprints": [r.output_fingerprint for r in results[-1].records],
                "dataset_stage": documents.dirname, "dataset_fingerprints": document_fingerprints,
                "wall_seconds": round(seconds, 3)}
+    previous = _read_json(out / "_run.json")
+    if not any(r.redone for r in results) and {**previous, "wall_seconds": summary["wall_seconds"]} == summary:
+        # a rerun that redid nothing: the record keeps the wall time of the run that made the outputs
+        summary["wall_seconds"] = previous.get("wall_seconds", summary["wall_seconds"])
     write_bytes_atomic(json.dumps(summary, indent=1).encode(), out / "_run.json")
     if remote is not None:
         remote.publish_tree()
     return RunResult(out, results, final_dir, seconds, out / documents.dirname, remote)
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        loaded = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return loaded if isinstance(loaded, dict) else {}
 
 
 def write_dataset(stage_dir: Path, target: Path, fingerprints: list[str], force: bool) -> None:
