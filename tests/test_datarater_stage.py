@@ -204,11 +204,12 @@ def test_meta_training_progress_reaches_the_driver_console(planted, client, tmp_
                            "meta": {"seq_len": 64, "prewarm": 5, "lifetime": 300, "meta_steps": 4, "log_every": 2,
                                     "threads": 1}}}
     captured = io.StringIO()
-    console = Console(file=captured, width=200)
+    console = Console(file=captured)   # not a terminal: 80 columns, as in a log file
     config = {"input": {"paths": [pool]}, "output": str(tmp_path / "out"), "stages": [stage],
               "engine": {"progress": True}}
     run_pipeline(resolve(config), client=client, console=console)
     lines = captured.getvalue().splitlines()
     assert any(ln.startswith("01-datarater: datarater: meta-training on ") for ln in lines), lines
-    for step in ("1/4", "2/4", "4/4"):
-        assert any(ln.startswith(f"01-datarater: meta step {step} ") for ln in lines), (step, lines)
+    for step in ("1/4", "2/4", "4/4"):   # each a whole line, not folded at 80 columns
+        assert any(ln.startswith(f"01-datarater: meta step {step} ") and " H(w) " in ln and ln.endswith("s")
+                   for ln in lines), (step, lines)

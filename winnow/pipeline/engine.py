@@ -325,7 +325,8 @@ class Engine:
             self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
             # a fit that runs long in a worker (meta-training) reports its progress: printed as it comes
             with fit_progress.shown(self.client, stage_dir,
-                                    lambda text: self.console.print(f"{stage_dir.name}: {text}", highlight=False)):
+                                    lambda text: self.console.print(f"{stage_dir.name}: {text}", highlight=False,
+                                                                    soft_wrap=True)):
                 state = stage.fit(shards, ctx)
         else:
             state = stage.fit(shards, ctx)
