@@ -83,18 +83,30 @@ def _profiling_in_worker(dask_worker) -> bool:
     return "profile" in dask_worker.periodic_callbacks
 
 
+def _worker_tick_ms(dask_worker) -> float:
+    """How often the worker's event-loop watchdog wakes (its periodic callback, not only the setting)."""
+    return dask_worker.periodic_callbacks["tick"].callback_time
+
+
+def _scheduler_tick_ms(dask_scheduler) -> float:
+    return dask_scheduler.periodic_callbacks["tick"].callback_time
+
+
 def test_workers_take_no_statistical_profile_unless_a_dashboard_shows_it():
     # the profiler's thread takes the GIL from a task every 10 ms to walk its stack; only the
     # dashboard reads what it gathers
     quiet = EngineConfig(n_workers=1, memory_limit="2GiB")
     with cluster.cluster_client(quiet) as client:
         assert set(client.run(_profiling_in_worker).values()) == {False}
+        # nor does any server wake every 20 ms to time its event loop: a worker's torch threads lost ~5% to it
+        assert set(client.run(_worker_tick_ms).values()) == {1000} and client.run_on_scheduler(_scheduler_tick_ms) == 1000
     shown = EngineConfig(n_workers=1, memory_limit="2GiB", dashboard="127.0.0.1:0")
     with cluster.cluster_client(shown) as client:
         assert set(client.run(_profiling_in_worker).values()) == {True}
     # a Slurm worker reads the setting from its job script's environment
     env = cluster.worker_env(quiet)
     assert env["DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED"] == "False"
+    assert env["DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL"] == "1s"
     import dask
 
     assert dask.config.collect(env={"DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False"}, paths=[])[

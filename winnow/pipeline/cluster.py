@@ -107,10 +107,19 @@ def worker_env(cfg: EngineConfig) -> dict[str, str]:
 
 
 def worker_config(cfg: EngineConfig) -> dict[str, Any]:
-    """Dask settings for the workers winnow starts. Without a dashboard nobody reads a worker's
-    statistical profile, and taking it costs: every 10 ms a thread takes the GIL from the task and
-    walks its stack (on a 60-frame Python stack, ~5% of a core and a wait for the task; bench/LOG.md)."""
-    return {} if dashboard_address(cfg) else {"distributed.worker.profile.enabled": False}
+    """Dask settings for the cluster winnow starts (scheduler, nannies, workers), each keeping the GIL
+    and the cores for tasks:
+    - every server's event-loop watchdog ("tick") wakes every 20 ms by default to time its own loop.
+      Each wake takes the GIL and a core from a task: a 2-thread torch generation in a worker ran ~5%
+      slower than alone (bench/LOG.md, session 16). Once a second still catches a loop blocked past
+      the 3 s warning limit;
+    - without a dashboard nobody reads a worker's statistical profile, and taking it costs: every
+      10 ms a thread takes the GIL from the task and walks its stack (on a 60-frame Python stack, ~5%
+      of a core and a wait for the task; bench/LOG.md)."""
+    settings: dict[str, Any] = {"distributed.admin.tick.interval": "1s"}
+    if not dashboard_address(cfg):
+        settings["distributed.worker.profile.enabled"] = False
+    return settings
 
 
 def slurm_processes(cfg: EngineConfig) -> int:
