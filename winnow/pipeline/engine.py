@@ -321,14 +321,13 @@ class Engine:
             state = load_signed(cache)
             if state is not None:
                 return state, False
+        progress: contextlib.AbstractContextManager = contextlib.nullcontext()
         if self.console is not None and self.progress:
             self.console.print(f"[bold]{stage_dir.name}[/]: fit over {len(shards)} shards…")
             # a fit that runs long in a worker (meta-training) reports its progress: printed as it comes
-            with fit_progress.shown(self.client, stage_dir,
-                                    lambda text: self.console.print(f"{stage_dir.name}: {text}", highlight=False,
-                                                                    soft_wrap=True)):
-                state = stage.fit(shards, ctx)
-        else:
+            progress = fit_progress.shown(self.client, stage_dir, lambda text: self.console.print(
+                f"{stage_dir.name}: {text}", highlight=False, soft_wrap=True))
+        with progress:
             state = stage.fit(shards, ctx)
         save_signed(state, cache)
         inject("after_fit", stage_dir)

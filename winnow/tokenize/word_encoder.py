@@ -180,7 +180,7 @@ class WordEncoder:
         return pieces.filter(pa.array(~joiner)), n_words
 
     def _encode_batch_fast(self, texts: list[str], tok=None) -> tuple[np.ndarray, np.ndarray]:
-        encodings = (tok or self.tok).encode_batch_fast(texts, add_special_tokens=False)
+        encodings = (self.tok if tok is None else tok).encode_batch_fast(texts, add_special_tokens=False)
         ids_per_doc = [enc.ids for enc in encodings]
         lengths = np.fromiter(map(len, ids_per_doc), np.int64, len(ids_per_doc))
         return np.fromiter(chain.from_iterable(ids_per_doc), np.uint32, int(lengths.sum())), lengths
@@ -295,7 +295,7 @@ def _byte_class(byte: int) -> int:
     changes, in every branch of the pattern. 0 for the rest: whitespace, control bytes, the apostrophe
     (it starts the contractions 's 't ...) and every byte of a non-ASCII character."""
     char = chr(byte)
-    if byte >= 128 or char == "'" or not char.isprintable() or regex.match(r"\s", char):
+    if byte >= 128 or char == "'" or not char.isprintable() or _WHITESPACE_BYTE[byte]:
         return 0
     return 1 if regex.match(r"\p{L}", char) else 2 if regex.match(r"\p{N}", char) else 3
 
